@@ -1,0 +1,1 @@
+"""liveinit's host side: everything that runs on the build machine."""

@@ -1,0 +1,71 @@
+"""The `liveinit` command: one entry point, one subcommand per host task.
+
+Each subcommand lives in its own module, imported only when used, so that
+`liveinit ldd` does not pay for QEMU or pyudev. A command module provides
+`configure(parser)` and `run(args) -> int`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pack": ("packer.cmd_pack", "build an initramfs that carries the liveinit runtime"),
+    "ldd": ("packer.cmd_ldd", "print the ELF closure of binaries, interpreter included"),
+    "modalias": ("packer.cmd_modalias", "print the kernel modules that match modaliases"),
+    "ls": ("packer.cmd_archive", "list every segment of an initramfs image"),
+    "extract": ("packer.cmd_archive", "extract an initramfs image into a directory"),
+    "probe": ("packer.cmd_probe", "identify a block device or image file, like blkid -p"),
+    "image": ("packer.cmd_image", "build a bootable live ISO / USB image from a root directory"),
+    "demo-root": ("packer.cmd_image", "build the small embedded demo root"),
+    "boot": ("qemu.cmd_boot", "boot an image in the QEMU boot lab"),
+    "fetch-kernel": ("packer.kernelpkg", "fetch and unpack the Debian test kernel into the cache"),
+    "capture-sysfs": ("packer.cmd_capture", "copy the discovery-relevant part of /sys into a fake tree"),
+    "bench": ("bench.cmd_bench", "benchmark liveinit against other initramfs generators"),
+}
+
+
+class CommandError(Exception):
+    """A failure the user can act on: printed as one message, exit status 1."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liveinit", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="say more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_module, helptext) in COMMANDS.items():
+        sub.add_parser(name, help=helptext, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # Parse the global switches and the command name first, then let the
+    # command's own module describe the rest.
+    top, rest = parser.parse_known_args(argv)
+    module = importlib.import_module(COMMANDS[top.command][0])
+    cmd_parser = argparse.ArgumentParser(prog=f"liveinit {top.command}",
+                                         description=COMMANDS[top.command][1])
+    module.configure(cmd_parser, top.command)
+    args = cmd_parser.parse_args(rest)
+    args.command, args.quiet, args.verbose = top.command, top.quiet, top.verbose
+    try:
+        return int(module.run(args) or 0)
+    except CommandError as e:
+        print(f"liveinit {top.command}: error: {e}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

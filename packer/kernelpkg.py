@@ -1,0 +1,85 @@
+"""The Debian kernel used by tests, the demo and the benchmark.
+
+`linux-image-amd64` names the current `linux-image-<ver>-amd64`; that package
+is fetched with `apt-get download` and unpacked with `dpkg -x` into a cache
+outside the repository. Nothing here is ever committed."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CACHE = Path(os.environ.get("LIVEINIT_CACHE", "/var/cache/liveinit"))
+META_PACKAGE = "linux-image-amd64"
+
+
+@dataclass(frozen=True)
+class KernelTree:
+    """An unpacked kernel package: the kernel image and its module tree."""
+
+    version: str
+    root: Path
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.version}"
+
+    @property
+    def moddir(self) -> Path:
+        return self.root / "lib" / "modules" / self.version
+
+    @property
+    def config(self) -> Path:
+        return self.root / "boot" / f"config-{self.version}"
+
+
+def _current_package() -> str:
+    """The linux-image-<ver>-amd64 package that linux-image-amd64 depends on."""
+    out = subprocess.run(["apt-cache", "depends", META_PACKAGE], capture_output=True, text=True).stdout
+    m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
+    if not m:
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        out = subprocess.run(["apt-cache", "depends", META_PACKAGE], capture_output=True, text=True).stdout
+        m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
+    if not m:
+        raise RuntimeError(f"cannot tell which kernel {META_PACKAGE} depends on: is apt configured?")
+    return m.group(1)
+
+
+def fetch_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None) -> KernelTree:
+    """Return the unpacked kernel, downloading and unpacking it on first use."""
+    kdir = cache / "kernel"
+    # Reuse whatever is unpacked already: offline runs must not need apt.
+    if package is None:
+        for done in sorted(kdir.glob("*/.unpacked")):
+            return KernelTree(done.parent.name, done.parent / "root")
+        package = _current_package()
+    version = package.removeprefix("linux-image-")
+    tree = KernelTree(version, kdir / version / "root")
+    stamp = kdir / version / ".unpacked"
+    if stamp.exists():
+        return tree
+    dl = kdir / version
+    dl.mkdir(parents=True, exist_ok=True)
+    debs = list(dl.glob(f"{package}_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", "-q", package], cwd=dl, check=True,
+                       stdout=subprocess.DEVNULL)
+        debs = list(dl.glob(f"{package}_*.deb"))
+    subprocess.run(["dpkg", "-x", str(debs[0]), str(tree.root)], check=True)
+    stamp.touch()
+    return tree
+
+
+def configure(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cache directory")
+    parser.add_argument("--package", help="kernel package name (default: what linux-image-amd64 depends on)")
+
+
+def run(args: argparse.Namespace) -> int:
+    tree = fetch_kernel(args.cache, args.package)
+    print(f"{tree.version} {tree.vmlinuz} {tree.moddir}")
+    return 0

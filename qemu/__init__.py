@@ -1,0 +1,1 @@
+"""The boot lab: machine profiles, QEMU runner and serial-console reading."""
