@@ -1,0 +1,209 @@
+"""Kernel-compatible compression of initramfs segments, detection by magic.
+
+The kernel's decompressors are pickier than the tools' defaults: xz streams
+must use a CRC32 (or no) integrity check, since the kernel's XZ embedded
+decoder rejects CRC64/SHA-256, and lz4 must be the *legacy* frame (`lz4 -l`),
+not the modern LZ4 frame. gzip and xz come from the standard library (fixed
+header, no timestamp or name); zstd and lz4 have no stdlib module in 3.11
+and go through their command-line tools, single-threaded so that the output
+depends only on the input and the level."""
+from __future__ import annotations
+
+import gzip
+import lzma
+import shutil
+import subprocess
+import zlib
+from pathlib import Path
+
+from packer.cli import CommandError
+
+METHODS = ("none", "gzip", "xz", "zstd", "lz4")
+
+DEFAULT_LEVELS: dict[str, int] = {"gzip": 9, "xz": 6, "zstd": 19, "lz4": 9}
+LEVEL_RANGES: dict[str, tuple[int, int]] = {"gzip": (1, 9), "xz": (0, 9), "zstd": (1, 19), "lz4": (1, 12)}
+
+CPIO_MAGICS = (b"070701", b"070702")
+GZIP_MAGIC = b"\x1f\x8b"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"  # 0x184C2102 little-endian
+
+# Formats we recognise only to explain why they are refused.
+UNSUPPORTED_MAGICS: dict[bytes, str] = {
+    b"\x04\x22\x4d\x18": "lz4 (modern frame; the kernel needs the legacy frame, `lz4 -l`)",
+    b"BZh": "bzip2",
+    b"\x89LZO": "lzo",
+    b"\x5d\x00\x00": "lzma (legacy .lzma)",
+    b"\x1f\x9e": "old gzip",
+    b"070707": "cpio odc (the kernel needs newc, 070701)",
+}
+
+XZ_CHECK_CRC32 = 0x01  # low nibble of the second stream-flags byte
+LZ4_LEGACY_CHUNK = 8 << 20  # uncompressed bytes per legacy block
+LZ4_LEGACY_MAX_CHUNK = LZ4_LEGACY_CHUNK + LZ4_LEGACY_CHUNK // 255 + 16  # LZ4_compressBound
+
+
+class CompressionError(CommandError):
+    """Compressed data that cannot be produced or read."""
+
+
+def detect(data: bytes) -> str | None:
+    """The method whose magic starts `data`: one of METHODS, or None if unknown.
+
+    "none" means `data` starts with an uncompressed newc cpio header."""
+    if data.startswith(CPIO_MAGICS):
+        return "none"
+    for method, magic in (("gzip", GZIP_MAGIC), ("xz", XZ_MAGIC), ("zstd", ZSTD_MAGIC),
+                          ("lz4", LZ4_LEGACY_MAGIC)):
+        if data.startswith(magic):
+            return method
+    return None
+
+
+def describe_unknown(data: bytes) -> str:
+    """A human name for data detect() refuses (for error messages)."""
+    for magic, name in UNSUPPORTED_MAGICS.items():
+        if data.startswith(magic):
+            return name
+    return f"unknown data (first bytes {data[:8].hex(' ')})"
+
+
+def _level(method: str, level: int | None) -> int:
+    if level is None:
+        return DEFAULT_LEVELS[method]
+    low, high = LEVEL_RANGES[method]
+    if not low <= level <= high:
+        raise CompressionError(f"{method} level {level} is out of range",
+                               hint=f"use a level from {low} to {high}")
+    return level
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise CompressionError(f"the `{name}` program is needed for {name} compression but is not installed",
+                               hint=f"apt-get install {name}, or choose --compress gzip or xz")
+    return path
+
+
+def _run_tool(argv: list[str], data: bytes, what: str) -> bytes:
+    proc = subprocess.run(argv, input=data, capture_output=True, check=False)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip()
+        raise CompressionError(f"{what} failed: {err or f'{argv[0]} exited {proc.returncode}'}")
+    return proc.stdout
+
+
+def compress(data: bytes, method: str, level: int | None = None) -> bytes:
+    """Compress `data` with `method` so that the kernel can unpack it, deterministically."""
+    if method == "none":
+        return bytes(data)
+    if method not in METHODS:
+        raise CompressionError(f"unknown compression {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    lvl = _level(method, level)
+    if method == "gzip":
+        # mtime=0: no timestamp and no file name in the header.
+        return gzip.compress(data, compresslevel=lvl, mtime=0)
+    if method == "xz":
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+                             filters=[{"id": lzma.FILTER_LZMA2, "preset": lvl}])
+    if method == "zstd":
+        return _run_tool([_tool("zstd"), "-q", "-c", f"-{lvl}", "-T1", "--no-progress"], data,
+                         "zstd compression")
+    return _run_tool([_tool("lz4"), "-q", "-c", "-l", f"-{lvl}"], data, "lz4 compression")
+
+
+def _zstd_frame_end(data: bytes, pos: int) -> int:
+    """Offset just past the zstd frame starting at `pos` (walks block headers, no decoding)."""
+    fhd = data[pos + 4]
+    fcs_flag, single, checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+    if fhd & 0x08:
+        raise CompressionError(f"zstd frame at offset {pos} has a reserved header bit set")
+    p = pos + 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + ((1 if single else 0), 2, 4, 8)[fcs_flag]
+    while True:
+        if p + 3 > len(data):
+            raise CompressionError(f"zstd frame at offset {pos} is truncated")
+        header = int.from_bytes(data[p:p + 3], "little")
+        last, btype, bsize = header & 1, (header >> 1) & 3, header >> 3
+        if btype == 3:
+            raise CompressionError(f"zstd frame at offset {pos} has a reserved block type")
+        p += 3 + (1 if btype == 1 else bsize)
+        if last:
+            break
+    p += 4 if checksum else 0
+    if p > len(data):
+        raise CompressionError(f"zstd frame at offset {pos} is truncated")
+    return p
+
+
+def _lz4_legacy_end(data: bytes, pos: int) -> int:
+    """Offset just past the legacy lz4 stream at `pos`.
+
+    The legacy frame has no end marker: like the kernel, read length-prefixed
+    blocks (and repeated magics) until the data ends, stopping early at a
+    length no legacy block can have (zero padding, the next segment)."""
+    p = pos + 4
+    while p + 4 <= len(data):
+        if data[p:p + 4] == LZ4_LEGACY_MAGIC:
+            p += 4
+            continue
+        size = int.from_bytes(data[p:p + 4], "little")
+        if size == 0 or size > LZ4_LEGACY_MAX_CHUNK or p + 4 + size > len(data):
+            break
+        p += 4 + size
+    return p
+
+
+def decompress_stream(data: bytes, pos: int = 0) -> tuple[str, bytes, int]:
+    """Decompress the one compressed stream at `data[pos:]`.
+
+    Returns (method, decompressed bytes, offset just past the stream), so
+    that a caller can go on with whatever is concatenated after it."""
+    method = detect(data[pos:pos + 8])
+    if method in (None, "none"):
+        raise CompressionError(f"no compressed stream at offset {pos}: {describe_unknown(data[pos:pos + 8])}")
+    try:
+        if method in ("gzip", "xz"):
+            dec = (zlib.decompressobj(wbits=31) if method == "gzip"
+                   else lzma.LZMADecompressor(format=lzma.FORMAT_XZ))
+            out = dec.decompress(data[pos:] if pos else data)
+            if not dec.eof:
+                raise CompressionError(f"{method} stream at offset {pos} is truncated")
+            return method, out, len(data) - len(dec.unused_data)
+    except (zlib.error, lzma.LZMAError) as e:
+        raise CompressionError(f"corrupt {method} stream at offset {pos}: {e}") from None
+    try:
+        end = _zstd_frame_end(data, pos) if method == "zstd" else _lz4_legacy_end(data, pos)
+    except IndexError:
+        raise CompressionError(f"{method} stream at offset {pos} is truncated") from None
+    argv = [_tool("zstd"), "-q", "-d", "-c"] if method == "zstd" else [_tool("lz4"), "-q", "-d", "-c"]
+    return method, _run_tool(argv, data[pos:end], f"{method} decompression at offset {pos}"), end
+
+
+def decompress(data: bytes) -> bytes:
+    """Decompress data of any supported method (auto-detected); "none" returns it as is."""
+    method = detect(data)
+    if method == "none":
+        return bytes(data)
+    if method is None:
+        raise CompressionError(f"cannot decompress: {describe_unknown(data)}",
+                               hint=f"supported: {', '.join(METHODS)}")
+    return decompress_stream(data, 0)[1]
+
+
+def microcode_entries(host_root: Path = Path("/")) -> list[tuple[str, bytes]]:
+    """CPU microcode for the early uncompressed segment, as (image path, bytes).
+
+    Intel: every blob in lib/firmware/intel-ucode/ concatenated; AMD: every
+    lib/firmware/amd-ucode/*.bin concatenated. The kernel's early loader
+    picks the matching patch out of the bundle. Empty when the host has none."""
+    fw = Path(host_root) / "lib" / "firmware"
+    sources = (("kernel/x86/microcode/GenuineIntel.bin", sorted((fw / "intel-ucode").glob("*"))),
+               ("kernel/x86/microcode/AuthenticAMD.bin", sorted((fw / "amd-ucode").glob("*.bin"))))
+    out: list[tuple[str, bytes]] = []
+    for name, files in sources:
+        blobs = [f.read_bytes() for f in files if f.is_file() and not f.name.startswith(".")]
+        if any(blobs):
+            out.append((name, b"".join(blobs)))
+    return out
