@@ -1,0 +1,1 @@
+"""Benchmarks: liveinit side by side with other initramfs generators."""

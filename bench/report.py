@@ -1,0 +1,127 @@
+"""The benchmark's markdown report: tables, ratios against the peers and the targets."""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+MiB = 1024 * 1024
+
+
+def _mm(values: list[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "n/a"
+    return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def _boots(rows: list[dict[str, str]], name: str) -> dict[str, list[float]]:
+    ok = [r for r in rows if r["name"] == name and r["status"] == "ok"]
+    out: dict[str, list[float]] = {"n": [float(len([r for r in rows if r["name"] == name]))],
+                                   "ok": [float(len(ok))]}
+    for col in ("in_initramfs", "run_init", "wall_s"):
+        out[col] = [float(r[col]) for r in ok if r[col] not in ("NA", "")]
+    out["unpack"] = [float(r["freeing_initrd"]) - float(r["unpack_start"]) for r in ok
+                     if "NA" not in (r["freeing_initrd"], r["unpack_start"])]
+    out["total"] = [float(r["marker_kmsg"] if r["marker_kmsg"] != "NA" else r["marker_uptime"]) for r in ok]
+    return out
+
+
+def _min(v: list[float]) -> float | None:
+    return min(v) if v else None
+
+
+def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[str, str]],
+                 disk_stages: dict[str, float], live_stages: dict[str, float],
+                 scale_rows: list[dict[str, float]], machine: str) -> str:
+    """Render the whole report; every ratio is liveinit / peer from this one run."""
+    L: list[str] = ["# Benchmarks: liveinit beside initramfs-tools, dracut and hand-made images", ""]
+    L += [f"Machine: {machine}.", "",
+          "All numbers come from one run of `liveinit bench` (peers and liveinit on the same kernel, VM and "
+          "host, boots round-robin). min / median; ratios use the min. The host is shared and noisy: compare "
+          "ratios, not absolute seconds.", ""]
+
+    gen = run.gen
+    li_pack = _min(gen.get("liveinit", []))
+    L += ["## Pack time (warm) and size", "",
+          "| config | pack s (min / med) | liveinit pack speed-up | compressed MiB | uncompressed MiB | files | "
+          "modules | liveinit size ratio |", "|---|---|---|---|---|---|---|---|"]
+    li_size = int(images["liveinit"]["compressed_bytes"]) if "liveinit" in images else None
+    for name in ("liveinit", "liveinit-hostonly", "baseline", "tiny", "itools-dep-hostsys", "itools-most",
+                 "dracut-generic", "baseline-live", "liveboot-most", "dracutlive-live"):
+        im = images.get(name)
+        g = gen.get(name, [])
+        if not im and not g:
+            continue
+        csize = int(im["compressed_bytes"]) if im else None
+        L.append(f"| {name} | {_mm(g)} | {'' if name.startswith('liveinit') else _ratio(_min(g), li_pack) + 'x'} | "
+                 f"{csize / MiB:.2f} | {int(im['uncompressed_cpio_bytes']) / MiB:.2f} | {im['files']} | "
+                 f"{im['modules']} | {'' if name == 'liveinit' else _ratio(li_size, csize)} |" if im else
+                 f"| {name} | {_mm(g)} | | | | | | |")
+    L.append("")
+
+    targets: list[str] = []
+    for case, names, ref_lb in (("disk (virtio-blk, ext4 root)", ("liveinit", "liveinit-hostonly", "baseline", "tiny",
+                                 "itools-dep-hostsys", "itools-most", "dracut-generic"), "baseline"),
+                                ("live ISO on IDE CD", ("liveinit-live", "baseline-live", "liveboot-most",
+                                 "dracutlive-live"), "baseline-live")):
+        li = "liveinit" if case.startswith("disk") else "liveinit-live"
+        li_in = _min(_boots(boots, li)["in_initramfs"])
+        L += [f"## Boot: {case}", "",
+              "| image | boots ok | unpack s | Run /init at s | in initramfs s (min / med) | real init at s | "
+              "liveinit / this (in initramfs) |", "|---|---|---|---|---|---|---|"]
+        for name in names:
+            b = _boots(boots, name)
+            if not b["n"][0]:
+                continue
+            L.append(f"| {name} | {int(b['ok'][0])}/{int(b['n'][0])} | {_mm(b['unpack'])} | {_mm(b['run_init'])} | "
+                     f"{_mm(b['in_initramfs'])} | {_mm(b['total'])} | "
+                     f"{'' if name == li else _ratio(li_in, _min(b['in_initramfs']))} |")
+        L.append("")
+        lb = _min(_boots(boots, ref_lb)["in_initramfs"])
+        if li_in and lb:
+            targets.append(f"| time in initramfs, {case}: at most 2x the hand-made lower bound | "
+                           f"{li_in / lb:.2f}x ({li_in:.2f} s vs {lb:.2f} s) | {'met' if li_in <= 2 * lb else 'MISSED'} |")
+        peers = (("itools-most", 5), ("dracut-generic", 10)) if case.startswith("disk") else (("dracutlive-live", 10),)
+        for peer, want in peers:
+            p = _min(_boots(boots, peer)["in_initramfs"])
+            if li_in and p:
+                targets.append(f"| time in initramfs, {case}: at least {want}x faster than {peer} | "
+                               f"{p / li_in:.1f}x | {'met' if p / li_in >= want else 'MISSED'} |")
+
+    most_pack = _min(gen.get("itools-most", []))
+    if li_pack:
+        targets.insert(0, f"| universal pack under 1 s warm | {li_pack:.2f} s | {'met' if li_pack < 1 else 'MISSED'} |")
+    if li_pack and most_pack:
+        targets.insert(1, f"| pack at least 20x faster than itools-most | {most_pack / li_pack:.1f}x | "
+                          f"{'met' if most_pack / li_pack >= 20 else 'MISSED'} |")
+    if li_size and "itools-most" in images:
+        most = int(images["itools-most"]["compressed_bytes"])
+        targets.insert(2, f"| size at most 1/3 of itools-most | {li_size / most:.2f} ({li_size / MiB:.1f} vs "
+                          f"{most / MiB:.1f} MiB) | {'met' if li_size * 3 <= most else 'MISSED'} |")
+    if scale_rows:
+        per = [r["coldplug_ms"] / r["devices"] for r in scale_rows if r["devices"]]
+        lin = max(per) / min(per) if per and min(per) > 0 else 0
+        targets.append(f"| probing cost linear in devices (max/min ms per device) | {lin:.2f} | "
+                       f"{'met' if lin < 3 else 'MISSED'} |")
+    L += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
+
+    L += ["## Where liveinit's boot time goes (median ms, from its console lines)", "",
+          "| part | disk case | live case |", "|---|---|---|"]
+    for k in sorted(set(disk_stages) | set(live_stages), key=lambda s: (s.startswith("total"), s)):
+        L.append(f"| {k} | {disk_stages.get(k, float('nan')):.0f} | {live_stages.get(k, float('nan')):.0f} |")
+    L.append("")
+
+    if scale_rows:
+        L += ["## Probing cost against simulated sysfs trees (native, outside QEMU)", "",
+              "| devices | block devices | coldplug walk+match ms | ms per device | root search ms |",
+              "|---|---|---|---|---|"]
+        for r in scale_rows:
+            L.append(f"| {r['devices']:.0f} | {r['blockdevs']:.0f} | {r['coldplug_ms']:.2f} | "
+                     f"{r['coldplug_ms'] / r['devices']:.3f} | {r['rootsearch_ms']:.2f} |")
+        L.append("")
+    return "\n".join(L) + "\n"
