@@ -1,0 +1,59 @@
+"""`liveinit image ROOT --output X.iso` and `liveinit demo-root DIR`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from packer import image
+from packer.cli import CommandError
+
+
+def configure(parser: argparse.ArgumentParser, command: str) -> None:
+    if command == "demo-root":
+        parser.add_argument("dir", type=Path, help="directory to create the demo root in")
+        parser.add_argument("--busybox", type=Path, default=Path("/bin/busybox"),
+                            help="static busybox to install (default: /bin/busybox)")
+        parser.add_argument("--force", action="store_true", help="replace DIR if it is not empty")
+        return
+    parser.add_argument("root", type=Path, help="root filesystem tree to put on the medium")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="ISO file to write")
+    parser.add_argument("--initrd", type=Path, help="prebuilt initramfs (default: pack one with "
+                        "the liveinit packer, carrying the medium's identity)")
+    parser.add_argument("--kernel-root", type=Path, help="unpacked kernel package (boot/vmlinuz-KVER, "
+                        "lib/modules/KVER); default: the fetched Debian test kernel")
+    parser.add_argument("--identity", help="identity string of the medium (default: derived from "
+                        "the squashfs and the kernel version)")
+    parser.add_argument("--compression", choices=image.COMPRESSIONS, default="zstd",
+                        help="squashfs compression (default zstd)")
+    parser.add_argument("--label", default=image.DEFAULT_LABEL, help="ISO volume label")
+    parser.add_argument("--cmdline", default="", help="extra kernel parameters for every menu entry")
+    parser.add_argument("--console", default=image.DEFAULT_CONSOLE,
+                        help=f"console parameters (default {image.DEFAULT_CONSOLE!r})")
+    parser.add_argument("--keep-owners", action="store_true",
+                        help="keep file owners in the squashfs (default: everything owned by root)")
+
+
+def _kernel(root: Path | None) -> "image.KernelTree":
+    from packer.kernelpkg import KernelTree, fetch_kernel
+    if root is None:
+        return fetch_kernel()
+    vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
+    if not vmlinuz:
+        raise CommandError(f"no boot/vmlinuz-* under {root}", hint="pass an unpacked linux-image package")
+    return KernelTree(vmlinuz[-1].name.removeprefix("vmlinuz-"), root)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "demo-root":
+        from packer.demoroot import build_demo_root
+        build_demo_root(args.dir, busybox=args.busybox, force=args.force)
+        if not args.quiet:
+            print(f"demo root in {args.dir}")
+        return 0
+    result = image.build_image(args.root, args.output, _kernel(args.kernel_root), initrd=args.initrd,
+                               identity=args.identity, compression=args.compression, label=args.label,
+                               cmdline=args.cmdline, console=args.console, all_root=not args.keep_owners)
+    if not args.quiet:
+        print(f"{result.iso}: {result.iso_size / 2**20:.1f} MiB (squashfs {result.squashfs_size / 2**20:.1f} MiB)"
+              f" label={result.label} identity={result.identity}")
+    return 0

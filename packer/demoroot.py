@@ -1,0 +1,108 @@
+"""The small embedded demo root: static busybox and an /sbin/init that reports.
+
+The init prints one line the boot lab waits for:
+
+    LIVEINIT-DEMO-OK uptime=<s> root=<fstype of /> writable=<yes|no> persisted=<yes|no> init=<pid>
+
+then powers off when the kernel cmdline has `liveinit.demo=poweroff` (the lab's
+default) or opens a shell on the console."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from packer.cli import CommandError
+
+BUSYBOX = Path("/bin/busybox")
+SUCCESS_MARKER = "LIVEINIT-DEMO-OK"
+# A file written on every boot; finding it at the next boot means the
+# writable layer persisted (persistence partition), not a tmpfs.
+STAMP = "/var/lib/liveinit-demo/boot-stamp"
+
+OS_RELEASE = """\
+PRETTY_NAME="liveinit demo (busybox)"
+NAME="liveinit-demo"
+ID=liveinit-demo
+VERSION_ID=1
+HOME_URL="https://example.invalid/liveinit"
+"""
+
+INIT_SCRIPT = f"""\
+#!/bin/sh
+# liveinit demo init: report what the live stack looks like, then power off
+# (liveinit.demo=poweroff) or give the console a shell.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+[ -r /proc/uptime ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sysfs /sys
+[ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev 2>/dev/null
+[ -c /dev/kmsg ] && echo "{SUCCESS_MARKER}-KMSG" > /dev/kmsg
+persisted=no
+[ -f {STAMP} ] && persisted=yes
+writable=no
+mkdir -p {os.path.dirname(STAMP)} 2>/dev/null && echo "$$ $(date +%s)" > {STAMP} 2>/dev/null && sync && writable=yes
+fstype=$(awk '$2 == "/" {{ t = $3 }} END {{ print t }}' /proc/mounts)
+read up _idle < /proc/uptime
+echo "{SUCCESS_MARKER} uptime=$up root=$fstype writable=$writable persisted=$persisted init=$$"
+case " $(cat /proc/cmdline) " in
+  *" liveinit.demo=poweroff "*) sync; poweroff -f ;;
+esac
+echo "liveinit demo: shell on the console; 'poweroff -f' to leave"
+while true; do setsid cttyhack sh -l; done
+"""
+
+DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
+        "root", "mnt", "var/lib", "var/tmp")
+
+
+def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
+    """Paths (relative, e.g. 'bin/ls') of every applet the busybox binary offers."""
+    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
+    return [line.strip().lstrip("/") for line in out.splitlines() if line.strip()]
+
+
+def _is_static(binary: Path) -> bool:
+    """A static ELF has no PT_INTERP; a cheap byte check is enough here."""
+    return b"ld-linux" not in binary.read_bytes()[:65536]
+
+
+def build_demo_root(dest: Path, busybox: Path = BUSYBOX, force: bool = False) -> Path:
+    """Create the demo root tree at `dest` and return it."""
+    if not busybox.is_file():
+        raise CommandError(f"{busybox} not found", hint="apt-get install busybox-static")
+    if not _is_static(busybox):
+        raise CommandError(f"{busybox} is dynamically linked; the demo root needs a static busybox",
+                           hint="apt-get install busybox-static")
+    if dest.exists() and any(dest.iterdir()):
+        if not force:
+            raise CommandError(f"{dest} exists and is not empty", hint="pass --force to replace it")
+        shutil.rmtree(dest)
+    for d in DIRS:
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    os.chmod(dest / "root", 0o700)
+    shutil.copy2(busybox, dest / "bin" / "busybox")
+    os.chmod(dest / "bin" / "busybox", 0o755)
+    for rel in busybox_applets(busybox):
+        link = dest / rel
+        if link.name == "busybox" or link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to("/bin/busybox")
+    sh = dest / "bin" / "sh"
+    if not sh.exists():
+        sh.symlink_to("busybox")
+    init = dest / "sbin" / "init"
+    if init.is_symlink() or init.exists():
+        init.unlink()
+    init.write_text(INIT_SCRIPT)
+    init.chmod(0o755)
+    etc = dest / "etc"
+    (etc / "os-release").write_text(OS_RELEASE)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (etc / "group").write_text("root:x:0:\n")
+    (etc / "hostname").write_text("liveinit-demo\n")
+    (etc / "fstab").write_text("")
+    (etc / "profile").write_text("export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nPS1='liveinit-demo# '\n")
+    return dest

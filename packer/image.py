@@ -1,0 +1,278 @@
+"""Live media: squashfs of a root, then a hybrid ISO that boots everywhere.
+
+The ISO holds `/live/filesystem.squashfs` (what the runtime searches for),
+`/live/liveinit.id` (the identity also baked into the initramfs), the kernel
+and initramfs at `/live/vmlinuz` and `/live/initrd.img`, and two boot loaders
+with the same menu: isolinux for BIOS (El Torito, and the isohybrid MBR so the
+same file boots as a USB disk) and a standalone GRUB in a FAT EFI system
+partition image for UEFI. Everything is built without root (mtools, xorriso)
+and reproducibly: timestamps come from SOURCE_DATE_EPOCH (default 0)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packer.cli import CommandError
+from packer.kernelpkg import KernelTree
+
+SQUASHFS_PATH = "live/filesystem.squashfs"
+IDENTITY_PATH = "live/liveinit.id"
+KERNEL_PATH = "live/vmlinuz"
+INITRD_PATH = "live/initrd.img"
+EFI_IMAGE_PATH = "boot/grub/efi.img"
+GRUB_CFG_PATH = "boot/grub/grub.cfg"
+
+COMPRESSIONS = ("zstd", "xz", "gzip", "lz4")
+# Contents excluded, directories kept: the runtime mounts over them.
+DEFAULT_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
+DEFAULT_LABEL = "LIVEINIT"
+# Both consoles: messages on the screen and the serial port; /dev/console is
+# the last one, the serial port, which is where the boot lab listens.
+DEFAULT_CONSOLE = "console=tty0 console=ttyS0,115200"
+
+ISOLINUX_DIR = Path("/usr/lib/ISOLINUX")
+SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
+SYSLINUX_FILES = ("ldlinux.c32", "libcom32.c32", "libutil.c32", "menu.c32")
+GRUB_EFI_MODULES = ("part_gpt", "part_msdos", "iso9660", "fat", "search", "search_label",
+                    "search_fs_file", "configfile", "normal", "linux", "echo", "test", "ls", "cat",
+                    "all_video", "efi_gop", "gfxterm", "sleep", "halt", "reboot")
+BOOT_MENU_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """One boot menu entry, the same in isolinux and GRUB."""
+
+    key: str      # isolinux label
+    title: str
+    extra: str    # appended to the base cmdline
+
+
+MENU: tuple[MenuEntry, ...] = (
+    MenuEntry("live", "liveinit live system", ""),
+    MenuEntry("toram", "liveinit live system (copy to RAM)", "toram"),
+    MenuEntry("debug", "liveinit live system (debug messages)", "liveinit.debug debug"),
+    MenuEntry("shell", "liveinit: shell before searching the medium", "liveinit.break=findroot"),
+    MenuEntry("shell-handover", "liveinit: shell before starting init", "liveinit.break=handover"),
+)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What `build_image` made."""
+
+    iso: Path
+    squashfs_size: int
+    iso_size: int
+    identity: str
+    label: str
+    cmdline: str
+    files: tuple[str, ...] = field(default=())
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    tool = cmd[0]
+    if shutil.which(tool) is None:
+        raise CommandError(f"{tool} is not installed (needed to {what})",
+                           hint="run scripts/setup.sh or apt-get install the package that provides it")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise CommandError(f"{tool} failed to {what} (exit {proc.returncode}): " + " | ".join(tail),
+                           hint="the command was: " + " ".join(cmd))
+    return proc.stdout
+
+
+def source_date_epoch() -> int:
+    """$SOURCE_DATE_EPOCH as an int, 0 when unset."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "") or "0"
+    try:
+        return int(raw)
+    except ValueError:
+        raise CommandError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
+                           hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct)")
+
+
+def _env(epoch: int) -> dict[str, str]:
+    return {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+
+
+def build_squashfs(root: Path, output: Path, compression: str = "zstd",
+                   excludes: tuple[str, ...] = DEFAULT_EXCLUDES, all_root: bool = True,
+                   epoch: int | None = None) -> Path:
+    """mksquashfs `root` into `output`, reproducibly (same tree -> same bytes)."""
+    if compression not in COMPRESSIONS:
+        raise CommandError(f"unknown squashfs compression {compression!r}",
+                           hint="choose one of " + ", ".join(COMPRESSIONS))
+    if not (root / "sbin" / "init").exists() and not (root / "sbin" / "init").is_symlink():
+        raise CommandError(f"{root} has no /sbin/init: not a root filesystem",
+                           hint="use `liveinit demo-root DIR` or debootstrap to make one")
+    epoch = source_date_epoch() if epoch is None else epoch
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["mksquashfs", str(root), str(output), "-noappend", "-quiet", "-no-progress",
+           "-comp", compression, "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+    if all_root:
+        cmd.append("-all-root")
+    if excludes:
+        cmd += ["-wildcards", "-e", *excludes]
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}  # it conflicts with -all-time
+    _run(cmd, f"build the squashfs of {root}", env=env)
+    return output
+
+
+def default_identity(squashfs: Path, kernel_version: str) -> str:
+    """An identity derived from the build inputs: same root + kernel -> same id."""
+    h = hashlib.sha256(kernel_version.encode() + b"\0")
+    with squashfs.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "liveinit-" + h.hexdigest()[:16]
+
+
+def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str = "") -> Path:
+    """Build the liveinit initramfs for `kernel` with G's packer, carrying `identity`."""
+    try:
+        from packer.config import PackConfig
+        from packer.initramfs import build
+    except ImportError as e:
+        raise CommandError(f"the liveinit packer is not available ({e})",
+                           hint="pass a prebuilt initramfs with --initrd FILE")
+    build(PackConfig(output=output, kver=kernel.version, moddir=kernel.moddir,
+                     identity=identity, cmdline=cmdline))
+    return output
+
+
+def isolinux_cfg(label: str, cmdline: str) -> str:
+    """The BIOS boot menu (isolinux, serial and screen)."""
+    lines = ["SERIAL 0 115200", "UI menu.c32", f"MENU TITLE {label}: liveinit live system",
+             f"TIMEOUT {BOOT_MENU_TIMEOUT_S * 10}", "PROMPT 0", f"DEFAULT {MENU[0].key}", ""]
+    for e in MENU:
+        lines += [f"LABEL {e.key}", f"  MENU LABEL {e.title}", f"  LINUX /{KERNEL_PATH}",
+                  f"  INITRD /{INITRD_PATH}", f"  APPEND {' '.join(filter(None, (cmdline, e.extra)))}", ""]
+    return "\n".join(lines)
+
+
+def grub_cfg(label: str, cmdline: str) -> str:
+    """The UEFI boot menu (GRUB), same entries as isolinux."""
+    lines = ["set default=0", f"set timeout={BOOT_MENU_TIMEOUT_S}", "insmod all_video", ""]
+    for e in MENU:
+        lines += [f'menuentry "{e.title}" {{',
+                  f"  linux /{KERNEL_PATH} {' '.join(filter(None, (cmdline, e.extra)))}",
+                  f"  initrd /{INITRD_PATH}", "}", ""]
+    return "\n".join(lines)
+
+
+def _grub_embedded_cfg(label: str) -> str:
+    # The standalone image only finds the ISO (by its volume label) and reads
+    # the real menu from it, so one binary works for CD and USB-disk boots.
+    return (f"search --no-floppy --set=root --label {label}\n"
+            "set prefix=($root)/boot/grub\n"
+            f"configfile ($root)/{GRUB_CFG_PATH}\n")
+
+
+def build_efi_image(work: Path, label: str, epoch: int) -> Path:
+    """A FAT image holding EFI/BOOT/BOOTX64.EFI (standalone GRUB), made without root."""
+    embedded = work / "grub-embedded.cfg"
+    embedded.write_text(_grub_embedded_cfg(label))
+    efi = work / "BOOTX64.EFI"
+    # grub-mkimage rather than grub-mkstandalone: the standalone tool packs
+    # its modules in a memdisk tar stamped with the current time, so two
+    # builds differ; a core image with the modules built in is reproducible.
+    _run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(efi), "-p", "/boot/grub", "-c", str(embedded),
+          *GRUB_EFI_MODULES], "build the GRUB EFI binary", env=_env(epoch))
+    img = work / "efi.img"
+    size_kib = (efi.stat().st_size // 1024) + 512
+    size_kib += (-size_kib) % 64
+    img.unlink(missing_ok=True)
+    _run(["mkfs.vfat", "-C", "--invariant", "-i", "4c495645", "-n", "LIVEINITEFI", str(img),
+          str(size_kib)], "format the EFI system partition image", env=_env(epoch))
+    os.utime(efi, (epoch, epoch))
+    _run(["mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT"], "make directories in the EFI image",
+         env=_env(epoch))
+    _run(["mcopy", "-m", "-i", str(img), str(efi), "::/EFI/BOOT/BOOTX64.EFI"],
+         "copy GRUB into the EFI image", env=_env(epoch))
+    return img
+
+
+def _copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+
+
+def build_iso(tree: Path, output: Path, label: str, epoch: int) -> Path:
+    """xorriso: ISO9660 + Rock Ridge + Joliet, El Torito BIOS + EFI, isohybrid MBR/GPT."""
+    mbr = ISOLINUX_DIR / "isohdpfx.bin"
+    if not mbr.exists():
+        raise CommandError(f"{mbr} not found", hint="apt-get install isolinux")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.unlink(missing_ok=True)
+    _run(["xorriso", "-as", "mkisofs", "-o", str(output), "-quiet",
+          "-iso-level", "3", "-full-iso9660-filenames", "-volid", label, "-R", "-J", "-joliet-long",
+          "-isohybrid-mbr", str(mbr),
+          "-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin",
+          "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+          "-eltorito-alt-boot", "-e", EFI_IMAGE_PATH, "-no-emul-boot", "-isohybrid-gpt-basdat",
+          str(tree)], f"write the ISO {output}", env=_env(epoch))
+    return output
+
+
+def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | None = None,
+                identity: str | None = None, compression: str = "zstd", label: str = DEFAULT_LABEL,
+                cmdline: str = "", console: str = DEFAULT_CONSOLE, all_root: bool = True,
+                workdir: Path | None = None) -> ImageResult:
+    """Build a bootable hybrid live ISO of `root` at `output`.
+
+    `initrd`: a prebuilt initramfs (it must carry `identity`); None packs one
+    with the liveinit packer. `cmdline` is appended to every menu entry."""
+    root, output = Path(root), Path(output)
+    if not root.is_dir():
+        raise CommandError(f"{root} is not a directory", hint="pass the root filesystem tree to put on the medium")
+    if not kernel.vmlinuz.exists():
+        raise CommandError(f"kernel image {kernel.vmlinuz} not found", hint="run `liveinit fetch-kernel`")
+    if not label or len(label) > 32 or not all(c.isalnum() or c in "_-" for c in label):
+        raise CommandError(f"bad volume label {label!r}", hint="use up to 32 letters, digits, '_' or '-'")
+    epoch = source_date_epoch()
+    with tempfile.TemporaryDirectory(prefix="liveinit-image-", dir=workdir) as tmp:
+        work = Path(tmp)
+        tree = work / "tree"
+        squash = build_squashfs(root, tree / SQUASHFS_PATH, compression, all_root=all_root, epoch=epoch)
+        identity = identity or default_identity(squash, kernel.version)
+        (tree / IDENTITY_PATH).write_text(identity + "\n")
+        if initrd is None:
+            initrd = pack_initramfs(kernel, work / "initrd.img", identity)
+        elif not Path(initrd).is_file():
+            raise CommandError(f"initramfs {initrd} not found", hint="check the --initrd path")
+        _copy(kernel.vmlinuz, tree / KERNEL_PATH)
+        _copy(Path(initrd), tree / INITRD_PATH)
+        full_cmdline = " ".join(filter(None, (console, cmdline)))
+        for name in ("isolinux.bin",):
+            _copy(ISOLINUX_DIR / name, tree / "isolinux" / name)
+        for name in SYSLINUX_FILES:
+            _copy(SYSLINUX_MODULES / name, tree / "isolinux" / name)
+        (tree / "isolinux" / "isolinux.cfg").write_text(isolinux_cfg(label, full_cmdline))
+        (tree / GRUB_CFG_PATH).parent.mkdir(parents=True, exist_ok=True)
+        (tree / GRUB_CFG_PATH).write_text(grub_cfg(label, full_cmdline))
+        shutil.copyfile(build_efi_image(work, label, epoch), tree / EFI_IMAGE_PATH)
+        files = tuple(sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()))
+        for p in tree.rglob("*"):
+            os.utime(p, (epoch, epoch), follow_symlinks=False)
+        os.utime(tree, (epoch, epoch))
+        build_iso(tree, output, label, epoch)
+        return ImageResult(iso=output, squashfs_size=squash.stat().st_size, iso_size=output.stat().st_size,
+                           identity=identity, label=label, cmdline=full_cmdline, files=files)
+
+
+def extract(iso: Path, member: str, dest: Path) -> Path:
+    """Copy one file (e.g. 'live/vmlinuz') out of an ISO with xorriso, no mount."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    _run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/" + member.lstrip("/"), str(dest)],
+         f"extract {member} from {iso}")
+    if not dest.exists():
+        raise CommandError(f"{iso} has no /{member}", hint="is it an ISO made by `liveinit image`?")
+    return dest
