@@ -146,6 +146,8 @@ def extract(segments: list[Segment], dest: Path, make_nodes: bool | None = None)
                         view = memoryview(e.data)
                         while view:
                             view = view[os.write(fd, view):]
+                    if is_root:  # before chmod: chown clears set-id bits
+                        os.fchown(fd, e.uid, e.gid)
                     os.fchmod(fd, stat.S_IMODE(e.mode))
                 finally:
                     os.close(fd)
@@ -158,11 +160,12 @@ def extract(segments: list[Segment], dest: Path, make_nodes: bool | None = None)
                     continue
                 _clear(path, keep_dir=False)
                 os.mknod(path, e.mode, os.makedev(e.rdevmajor, e.rdevminor))
+                os.chown(path, e.uid, e.gid)
                 os.chmod(path, stat.S_IMODE(e.mode))
             else:
                 skipped.append((e.name, f"unsupported type {kind}"))
                 continue
-            if is_root and kind != "dir":
+            if is_root and kind == "symlink":
                 os.lchown(path, e.uid, e.gid)
             if kind != "dir":
                 os.utime(path, (e.mtime, e.mtime), follow_symlinks=False)
