@@ -1,0 +1,348 @@
+"""The kernel command line: splitting with the kernel's quoting rules and
+parsing into a `BootConfig` (shared by the runtime and the packer).
+
+Every liveinit parameter has a `liveinit.` name; the dracut, live-boot and
+initramfs-tools spellings users already know are accepted too (docs/CMDLINE.md).
+`parse` never raises: problems go into `BootConfig.errors` and a sensible
+default is used, so a typo on the boot prompt still boots (and says so)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SPACE = " \t\n\v\f\r"          # the kernel's isspace()
+DEFAULT_ROOTDELAY = 30.0        # seconds to wait for the root / live medium
+ROOTWAIT_SECONDS = 24 * 3600.0  # `rootwait`: wait (practically) forever
+DEFAULT_IMAGE = "/live/filesystem.squashfs"
+DEFAULT_OVERLAY_SIZE = "50%"
+UNIONS = ("overlay", "aufs", "unionfs", "bind", "none")
+UNION_ALIASES = {"overlayfs": "overlay", "unionfs-fuse": "unionfs", "off": "none"}
+STAGES = ("early", "cmdline", "coldplug", "findroot", "stack", "handover")
+
+# Other initramfs generators' break points mapped onto our stages (break
+# happens *before* the named stage).
+BREAK_ALIASES = {
+    # dracut rd.break=
+    "pre-udev": "coldplug", "pre-trigger": "coldplug", "initqueue": "findroot",
+    "pre-mount": "stack", "mount": "stack", "pre-pivot": "handover",
+    "cleanup": "handover",
+    # initramfs-tools break=
+    "top": "cmdline", "modules": "coldplug", "premount": "findroot",
+    "mountroot": "stack", "bottom": "handover", "init": "handover",
+}
+BREAK_BARE = {"rd.break": "handover", "break": "findroot", "liveinit.break": "handover"}
+
+# Dotted names that are not `module.param` options.
+NOT_MODULES = ("rd", "liveinit", "systemd", "udev", "plymouth", "vconsole",
+               "locale", "modprobe", "iso-scan", "live", "boot")
+ROOT_PREFIXES = (("UUID=", "uuid"), ("LABEL=", "label"), ("CDLABEL=", "label"),
+                 ("PARTUUID=", "partuuid"), ("PARTLABEL=", "partlabel"))
+TRUE = ("", "1", "y", "yes", "true", "on")
+FALSE = ("0", "n", "no", "false", "off")
+
+
+@dataclass(frozen=True)
+class RootSpec:
+    kind: str    # "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno"
+    value: str   # "" for auto; "/dev/sda1", the UUID, the label, "8:1"...
+    live: bool   # the device holds a live image
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    root: RootSpec = RootSpec("auto", "", True)
+    rootfstype: str | None = None
+    rootflags: str = ""
+    readonly: bool = True
+    rootdelay: float = DEFAULT_ROOTDELAY
+    init: str | None = None
+    init_args: tuple[str, ...] = ()
+    live_image: str = DEFAULT_IMAGE
+    union: str = "overlay"
+    toram: bool = False
+    findiso: str | None = None
+    persistence: str | None = None
+    overlay_size: str = DEFAULT_OVERLAY_SIZE
+    modules_early: tuple[str, ...] = ()
+    blacklist: frozenset[str] = frozenset()
+    module_options: dict = field(default_factory=dict)
+    break_at: frozenset[str] = frozenset()
+    debug: bool = False
+    quiet: bool = False
+    errors: tuple[str, ...] = ()
+
+
+def _split(text: str) -> tuple[list[str], bool]:
+    """Words of `text` and whether a quote was left open.
+
+    A double quote anywhere in a word starts or ends a quoted run in which
+    whitespace does not split; the quotes themselves are dropped (the kernel
+    only strips them around a whole word or value; dropping them everywhere
+    gives the same result for every well-formed command line). An
+    unterminated quote runs to the end of the text, as in the kernel."""
+    words: list[str] = []
+    cur: list[str] = []
+    in_word = in_quote = False
+    for ch in text:
+        if ch == '"':
+            in_quote = not in_quote
+            in_word = True
+        elif ch in SPACE and not in_quote:
+            if in_word:
+                words.append("".join(cur))
+                cur = []
+                in_word = False
+        else:
+            cur.append(ch)
+            in_word = True
+    if in_word:
+        words.append("".join(cur))
+    return words, in_quote
+
+
+def split(text: str) -> list[str]:
+    """Split a command line into words with the kernel's quoting rules."""
+    return _split(text)[0]
+
+
+def quote(word: str) -> str:
+    """A word as it must be written so that `split` gives it back.
+
+    Words containing a double quote cannot be written (the kernel has no escape)."""
+    if word == "" or any(c in SPACE for c in word):
+        return '"' + word + '"'
+    return word
+
+
+def parse_root(spec: str) -> RootSpec | None:
+    """A root= value as a RootSpec, or None when it is not a device spec."""
+    live = False
+    if spec.startswith("live:"):
+        live = True
+        spec = spec[5:]
+        if spec in ("", "auto"):
+            return RootSpec("auto", "", True)
+    for prefix, kind in ROOT_PREFIXES:
+        if spec.upper().startswith(prefix) and spec[len(prefix) - 1] == "=":
+            value = spec[len(prefix):]
+            if not value:
+                return None
+            if kind in ("uuid", "partuuid"):
+                value = value.lower()
+            return RootSpec(kind, value, live)
+    if spec.startswith("/dev/") and len(spec) > 5 and not any(c in SPACE for c in spec):
+        return RootSpec("path", spec, live)
+    if ":" in spec:
+        major, _, minor = spec.partition(":")
+        if major.isdigit() and minor.isdigit():
+            return RootSpec("devno", f"{int(major)}:{int(minor)}", live)
+        return None
+    if spec and all(c in "0123456789abcdefABCDEF" for c in spec):
+        dev = int(spec, 16)  # the kernel's new_decode_dev
+        major = (dev & 0xFFF00) >> 8
+        minor = (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+        return RootSpec("devno", f"{major}:{minor}", live)
+    if spec and spec.replace("-", "").replace("_", "").isalnum():
+        return RootSpec("path", "/dev/" + spec, live)
+    return None
+
+
+def _size(value: str) -> bool:
+    num = value[:-1] if value[-1:].lower() in ("k", "m", "g", "%") else value
+    return num.isdigit() and int(num) > 0
+
+
+def _abs(path: str) -> str:
+    return "/" + path.strip("/")
+
+
+class _State:
+    """Mutable accumulator while the words are read (defaults, then /proc/cmdline)."""
+
+    def __init__(self) -> None:
+        self.v: dict = {}
+        self.root_given = False
+        self.live = False
+        self.persist_on = False
+        self.persist_label = "persistence"
+        self.live_dir: str | None = None
+        self.live_img: str | None = None
+        self.modules: list[str] = []
+        self.blacklist: set[str] = set()
+        self.options: dict[str, list[str]] = {}
+        self.breaks: set[str] = set()
+        self.init_args: list[str] = []
+        self.errors: list[str] = []
+
+
+def _bool(st: _State, key: str, value: str | None) -> bool:
+    if value is None or value.lower() in TRUE:
+        return True
+    if value.lower() in FALSE:
+        return False
+    st.errors.append(f"{key}={value}: expected 1/0 (yes/no); taken as on")
+    return True
+
+
+def _add_break(st: _State, key: str, value: str | None) -> None:
+    if value is None:
+        st.breaks.add(BREAK_BARE[key])
+        return
+    for name in value.split(","):
+        name = name.strip().lower()
+        stage = name if name in STAGES else BREAK_ALIASES.get(name)
+        if stage is None:
+            st.errors.append(f"{key}={name}: unknown break point (stages: {', '.join(STAGES)})")
+        else:
+            st.breaks.add(stage)
+
+
+def _word(st: _State, word: str, source: str) -> None:
+    key, eq, value = word.partition("=")
+    val: str | None = value if eq else None
+    v = st.v
+    if key == "root" and val is not None:
+        spec = parse_root(val)
+        if spec is None:
+            st.errors.append(f"root={val}: not a device spec (use /dev/NAME, UUID=, LABEL=, "
+                             "PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto); "
+                             "searching for the live medium instead")
+            spec = RootSpec("auto", "", True)
+        v["root"] = spec
+        st.root_given = True
+    elif key == "rootfstype" and val:
+        v["rootfstype"] = val
+    elif key == "rootflags" and val is not None:
+        v["rootflags"] = val
+    elif word == "ro":
+        v["readonly"] = True
+    elif word == "rw":
+        v["readonly"] = False
+    elif key == "rootdelay":
+        try:
+            delay = float(val or "")
+            if not 0 <= delay < 1e9:
+                raise ValueError
+            v["rootdelay"] = delay
+        except ValueError:
+            st.errors.append(f"rootdelay={val}: not a number of seconds; "
+                             f"using {DEFAULT_ROOTDELAY:g}")
+    elif word == "rootwait":
+        v["rootdelay"] = ROOTWAIT_SECONDS
+    elif key == "init" and val is not None:
+        if val.startswith("/"):
+            v["init"] = val
+        else:
+            st.errors.append(f"init={val}: must be an absolute path; using the default search")
+    elif key == "liveinit.image" and val:
+        v["live_image"] = _abs(val)
+        st.live = True
+    elif key == "live-media-path" and val:
+        v["live_image"] = _abs(val) + "/filesystem.squashfs"
+        st.live = True
+    elif key == "rd.live.dir" and val:
+        st.live_dir = val
+    elif key == "rd.live.squashimg" and val:
+        st.live_img = val
+    elif key in ("union", "liveinit.union") and val is not None:
+        u = UNION_ALIASES.get(val.lower(), val.lower())
+        if u in UNIONS:
+            v["union"] = u
+        else:
+            st.errors.append(f"{key}={val}: unknown union (use {', '.join(UNIONS)}); using overlay")
+    elif word == "toram" or key == "liveinit.toram":
+        v["toram"] = _bool(st, key, val)
+    elif key == "rd.live.ram":
+        v["toram"] = _bool(st, key, val)
+    elif key in ("findiso", "iso-scan/filename") and val:
+        v["findiso"] = _abs(val)
+        st.live = True
+    elif key == "liveinit.persistence" and val is not None:
+        st.persist_on = False
+        v["persistence"] = None if val.lower() in FALSE + ("", "none") else val
+    elif key == "rd.live.overlay" and val:
+        st.persist_on = False
+        v["persistence"] = val
+    elif word == "persistence":
+        st.persist_on = True
+    elif key == "persistence-label" and val:
+        st.persist_label = val
+    elif key in ("liveinit.overlay_size", "liveinit.overlay-size", "overlay-size") and val is not None:
+        if _size(val):
+            v["overlay_size"] = val
+        else:
+            st.errors.append(f"{key}={val}: not a size (e.g. 512m, 2g, 50%); "
+                             f"using {DEFAULT_OVERLAY_SIZE}")
+    elif key == "rd.live.overlay.size" and val is not None:
+        if val.isdigit() and int(val) > 0:
+            v["overlay_size"] = val + "m"
+        else:
+            st.errors.append(f"{key}={val}: not a size in MiB; using {DEFAULT_OVERLAY_SIZE}")
+    elif key in ("rd.driver.pre", "liveinit.modules") and val:
+        st.modules.extend(n for n in val.split(",") if n and n not in st.modules)
+    elif key in ("modprobe.blacklist", "rd.driver.blacklist", "module_blacklist",
+                 "liveinit.blacklist") and val:
+        st.blacklist.update(n.replace("-", "_") for n in val.split(",") if n)
+    elif key in ("rd.break", "break", "liveinit.break"):
+        _add_break(st, key, val)
+    elif word in ("debug", "rd.debug", "liveinit.debug"):
+        v["debug"] = True
+    elif word == "quiet":
+        v["quiet"] = True
+    elif word == "rd.live.image" or (key == "boot" and val == "live"):
+        st.live = True
+    elif "." in key and key.split(".", 1)[0] not in NOT_MODULES and key[0] != "/":
+        mod, _, param = key.partition(".")
+        if mod and param:
+            st.options.setdefault(mod.replace("-", "_"), []).append(
+                param if val is None else f"{param}={quote(val)}")
+    elif val is None and source == "cmdline" and "/" not in word:
+        st.init_args.append(word)
+
+
+def parse(text: str, defaults: str = "") -> BootConfig:
+    """A BootConfig from `defaults` (the image's baked cmdline) then `text`
+    (/proc/cmdline), the later word winning. Never raises."""
+    st = _State()
+    cmd_args: list[str] = []
+    default_args: list[str] = []
+    for source, line in (("defaults", defaults), ("cmdline", text)):
+        try:
+            words, open_quote = _split(line if isinstance(line, str) else str(line))
+        except Exception as e:  # never reached for str input; belt and braces for PID 1
+            st.errors.append(f"cannot split {source}: {e}")
+            continue
+        if open_quote:
+            st.errors.append(f"{source}: unterminated double quote; it runs to the end of the line")
+        if "--" in words:
+            i = words.index("--")
+            extra = words[i + 1:]
+            words = words[:i]
+        else:
+            extra = []
+        before = len(st.init_args)
+        for w in words:
+            if w:
+                _word(st, w, "cmdline")
+        bare = st.init_args[before:]
+        del st.init_args[before:]
+        (cmd_args if source == "cmdline" else default_args).extend(bare + extra)
+    v = st.v
+    if st.live_dir is not None or st.live_img is not None:
+        v["live_image"] = (_abs(st.live_dir or "LiveOS").rstrip("/") + "/"
+                           + (st.live_img or "squashfs.img").strip("/"))
+        st.live = True
+    if st.persist_on and "persistence" not in v:
+        v["persistence"] = "LABEL=" + st.persist_label
+    root: RootSpec = v.get("root", RootSpec("auto", "", True))
+    if st.live and not root.live:
+        root = RootSpec(root.kind, root.value, True)
+    v["root"] = root
+    return BootConfig(
+        init_args=tuple(cmd_args or default_args),
+        modules_early=tuple(st.modules),
+        blacklist=frozenset(st.blacklist),
+        module_options={m: " ".join(p) for m, p in st.options.items()},
+        break_at=frozenset(st.breaks),
+        errors=tuple(st.errors),
+        **v,
+    )
