@@ -1,0 +1,180 @@
+"""Load kernel modules with their dependencies, the way modprobe would.
+
+`ModuleLoader.load(name)` loads a module asked for by name (cmdline
+rd.driver.pre=, the boot code); `load_alias(alias)` resolves a device
+modalias or a `fs-TYPE` alias through the module index. Dependencies and
+pre-softdeps come first (`index.load_order`). Blacklisted modules are never
+loaded by alias, only when named explicitly, as modprobe does. A module that
+fails is recorded in `failed` and logged; it never stops the boot."""
+from __future__ import annotations
+
+import os
+
+EEXIST = 17
+SYSMODULE = "/sys/module/"
+# Module file suffixes, most common first; compressed ones are decompressed
+# in Python and passed to init_module.
+ZSTD_HINT = "zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): pack with uncompressed or xz modules"
+
+
+def normalize(name: str) -> str:
+    """Module names use '_' and '-' interchangeably; the kernel uses '_'."""
+    return name.replace("-", "_")
+
+
+class ModuleLoader:
+    """Loads modules through `m.sys`, remembering why and what failed."""
+
+    def __init__(self, m, index, moddir: str, cfg, log) -> None:
+        self.m = m
+        self.index = index
+        self.moddir = moddir.rstrip("/")
+        self.log = log
+        self.loaded: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        self.present: set[str] = set()   # built in or loaded before us
+        self.skipped: dict[str, str] = {}  # blacklisted module -> the alias it was asked for
+        opts = getattr(cfg, "module_options", None) or {}
+        self.cmdline_options = {normalize(k): v for k, v in opts.items()}
+        self.cmdline_blacklist = {normalize(n) for n in getattr(cfg, "blacklist", ())}
+        self.blacklist = set(self.cmdline_blacklist)
+        self.blacklist.update(index.blacklist)  # modprobe.d of the image
+        self._alias_cache: dict[str, list[str]] = {}
+
+    # -- public -------------------------------------------------------------
+
+    def load(self, name: str, reason: str) -> bool:
+        """Load a module by name (or, failing that, as an alias); True if it is in the kernel."""
+        mod = normalize(name)
+        if self._known(mod):
+            return self._load_with_deps(mod, reason)
+        return bool(self.load_alias(name, reason))
+
+    def load_alias(self, alias: str, reason: str) -> list[str]:
+        """Load every module matching `alias`; return those now in the kernel."""
+        return self.load_matches(self.match(alias), reason, alias)
+
+    def match(self, alias: str) -> list[str]:
+        """The module names the index gives for an alias (memoised)."""
+        names = self._alias_cache.get(alias)
+        if names is None:
+            names = [normalize(n) for n in self.index.match(alias)]
+            self._alias_cache[alias] = names
+        return names
+
+    def load_matches(self, names, reason: str, alias: str = "") -> list[str]:
+        """Load modules found by matching a device or alias, minus blacklisted ones."""
+        done = []
+        for mod in names:
+            if mod in self.blacklist:
+                if mod not in self.skipped:
+                    self.skipped[mod] = alias or reason
+                    self.log.info(f"module {mod} blacklisted, not loaded for {alias or reason}")
+                continue
+            if self._load_with_deps(mod, reason):
+                done.append(mod)
+        return done
+
+    def is_present(self, mod: str) -> bool:
+        """Built in, loaded by us, or already in the kernel."""
+        mod = normalize(mod)
+        if mod in self.loaded or mod in self.present:
+            return True
+        if self.index.is_builtin(mod) or os.path.isdir(self.m.path(SYSMODULE + mod)):
+            # /sys/module/NAME also exists for built-ins with parameters: either way it is there.
+            self.present.add(mod)
+            return True
+        return False
+
+    # -- internals ----------------------------------------------------------
+
+    def _known(self, mod: str) -> bool:
+        return self.index.is_builtin(mod) or self._relpath(mod) is not None
+
+    def _relpath(self, mod: str) -> str | None:
+        return self.index.path(mod)
+
+    def _load_with_deps(self, mod: str, reason: str) -> bool:
+        if self.is_present(mod):
+            return True
+        if mod in self.failed:
+            return False
+        # kmod's order: each dependency (with its softdeps), pre-softdeps, the module, post-softdeps.
+        order = [normalize(n) for n in self.index.load_order(mod)] or [mod]
+        if mod not in order:
+            order.append(mod)
+        ok = False
+        after = False
+        for name in order:
+            if name == mod:
+                ok = self._load_one(mod, reason)
+                after = True
+                if not ok:
+                    break  # post-softdeps are pointless without the module
+            elif not self.is_present(name) and name not in self.failed:
+                self._load_one(name, f"softdep of {mod}" if after else f"dep of {mod}")
+        return ok
+
+    def _options(self, mod: str) -> str:
+        parts = []
+        o = self.index.options(mod)
+        if o:
+            parts.append(o)
+        o = self.cmdline_options.get(mod)
+        if o:
+            parts.append(o)  # after the image's, so the cmdline wins
+        return " ".join(parts)
+
+    def _load_one(self, mod: str, reason: str) -> bool:
+        if self.is_present(mod):
+            return True
+        if mod in self.failed:
+            return False
+        rel = self._relpath(mod)
+        if rel is None:
+            return self._fail(mod, "not in the image's module index")
+        path = rel if rel.startswith("/") else self.moddir + "/" + rel
+        params = self._options(mod)
+        try:
+            if path.endswith(".ko"):
+                fd = os.open(self.m.path(path), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fresh = self.m.sys.finit_module(fd, params)
+                finally:
+                    os.close(fd)
+            elif path.endswith(".ko.zst"):
+                return self._fail(mod, ZSTD_HINT)
+            else:
+                try:
+                    data = _decompressed(self.m.path(path))
+                except Exception as e:  # lzma.LZMAError, zlib.error: a corrupt file must not stop the boot
+                    return self._fail(mod, f"cannot decompress {path}: {e}")
+                fresh = self.m.sys.init_module(data, params)
+            if fresh is False:  # EEXIST: someone loaded it first
+                self.present.add(mod)
+                return True
+        except OSError as e:
+            if e.errno == EEXIST:
+                self.present.add(mod)
+                return True
+            return self._fail(mod, f"{e.strerror or e} ({path})")
+        self.loaded[mod] = reason
+        self.log.info(f"loaded {mod}{' ' + params if params else ''}: {reason}")
+        return True
+
+    def _fail(self, mod: str, error: str) -> bool:
+        self.failed[mod] = error
+        self.log.warn(f"module {mod} not loaded: {error}")
+        return False
+
+
+def _decompressed(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".xz"):
+        import lzma
+        return lzma.decompress(data)
+    if path.endswith(".gz"):
+        import zlib
+        return zlib.decompress(data, 31)  # gzip wrapper, without importing gzip
+    return data
