@@ -1,0 +1,192 @@
+"""Stage `handover`: find the init in the new root, move /dev /proc /sys /run
+into it, and become it: switch_root from an initramfs (rootfs cannot be
+pivoted: delete its files, mount the new root over /, chroot), pivot_root from
+an old-style initrd (a real block device as /)."""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from liveinit.emergency import BootFailure
+from liveinit.syscalls import MNT_DETACH, MS_MOVE
+
+INITS = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
+MOVED = ("/dev", "/proc", "/sys", "/run")
+RAM_ROOTS = ("rootfs", "ramfs", "tmpfs")
+OLD_ROOT = "/run/liveinit/initrd"    # where pivot_root puts the old initrd root
+MAX_LINKS = 40                        # the kernel's own symlink limit
+CONSOLE = "/dev/console"
+
+
+@dataclass(frozen=True)
+class Plan:
+    init: str                 # path of init inside the new root
+    argv: tuple[str, ...]
+    method: str               # "switch_root" | "pivot_root"
+    newroot: str
+
+
+def resolve_in(root: str, path: str) -> str | None:
+    """Real path of `path` inside the tree at `root`, following every symlink
+    (absolute targets relative to `root`, never escaping it); None if missing."""
+    parts = [p for p in path.split("/") if p]
+    cur: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if cur:
+                cur.pop()
+            continue
+        real = root + "/" + "/".join(cur + [name])
+        try:
+            st = os.lstat(real)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_LINKS:
+                return None
+            target = os.readlink(real)
+            if target.startswith("/"):
+                cur = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        cur.append(name)
+    return root + "/" + "/".join(cur)
+
+
+def _executable(real: str) -> bool:
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+
+
+def find_init(m, cfg, newroot: str = "/sysroot") -> str:
+    """The init to exec, as a path inside the new root; raises BootFailure."""
+    root = m.path(newroot).rstrip("/")
+    tried = []
+    cands = ((cfg.init,) if cfg.init else ()) + INITS
+    for cand in cands:
+        real = resolve_in(root, cand)
+        if real is not None and _executable(real):
+            return cand
+        tried.append(cand if real is None else f"{cand} (not an executable file)")
+    top = ", ".join(sorted(os.listdir(root))[:12]) if os.path.isdir(root) else "nothing"
+    raise BootFailure(
+        f"no init in the new root: tried {', '.join(tried)}",
+        f"the new root holds: {top or 'nothing (empty)'}; pass init=/path/to/init, or check "
+        "that root= / liveinit.image= name the right filesystem")
+
+
+def from_rootfs(m) -> bool:
+    """True when / is the initramfs (rootfs/ramfs/tmpfs), False for an initrd block device."""
+    fstype = None
+    for line in (m.read("/proc/mounts") or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] == "/":
+            fstype = fields[2]   # the last mount on / is the one in effect
+    return fstype is None or fstype in RAM_ROOTS
+
+
+def prepare(m, cfg, newroot: str = "/sysroot") -> Plan:
+    """Everything that can fail before anything is destroyed."""
+    init = find_init(m, cfg, newroot)
+    method = "switch_root" if from_rootfs(m) else "pivot_root"
+    return Plan(init, (init,) + tuple(cfg.init_args), method, newroot)
+
+
+def move_mounts(m, newroot: str, log) -> None:
+    """MS_MOVE /dev /proc /sys /run into the new root."""
+    for d in MOVED:
+        target = m.path(newroot + d)
+        if not os.path.isdir(target):
+            try:
+                os.makedirs(target, 0o755)
+            except OSError:
+                pass
+        try:
+            m.sys.mount(m.path(d), target, None, MS_MOVE)
+        except OSError as e:
+            log.warn(f"cannot move {d} into the new root ({e}); detaching it")
+            try:
+                m.sys.umount2(m.path(d), MNT_DETACH)
+            except OSError:
+                pass
+
+
+def delete_tree(m, path: str, dev: int, keep: str | None = None) -> int:
+    """Delete everything under `path` that is on device `dev`, not crossing
+    mount points (mounted directories and all below them are kept) and
+    skipping `keep`. Returns the number of entries removed."""
+    removed = 0
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return 0
+    for name in entries:
+        p = path.rstrip("/") + "/" + name
+        if p == keep:
+            continue
+        try:
+            if m.sys.st_dev(p) != dev:
+                continue
+            st = os.lstat(p)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                removed += delete_tree(m, p, dev, keep)
+                os.rmdir(p)
+            else:
+                os.unlink(p)
+            removed += 1
+        except OSError:
+            pass   # a directory still holding a mount point stays
+    return removed
+
+
+def delete_initramfs(m, newroot: str) -> int:
+    """Free the initramfs's memory: its files are useless once we leave it."""
+    root = m.path("/")
+    return delete_tree(m, root, m.sys.st_dev(root), m.path(newroot))
+
+
+def switch(m, plan: Plan, log, before_exec=None) -> None:
+    """Leave the initramfs/initrd and exec init. Returns only if exec did (a fake)."""
+    newroot = plan.newroot
+    move_mounts(m, newroot, log)
+    if plan.method == "switch_root":
+        delete_initramfs(m, newroot)
+        m.sys.chdir(m.path(newroot))
+        m.sys.mount(m.path(newroot), m.path("/"), None, MS_MOVE)
+        m.sys.chroot(".")
+        m.sys.chdir("/")
+    else:
+        old = m.path(newroot + OLD_ROOT)
+        os.makedirs(old, exist_ok=True)
+        m.sys.chdir(m.path(newroot))
+        m.sys.pivot_root(m.path(newroot), old)
+        m.sys.chroot(".")
+        m.sys.chdir("/")
+        try:
+            m.sys.umount2(OLD_ROOT, MNT_DETACH)
+        except OSError as e:
+            log.warn(f"cannot unmount the old initrd root at {OLD_ROOT}: {e}")
+    try:
+        m.sys.console(CONSOLE)
+    except OSError:
+        pass
+    if before_exec is not None:
+        before_exec()
+    try:
+        m.sys.execv(plan.init, list(plan.argv))
+    except OSError as e:
+        raise BootFailure(f"cannot start {plan.init}: {e}",
+                          "the init exists but the kernel refused to run it (wrong "
+                          "architecture, missing interpreter or libraries); pass init=")

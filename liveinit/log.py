@@ -1,0 +1,90 @@
+"""Log lines for PID 1: to /dev/kmsg (so they interleave with the kernel's
+messages, `<6>liveinit: ...`) and to the console unless `quiet`.
+
+The contract lines the boot lab reads (`liveinit: stage ...`,
+`liveinit: starting ...`, `liveinit: FAILED: ...`) are printed through
+`Log.contract`, which reaches the console even under `quiet` only for
+failures."""
+from __future__ import annotations
+
+import os
+import sys
+
+PREFIX = "liveinit: "
+KMSG = "/dev/kmsg"
+KMSG_MAX = 900          # the kernel truncates a record around 1 KiB
+INFO, WARN, ERR, DEBUG = 6, 4, 3, 7
+
+
+class Log:
+    """Where boot messages go. `lines` keeps warnings and errors for the record."""
+
+    def __init__(self, quiet: bool = False, debug: bool = False, out=None) -> None:
+        self.quiet = quiet
+        self.verbose = debug
+        self.out = out
+        self.kmsg_fd: int | None = None
+        self.warnings: list[str] = []
+
+    def open_kmsg(self, path: str = KMSG) -> None:
+        """Start copying lines to the kernel log (after devtmpfs is up)."""
+        try:
+            self.kmsg_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError:
+            self.kmsg_fd = None
+
+    def close(self) -> None:
+        if self.kmsg_fd is not None:
+            try:
+                os.close(self.kmsg_fd)
+            except OSError:
+                pass
+            self.kmsg_fd = None
+
+    def _kmsg(self, level: int, text: str) -> None:
+        if self.kmsg_fd is None:
+            return
+        for line in text.splitlines() or [""]:
+            data = f"<{level}>{PREFIX}{line}"[:KMSG_MAX] + "\n"
+            try:
+                os.write(self.kmsg_fd, data.encode("utf-8", "replace"))
+            except OSError:
+                pass
+
+    def _console(self, text: str) -> None:
+        out = self.out or sys.stdout
+        try:
+            for line in text.splitlines() or [""]:
+                out.write(PREFIX + line + "\n")
+            out.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def emit(self, level: int, text: str, console: bool) -> None:
+        self._kmsg(level, text)
+        if console:
+            self._console(text)
+
+    def info(self, text: str) -> None:
+        self.emit(INFO, text, not self.quiet)
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            self.emit(DEBUG, text, True)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        self.emit(WARN, "warning: " + text, not self.quiet)
+
+    def error(self, text: str) -> None:
+        """Always reaches the console: the user must see why the boot stopped."""
+        self.warnings.append(text)
+        self.emit(ERR, text, True)
+
+    __call__ = info
+
+    def stage(self, name: str, ms: float) -> None:
+        self.info(f"stage {name} {ms:.0f} ms")
+
+    def starting(self, init: str, ms: float) -> None:
+        self.info(f"starting {init} after {ms:.0f} ms")

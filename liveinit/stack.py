@@ -1,0 +1,389 @@
+"""Stage `stack`: build the new root at /sysroot.
+
+Live: the image (squashfs or erofs, optionally copied to RAM first) is
+loop-mounted read-only at /run/liveinit/ro; a writable layer (tmpfs, or a
+persistence partition or image file) at /run/liveinit/rw holds `upper/` and
+`work/`; the union is overlayfs, else aufs, else unionfs, else the old
+"wraith" way (a read-only bind of the image with writable tmpfs copies of
+/etc, /var, /tmp, /root, /home bound over it). Plain: the root device mounted
+as the command line asks, optionally under the same overlay."""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from liveinit.emergency import BootFailure
+from liveinit.syscalls import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
+                               MS_NOSUID, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
+                               MS_SYNCHRONOUS)
+
+SYSROOT = "/sysroot"
+BASE = "/run/liveinit"
+MEDIUM = BASE + "/medium"
+RO = BASE + "/ro"
+RW = BASE + "/rw"
+RAM = BASE + "/ram"
+PERSIST_HOST = BASE + "/persist"   # filesystem holding a persistence image file
+PERSIST_DIR = "liveinit-rw"        # on a persistence filesystem: upper/ and work/ below it
+IMAGE_TYPES = ("squashfs", "erofs")
+UNION_CHAIN = ("overlay", "aufs", "unionfs", "bind")
+BIND_DIRS = ("etc", "var", "tmp", "root", "home")   # writable under the bind method
+TORAM_RESERVE = 64 << 20     # memory left over after a copy to RAM
+COPY_CHUNK = 1 << 20
+FLAG_WORDS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
+              "sync": MS_SYNCHRONOUS, "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME,
+              "relatime": MS_RELATIME}
+
+
+@dataclass(frozen=True)
+class Stacked:
+    root: str                 # where the new root is mounted (/sysroot)
+    union: str                # overlay | aufs | unionfs | bind | none | plain
+    image_fstype: str | None  # squashfs/erofs (live), the root's fstype (plain)
+    loop: str | None          # loop device of the image
+    writable: str             # "tmpfs", "persistence LABEL=x", "none", "device"
+    toram: bool
+    tried: tuple[str, ...]    # union methods that failed, with why
+
+
+def mount_options(flags_text: str, readonly: bool) -> tuple[int, str | None]:
+    """rootflags text -> (mount flags, data string)."""
+    flags = MS_RDONLY if readonly else 0
+    data = []
+    for word in flags_text.split(","):
+        if not word or word == "defaults":
+            continue
+        if word == "rw":
+            flags &= ~MS_RDONLY
+        elif word in FLAG_WORDS:
+            flags |= FLAG_WORDS[word]
+        else:
+            data.append(word)
+    return flags, ",".join(data) or None
+
+
+def _probe(path: str) -> dict[str, str]:
+    from liveinit import fsprobe
+    return fsprobe.probe(path)
+
+
+def _need(loader, alias: str, reason: str) -> None:
+    """Ask the loader for a module on demand; a missing one shows up at mount time."""
+    if loader is None:
+        return
+    try:
+        if alias.startswith("fs-"):
+            loader.load_alias(alias, reason)
+        else:
+            loader.load(alias, reason)
+    except Exception:
+        pass
+
+
+def _mount_fs(m, loader, source: str, target: str, fstype: str, flags: int,
+              data: str | None, reason: str) -> None:
+    """mount(2), loading `fs-<fstype>` first on ENODEV (unknown filesystem) and retrying."""
+    m.makedirs(target)
+    try:
+        m.sys.mount(source, m.path(target), fstype, flags, data)
+        return
+    except OSError as e:
+        if e.errno != errno.ENODEV or loader is None:
+            raise
+    _need(loader, "fs-" + fstype, reason)
+    m.sys.mount(source, m.path(target), fstype, flags, data)
+
+
+def meminfo(m) -> dict[str, int]:
+    """/proc/meminfo in bytes."""
+    out: dict[str, int] = {}
+    for line in (m.read("/proc/meminfo") or "").splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def copy_to_ram(m, image: str, medium: str | None, log) -> str:
+    """Copy the image into a tmpfs and unmount the medium; returns the new image path."""
+    real = m.path(image)
+    size = os.path.getsize(real)
+    mem = meminfo(m)
+    avail = mem.get("MemAvailable", mem.get("MemFree", 0))
+    need = size + TORAM_RESERVE
+    if avail < need:
+        raise BootFailure(
+            f"toram: the image {image} needs {need >> 20} MiB of memory "
+            f"({size >> 20} MiB + {TORAM_RESERVE >> 20} MiB reserve) but only "
+            f"{avail >> 20} MiB are available",
+            "boot without copying to RAM (remove toram / rd.live.ram=1 / liveinit.toram), "
+            "or give the machine more memory")
+    m.makedirs(RAM)
+    m.sys.mount("tmpfs", m.path(RAM), "tmpfs", MS_NOSUID | MS_NODEV,
+                f"size={size + COPY_CHUNK},mode=0755")
+    dest = RAM + "/" + os.path.basename(image)
+    log.info(f"toram: copying {image} ({size >> 20} MiB) to RAM")
+    done = 0
+    step = 10
+    with open(real, "rb") as src, open(m.path(dest), "wb") as dst:
+        while True:
+            chunk = src.read(COPY_CHUNK)
+            if not chunk:
+                break
+            dst.write(chunk)
+            done += len(chunk)
+            if size and done * 100 >= step * size:
+                pct = done * 100 // size
+                log.info(f"toram: {pct}%")
+                step = pct // 10 * 10 + 10
+    if medium:
+        try:
+            m.sys.umount2(m.path(medium), 0)
+            log.info(f"toram: {medium} unmounted, the medium can be removed")
+        except OSError as e:
+            log.warn(f"toram: cannot unmount {medium} ({e}); the medium stays in use")
+    return dest
+
+
+def _find_device(m, spec: str) -> str | None:
+    """The /dev node matching LABEL=, UUID=, PARTUUID=, PARTLABEL= or a /dev path."""
+    if spec.startswith("/dev/"):
+        return spec if m.exists(spec) else None
+    key, _, value = spec.partition("=")
+    key = key.upper()
+    if not value:
+        return None
+    from liveinit import blockdev
+    for dev in blockdev.scan(m):
+        ident = blockdev.identify(m, dev)
+        got = ident.get(key)
+        if got is not None and (got == value or got.lower() == value.lower() and "UUID" in key):
+            return blockdev.node(m, dev)
+    return None
+
+
+def _writable(m, cfg, loader, log) -> tuple[str, str]:
+    """Mount the writable layer at RW; returns (base dir holding upper/work, description)."""
+    spec = cfg.persistence
+    if spec:
+        try:
+            return _persistence(m, spec, loader, log)
+        except (OSError, BootFailure) as e:
+            msg = e.message if isinstance(e, BootFailure) else str(e)
+            log.warn(f"persistence {spec}: {msg}; changes will be lost at power-off (tmpfs)")
+    m.makedirs(RW)
+    m.sys.mount("tmpfs", m.path(RW), "tmpfs", MS_NOSUID | MS_NODEV,
+                f"size={cfg.overlay_size},mode=0755")
+    return RW, "tmpfs"
+
+
+def _persistence(m, spec: str, loader, log) -> tuple[str, str]:
+    devspec, _, filepath = spec.partition(":")
+    if devspec.startswith("/") and not devspec.startswith("/dev/") and not filepath:
+        devspec, filepath = "", devspec   # a bare file path on the medium
+    if devspec:
+        dev = _find_device(m, devspec)
+        if dev is None:
+            raise BootFailure(f"no device matches {devspec}")
+        fstype = _probe(m.path(dev)).get("TYPE", "")
+        if not fstype:
+            raise BootFailure(f"{dev} holds no filesystem liveinit recognises")
+    if not filepath:
+        _mount_fs(m, loader, dev, RW, fstype, 0, None, f"persistence on {dev}")
+        log.info(f"persistence: {dev} ({fstype}) holds the writable layer")
+        return RW + "/" + PERSIST_DIR, f"persistence {spec}"
+    if devspec:
+        _mount_fs(m, loader, dev, PERSIST_HOST, fstype, 0, None, f"persistence on {dev}")
+        host = PERSIST_HOST
+    else:
+        host = MEDIUM
+    image = host + "/" + filepath.lstrip("/")
+    if not m.exists(image):
+        raise BootFailure(f"no file {filepath} on {devspec or 'the medium'}")
+    ftype = _probe(m.path(image)).get("TYPE", "")
+    if not ftype:
+        raise BootFailure(f"{filepath} holds no filesystem (make one with mkfs.ext4)")
+    _need(loader, "loop", f"persistence image {filepath}")
+    loop = m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+    _mount_fs(m, loader, loop, RW, ftype, 0, None, f"persistence image {filepath}")
+    log.info(f"persistence: {filepath} ({ftype}) holds the writable layer")
+    return RW + "/" + PERSIST_DIR, f"persistence {spec}"
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copy a directory tree keeping symlinks, modes, owners, times and special files."""
+    st = os.lstat(src)
+    os.makedirs(dst, exist_ok=True)
+    for entry in os.scandir(src):
+        s, d = entry.path, os.path.join(dst, entry.name)
+        est = entry.stat(follow_symlinks=False)
+        if os.path.lexists(d):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(s), d)
+        elif entry.is_dir(follow_symlinks=False):
+            _copy_tree(s, d)
+            continue
+        elif entry.is_file(follow_symlinks=False):
+            with open(s, "rb") as fi, open(d, "wb") as fo:
+                while True:
+                    b = fi.read(COPY_CHUNK)
+                    if not b:
+                        break
+                    fo.write(b)
+        else:
+            try:
+                os.mknod(d, est.st_mode, est.st_rdev)
+            except OSError:
+                continue   # sockets, or no privilege: nothing to keep
+        _attrs(d, est)
+    _attrs(dst, st)
+
+
+def _attrs(path: str, st: os.stat_result) -> None:
+    try:
+        os.lchown(path, st.st_uid, st.st_gid)
+    except OSError:
+        pass
+    if not os.path.islink(path):
+        os.chmod(path, st.st_mode & 0o7777)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _union(m, method: str, lower: str, base: str, loader) -> None:
+    """Mount one union method at SYSROOT; raises OSError when the kernel cannot."""
+    upper, work = base + "/upper", base + "/work"
+    root = m.path(SYSROOT)
+    if method == "overlay":
+        m.makedirs(upper)
+        m.makedirs(work)
+        _need(loader, "overlay", "overlay for the writable layer")
+        m.sys.mount("overlay", root, "overlay", 0,
+                    f"lowerdir={m.path(lower)},upperdir={m.path(upper)},workdir={m.path(work)}")
+    elif method == "aufs":
+        m.makedirs(upper)
+        _need(loader, "fs-aufs", "aufs for the writable layer")
+        m.sys.mount("none", root, "aufs", 0, f"br={m.path(upper)}=rw:{m.path(lower)}=ro")
+    elif method == "unionfs":
+        m.makedirs(upper)
+        _need(loader, "fs-unionfs", "unionfs for the writable layer")
+        m.sys.mount("unionfs", root, "unionfs", 0,
+                    f"dirs={m.path(upper)}=rw:{m.path(lower)}=ro")
+    elif method == "bind":
+        _bind_wraith(m, lower, base)
+    elif method == "none":
+        m.sys.mount(m.path(lower), root, None, MS_BIND | MS_REC)
+        m.sys.mount("none", root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    else:
+        raise OSError(errno.EINVAL, f"unknown union method {method}")
+
+
+def _bind_wraith(m, lower: str, base: str) -> None:
+    """Read-only bind of the image with writable copies of BIND_DIRS bound over it."""
+    root = m.path(SYSROOT)
+    m.sys.mount(m.path(lower), root, None, MS_BIND | MS_REC)
+    m.sys.mount("none", root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for d in BIND_DIRS:
+        src = lower + "/" + d
+        if not os.path.isdir(m.path(src)):
+            continue
+        copy = base + "/bind/" + d
+        if not m.exists(copy):   # persistent copies survive: do not overwrite them
+            _copy_tree(m.path(src), m.path(copy))
+        m.sys.mount(m.path(copy), m.path(SYSROOT + "/" + d), None, MS_BIND)
+
+
+def _stack_union(m, cfg, lower: str, loader, log, forced: bool) -> tuple[str, str, list[str]]:
+    """Writable layer + union at SYSROOT; returns (method, writable, failures)."""
+    if cfg.union == "none":
+        _union(m, "none", lower, "", loader)
+        return "none", "none", []
+    base, writable = _writable(m, cfg, loader, log)
+    chain = (cfg.union,) if forced or cfg.union != "overlay" else UNION_CHAIN
+    tried: list[str] = []
+    for method in chain:
+        try:
+            _union(m, method, lower, base, loader)
+            if tried:
+                log.warn(f"union: using {method} ({'; '.join(tried)})")
+            return method, writable, tried
+        except OSError as e:
+            why = "not supported by this kernel" if e.errno == errno.ENODEV else str(e)
+            tried.append(f"{method}: {why}")
+            log.debug(f"union {method} failed: {e}")
+    raise BootFailure(
+        "cannot stack a writable layer over the image: " + "; ".join(tried),
+        "the kernel lacks overlayfs (and aufs, unionfs) or its module is not in the "
+        "initramfs; pack the `overlay` module, or boot read-only with union=none")
+
+
+def stack(m, cfg, found, loader, log, forced_union: bool = False) -> Stacked:
+    """Mount the new root at /sysroot for `found` (live medium or plain root)."""
+    m.makedirs(SYSROOT)
+    if found.image is None:
+        return _plain(m, cfg, found, loader, log, forced_union)
+    image = found.image
+    if not m.exists(image):
+        raise BootFailure(
+            f"the live image {image} is not on {found.device}",
+            f"found the medium {found.device} ({found.how}); set liveinit.image= "
+            "(or live-media-path=, rd.live.dir=) to the image's path on the medium")
+    info = _probe(m.path(image))
+    fstype = info.get("TYPE")
+    if not fstype:
+        raise BootFailure(
+            f"{image} on {found.device} is not a squashfs or erofs image (unrecognised content)",
+            "the image is corrupt or truncated: check the medium (its checksum) or "
+            "point liveinit.image= at the right file")
+    if fstype not in IMAGE_TYPES:
+        log.warn(f"{image} holds {fstype}, not squashfs/erofs; mounting it read-only anyway")
+    toram = False
+    if cfg.toram:
+        image = copy_to_ram(m, image, found.medium, log)
+        toram = True
+    _need(loader, "loop", f"loop device for {image}")
+    try:
+        loop = m.sys.loop_attach(m.path(image), readonly=True, autoclear=True, dev=m.path("/dev"))
+    except OSError as e:
+        raise BootFailure(
+            f"cannot attach {image} to a loop device: {e}",
+            "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent")
+    try:
+        _mount_fs(m, loader, loop, RO, fstype, MS_RDONLY, None, f"live image {image}")
+    except OSError as e:
+        raise BootFailure(
+            f"cannot mount {image} ({fstype}) from {loop} at {RO}: {e}",
+            f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
+            "or the image is corrupt (check the medium's checksum)")
+    method, writable, tried = _stack_union(m, cfg, RO, loader, log, forced_union)
+    log.info(f"root: {image} ({fstype}) + {writable} via {method}")
+    return Stacked(SYSROOT, method, fstype, loop, writable, toram, tuple(tried))
+
+
+def _plain(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
+    fstype = cfg.rootfstype or found.fstype
+    if not fstype:
+        raise BootFailure(
+            f"the root device {found.device} holds no filesystem liveinit recognises",
+            "name its type with rootfstype= (e.g. rootfstype=ext4) or check root=")
+    flags, data = mount_options(cfg.rootflags, cfg.readonly)
+    overlay = forced_union and cfg.union != "none"
+    target = RO if overlay else SYSROOT
+    if overlay:
+        flags |= MS_RDONLY
+    try:
+        _mount_fs(m, loader, found.device, target, fstype, flags, data, f"root {found.device}")
+    except OSError as e:
+        raise BootFailure(
+            f"cannot mount the root {found.device} ({fstype}) at {target}: {e}",
+            f"found it by {found.how}; check rootfstype= and rootflags= "
+            f"(now {cfg.rootfstype or 'auto'} / {cfg.rootflags or 'none'}), "
+            "or whether its filesystem module is packed")
+    if not overlay:
+        log.info(f"root: {found.device} ({fstype}) {'ro' if flags & MS_RDONLY else 'rw'}")
+        return Stacked(SYSROOT, "plain", fstype, None, "device", False, ())
+    method, writable, tried = _stack_union(m, cfg, RO, loader, log, True)
+    log.info(f"root: {found.device} ({fstype}) + {writable} via {method}")
+    return Stacked(SYSROOT, method, fstype, None, writable, False, tuple(tried))
