@@ -1,0 +1,124 @@
+"""Host-only mode: pack just the drivers the running machine uses.
+
+pyudev lists every device's MODALIAS and walks the parents of the root block
+device (its driver chain: e.g. virtio_blk <- virtio-pci); psutil says which
+device is mounted on / and with which filesystem. The module set is then the
+modules matching those modaliases, the drivers of the chain, the root
+filesystem's module and, for a live boot, loop + squashfs + overlay; the
+caller adds the closure.
+
+Limits: a root on dm/md/LVM is followed through its `slaves/`; network roots
+(nfs, nbd) and a root on a module-less fuse filesystem are not handled."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from packer.cli import CommandError
+
+LIVE_MODULES = ("loop", "squashfs", "overlay", "isofs")
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """What the running machine needs to find its root."""
+
+    modaliases: tuple[str, ...]     # every device's MODALIAS, sorted, unique
+    root_device: str                # e.g. /dev/vda
+    root_fstype: str                # e.g. ext4
+    root_drivers: tuple[str, ...]   # driver and module names up the root device's parents
+    root_modaliases: tuple[str, ...]
+
+
+def root_filesystem(mountpoint: str = "/") -> tuple[str, str]:
+    """(device, fstype) mounted on `mountpoint`, from psutil."""
+    import psutil
+    for part in psutil.disk_partitions(all=True):
+        if part.mountpoint == mountpoint:
+            return part.device, part.fstype
+    raise CommandError(f"psutil finds nothing mounted on {mountpoint}",
+                       hint="--host-only needs /proc mounted; build without --host-only instead")
+
+
+def _driver_chain(device: object, seen: set[str]) -> tuple[list[str], list[str]]:
+    """Drivers/modules and modaliases of `device`, its parents and (dm/md) its slaves."""
+    import pyudev
+    drivers: list[str] = []
+    aliases: list[str] = []
+    for dev in [device, *device.ancestors]:  # type: ignore[attr-defined]
+        if dev.sys_path in seen:
+            continue
+        seen.add(dev.sys_path)
+        if dev.driver:
+            drivers.append(dev.driver)
+        module = os.path.join(dev.sys_path, "driver", "module")
+        if os.path.islink(module):
+            drivers.append(os.path.basename(os.readlink(module)))
+        alias = dev.properties.get("MODALIAS")
+        if alias:
+            aliases.append(alias)
+    slaves = Path(device.sys_path) / "slaves"  # type: ignore[attr-defined]
+    if slaves.is_dir():
+        for s in sorted(slaves.iterdir()):
+            sub = pyudev.Devices.from_sys_path(device.context, str(s.resolve()))  # type: ignore[attr-defined]
+            d, a = _driver_chain(sub, seen)
+            drivers += d
+            aliases += a
+    return drivers, aliases
+
+
+def probe_host() -> HostProfile:
+    """Collect the running machine's modaliases and root device chain."""
+    import pyudev
+    try:
+        ctx = pyudev.Context()
+    except ImportError as e:  # libudev missing
+        raise CommandError(f"pyudev cannot start: {e}", hint="apt-get install libudev1")
+    aliases = sorted({d.properties["MODALIAS"] for d in ctx.list_devices() if d.properties.get("MODALIAS")})
+    device, fstype = root_filesystem("/")
+    try:
+        root = pyudev.Devices.from_device_file(ctx, device)
+    except (pyudev.DeviceNotFoundError, ValueError, OSError) as e:
+        raise CommandError(f"the root device {device} is not a block device udev knows ({e})",
+                           hint="--host-only cannot follow this root (overlay/network/container?); "
+                           "pack the universal image instead")
+    drivers, root_aliases = _driver_chain(root, set())
+    return HostProfile(modaliases=tuple(aliases), root_device=device, root_fstype=fstype,
+                       root_drivers=tuple(dict.fromkeys(drivers)),
+                       root_modaliases=tuple(dict.fromkeys(root_aliases)))
+
+
+def _normal(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def host_modules(tree: object, profile: HostProfile, live: bool = True) -> set[str]:
+    """Module names (before closure) the image needs on this machine.
+
+    `tree` is a packer.kmod.ModuleTree; names it does not have (built-in
+    drivers, drivers of another kernel) are skipped."""
+    names: set[str] = set()
+    available = {_normal(n) for n in tree.select(globs=("*",))}  # type: ignore[attr-defined]
+    names |= match_modaliases(tree, profile.modaliases)
+    for d in profile.root_drivers:
+        if _normal(d) in available:
+            names.add(_normal(d))
+    fs = _normal(profile.root_fstype)
+    if fs in available:
+        names.add(fs)
+    if live:
+        names |= {m for m in LIVE_MODULES if m in available}
+    return names
+
+
+def match_modaliases(tree: object, aliases: tuple[str, ...]) -> set[str]:
+    """Modules of `tree` whose alias patterns match any of `aliases` (kmod rules)."""
+    match = getattr(tree, "match", None)
+    if match is None:
+        raise CommandError("packer.kmod.ModuleTree has no modalias matching yet",
+                           hint="host-only mode needs engineer C's ModuleTree.match")
+    out: set[str] = set()
+    for a in aliases:
+        out.update(match(a))
+    return out
