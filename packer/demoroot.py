@@ -19,6 +19,7 @@ BUSYBOX = Path("/bin/busybox")
 SUCCESS_MARKER = "LIVEINIT-DEMO-OK"
 # A file written on every boot; finding it at the next boot means the
 # writable layer persisted (persistence partition), not a tmpfs.
+KMSG_MARK = "liveinit-demo: init running"
 STAMP = "/var/lib/liveinit-demo/boot-stamp"
 
 OS_RELEASE = """\
@@ -37,7 +38,8 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 [ -r /proc/uptime ] || mount -t proc proc /proc
 [ -d /sys/kernel ] || mount -t sysfs sysfs /sys
 [ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev 2>/dev/null
-[ -c /dev/kmsg ] && echo "{SUCCESS_MARKER}-KMSG" > /dev/kmsg
+# a printk-timestamped mark: when the real init started, to the microsecond
+[ -c /dev/kmsg ] && echo "{KMSG_MARK}" > /dev/kmsg
 persisted=no
 [ -f {STAMP} ] && persisted=yes
 writable=no
