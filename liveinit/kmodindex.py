@@ -18,6 +18,8 @@ from __future__ import annotations
 import marshal
 
 FORMAT = 1
+# Version 2 writes no object references: equal indexes give equal bytes.
+MARSHAL_VERSION = 2
 INDEX_NAME = "liveinit.index"
 PCI_ANY = 0xFFFFFFFF
 # Literal prefixes longer than this are cut: fewer distinct key lengths to
@@ -585,7 +587,7 @@ class ModuleIndex:
         }
 
     def dumps(self) -> bytes:
-        return marshal.dumps(self.to_dict())
+        return marshal.dumps(self.to_dict(), MARSHAL_VERSION)
 
     def dump(self, path: str) -> None:
         """Write the index as one marshal blob (deterministic for equal input)."""

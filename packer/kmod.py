@@ -1,0 +1,520 @@
+"""A kernel's module tree on the host: read depmod's index files or compute the
+same data from every module's `.modinfo` (pyelftools), cache it per kernel,
+select modules by name, path glob or group, close over dependencies and
+softdeps, find firmware, and write the index of exactly the packed modules
+(modules.dep/alias/softdep/builtin/pcimap and the boot-time `liveinit.index`)."""
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import hashlib
+import io
+import lzma
+import marshal
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from liveinit.kmodindex import (INDEX_NAME, ModuleIndex, modname, parse_alias, parse_builtin,
+                                parse_builtin_modinfo, parse_config, parse_dep, parse_softdep_value,
+                                pci_entry)
+from packer.cli import CommandError
+from packer.kernelpkg import DEFAULT_CACHE
+
+CACHE_FORMAT = 2
+DEFAULT_KMOD_CACHE = DEFAULT_CACHE / "kmod"
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+FIRMWARE_ROOT = Path("/lib/firmware")
+FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
+# marshal version 2 writes no object references, so equal data gives equal
+# bytes whatever path built it (reproducible images and cache files).
+MARSHAL_VERSION = 2
+INDEX_FILES = ("modules.dep", "modules.alias", "modules.softdep", "modules.builtin",
+               "modules.builtin.modinfo", "modules.order")
+
+# Named module groups: path globs (with "/", relative to the module directory)
+# or module-name globs. A pattern that matches nothing in a kernel is fine:
+# kernels differ in what they build as modules.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "storage": (
+        # libata: ahci, ata_piix, every pata_*/sata_* driver
+        "kernel/drivers/ata/*",
+        # SCSI upper layers and HBAs of PCs, servers and hypervisors
+        "sd_mod", "sr_mod", "sg", "ses", "scsi_transport_sas", "scsi_transport_spi",
+        "kernel/drivers/message/fusion/*", "kernel/drivers/scsi/megaraid/*", "megaraid",
+        "kernel/drivers/scsi/mpt3sas/*", "kernel/drivers/scsi/aacraid/*",
+        "kernel/drivers/scsi/aic7xxx/*", "kernel/drivers/scsi/aic94xx/*",
+        "kernel/drivers/scsi/smartpqi/*", "kernel/drivers/scsi/mvsas/*", "kernel/drivers/scsi/isci/*",
+        "kernel/drivers/scsi/pm8001/*", "kernel/drivers/scsi/arcmsr/*", "kernel/drivers/scsi/sym53c8xx_2/*",
+        "kernel/drivers/scsi/mpi3mr/*", "kernel/drivers/scsi/esas2r/*",
+        "hpsa", "3w_9xxx", "3w_sas", "3w_xxxx", "vmw_pvscsi", "hv_storvsc", "virtio_scsi", "BusLogic",
+        "hptiop", "stex", "ipr", "initio", "dc395x", "am53c974", "qla1280", "ips", "myrb", "myrs",
+        "advansys", "a100u2w", "atp870u", "mvumi", "pmcraid", "snic", "xen_blkfront", "xen_scsifront",
+        # NVMe, virtio disks, MMC/SD
+        "nvme", "nvme_core", "virtio_blk", "virtio_pci", "virtio_mmio",
+        "mmc_block", "mmc_core", "sdhci", "sdhci_pci", "sdhci_acpi", "sdhci_pltfm", "cqhci",
+        "rtsx_pci_sdmmc", "rtsx_usb_sdmmc", "via_sdmmc", "alcor", "toshsd", "vub300", "ushc",
+        "loop",
+    ),
+    "virtio": ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_mmio", "virtio_rng", "virtio_console",
+               "virtio_input"),
+    "usb": ("xhci_pci", "xhci_hcd", "xhci_plat_hcd", "ehci_pci", "ehci_hcd", "ehci_platform",
+            "ohci_pci", "ohci_hcd", "ohci_platform", "uhci_hcd", "usb_storage", "uas",
+            "kernel/drivers/usb/storage/*", "usbhid", "hid_generic"),
+    "cdrom": ("sr_mod", "cdrom", "isofs", "udf"),
+    "fs": ("isofs", "udf", "vfat", "fat", "msdos", "nls_cp437", "nls_iso8859_1", "nls_utf8", "nls_ascii",
+           "exfat", "ext4", "btrfs", "xfs", "squashfs", "erofs", "overlay", "loop", "f2fs"),
+    "live": ("squashfs", "erofs", "overlay", "loop", "isofs", "udf", "vfat", "nls_cp437",
+             "nls_iso8859_1", "nls_utf8"),
+    "keyboard": ("atkbd", "i8042", "usbhid", "hid_generic", "hid", "hid_apple", "hid_microsoft",
+                 "hid_logitech", "hid_logitech_dj", "hid_cherry", "hid_lenovo", "hyperv_keyboard",
+                 "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd", "virtio_input"),
+}
+
+
+@dataclass(frozen=True)
+class Module:
+    """One module as depmod sees it."""
+
+    name: str
+    path: str                    # relative to the module directory
+    depends: tuple[str, ...]     # every dependency, in modules.dep order
+    aliases: tuple[str, ...]
+    softdeps: tuple[str, ...]    # raw softdep= values ("pre: a b post: c")
+    firmware: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What `write_index` wrote."""
+
+    modules: int
+    aliases: int
+    pcimap_entries: int
+    unrepresentable: tuple[tuple[str, str], ...]  # (pci alias, module): kept in the alias index only
+    index_bytes: int
+
+
+# ---------------------------------------------------------------- .modinfo
+
+def _module_bytes(path: Path) -> bytes:
+    name = path.name
+    if name.endswith(".ko"):
+        return path.read_bytes()
+    if name.endswith(".ko.xz"):
+        return lzma.decompress(path.read_bytes())
+    if name.endswith(".ko.gz"):
+        return gzip.decompress(path.read_bytes())
+    if name.endswith(".ko.zst"):
+        try:
+            return subprocess.run(["zstd", "-dcq", str(path)], check=True, capture_output=True).stdout
+        except FileNotFoundError:
+            raise CommandError(f"{path} is zstd-compressed and the zstd program is missing",
+                               hint="install zstd (apt-get install zstd)") from None
+        except subprocess.CalledProcessError as e:
+            raise CommandError(f"cannot decompress {path}: {e.stderr.decode(errors='replace').strip()}") from None
+    raise CommandError(f"{path} is not a kernel module")
+
+
+def read_modinfo(path: Path) -> list[tuple[str, str]]:
+    """(key, value) pairs of a module's .modinfo section, in file order."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    try:
+        if path.name.endswith(".ko"):
+            with open(path, "rb") as f:  # plain modules: read only headers and the section
+                sec = ELFFile(f).get_section_by_name(".modinfo")
+                raw = sec.data() if sec is not None else b""
+        else:
+            sec = ELFFile(io.BytesIO(_module_bytes(path))).get_section_by_name(".modinfo")
+            raw = sec.data() if sec is not None else b""
+    except (ELFError, OSError, ValueError) as e:
+        raise CommandError(f"cannot read .modinfo of {path}: {e}",
+                           hint="is the module tree complete and not corrupted?") from None
+    out = []
+    for item in raw.split(b"\0"):
+        key, eq, value = item.decode("utf-8", "replace").partition("=")
+        if eq:
+            out.append((key, value))
+    return out
+
+
+def _depmod_order(mods: dict[str, list[str]], order: list[str]) -> dict[str, tuple[str, ...]]:
+    """Every module's full dependency list in depmod's modules.dep order: a
+    topological sort that emits modules without users first."""
+    idx = {n: i for i, n in enumerate(order)}
+    users = dict.fromkeys(order, 0)
+    for n in order:
+        for d in mods[n]:
+            if d in users:
+                users[d] += 1
+    roots = [n for n in order if users[n] == 0]
+    sort_idx: dict[str, int] = {}
+    while roots:
+        n = roots.pop()
+        sort_idx[n] = len(sort_idx)
+        for d in mods[n]:
+            if d in users:
+                users[d] -= 1
+                if users[d] == 0:
+                    roots.append(d)
+    for n in order:  # dependency loops: depmod complains; keep them last
+        sort_idx.setdefault(n, len(sort_idx))
+    out = {}
+    for n in order:
+        seen: set[str] = set()
+        stack = [d for d in mods[n] if d in idx]
+        while stack:
+            d = stack.pop()
+            if d in seen or d == n:
+                continue
+            seen.add(d)
+            stack.extend(x for x in mods[d] if x in idx)
+        out[n] = tuple(sorted(seen, key=lambda d: sort_idx[d]))
+    return out
+
+
+# ---------------------------------------------------------------- the tree
+
+class ModuleTree:
+    """The modules of one kernel (`/lib/modules/KVER`), cached per kernel."""
+
+    def __init__(self, moddir: Path, cache: Path | None = None) -> None:
+        self.moddir = Path(moddir)
+        if not (self.moddir / "kernel").is_dir() and not (self.moddir / "modules.dep").exists():
+            raise CommandError(f"{self.moddir} is not a kernel module directory (no kernel/ or modules.dep)",
+                               hint="pass /lib/modules/KVER of the kernel you pack")
+        self.kver = self.moddir.name
+        self.cache = DEFAULT_KMOD_CACHE if cache is None else Path(cache)
+        data = self._load()
+        self.source: str = data["source"]
+        self.modules: dict[str, Module] = {m[0]: Module(*m) for m in data["modules"]}
+        self.builtin_paths: tuple[str, ...] = tuple(data["builtin"])
+        self.builtin: frozenset[str] = frozenset(modname(p) for p in self.builtin_paths)
+        self.builtin_modinfo: tuple[tuple[str, str, str], ...] = tuple(data["builtin_modinfo"])
+        self.softdep_providers: dict[str, tuple[str, ...]] = data["softdep_providers"]
+        self._index: ModuleIndex | None = None
+
+    # -- reading and caching
+
+    def _files(self) -> list[str]:
+        out = []
+        base = str(self.moddir)
+        for d, dirs, files in os.walk(base):
+            dirs.sort()
+            rel = os.path.relpath(d, base)
+            for f in sorted(files):
+                if f.endswith(MODULE_SUFFIXES):
+                    out.append(f if rel == "." else f"{rel}/{f}")
+        return out
+
+    def _fingerprint(self, files: list[str]) -> str:
+        h = hashlib.sha256(f"{CACHE_FORMAT} {self.moddir.resolve()} {len(files)}".encode())
+        for name in INDEX_FILES:
+            try:
+                st = (self.moddir / name).stat()
+                h.update(f" {name} {st.st_size} {st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f" {name} -".encode())
+        return h.hexdigest()[:16]
+
+    def _load(self) -> dict:
+        files = self._files()
+        if not files:
+            raise CommandError(f"{self.moddir} holds no kernel modules (.ko, .ko.xz, .ko.zst, .ko.gz)",
+                               hint="is this the module directory of an unpacked kernel?")
+        cache_file = self.cache / f"{self.kver}-{self._fingerprint(files)}.marshal"
+        try:
+            data = marshal.loads(cache_file.read_bytes())
+            if data.get("format") == CACHE_FORMAT:
+                return data
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+        data = self._scan(files)
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(marshal.dumps(data, MARSHAL_VERSION))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a read-only cache only costs time
+        return data
+
+    def _read(self, name: str) -> str | None:
+        try:
+            return (self.moddir / name).read_text(errors="replace")
+        except OSError:
+            return None
+
+    def _scan(self, files: list[str]) -> dict:
+        """The slow path: depmod's files when present, .modinfo of every module."""
+        infos = {}
+        for rel in files:
+            infos[modname(rel)] = (rel, read_modinfo(self.moddir / rel))
+        order_text = self._read("modules.order") or ""
+        order_names = [modname(p) for p in order_text.split()]
+        order = [n for n in dict.fromkeys(order_names) if n in infos]
+        order += sorted(set(infos) - set(order), key=lambda n: infos[n][0])
+        dep_text = self._read("modules.dep")
+        if dep_text is not None:
+            source = "depmod"
+            parsed = {n: (p, deps) for n, p, deps in parse_dep(dep_text)}
+            aliases: dict[str, list[str]] = {}
+            for pat, mod in parse_alias(self._read("modules.alias") or ""):
+                aliases.setdefault(mod, []).append(pat)
+            softdeps: dict[str, list[str]] = {}
+            for d in parse_config(self._read("modules.softdep") or ""):
+                if d[0] == "softdep":
+                    softdeps.setdefault(d[1], []).append(d[2])
+            full = {n: parsed[n][1] if n in parsed else () for n in order}
+        else:
+            source = "modinfo"
+            direct = {}
+            aliases, softdeps = {}, {}
+            for n in order:
+                kv = infos[n][1]
+                direct[n] = [modname(d) for k, v in kv if k == "depends" for d in v.split(",") if d]
+                aliases[n] = [v for k, v in kv if k == "alias"]
+                softdeps[n] = [v for k, v in kv if k == "softdep"]
+            full = _depmod_order(direct, order)
+        modules = []
+        for n in order:
+            rel, kv = infos[n]
+            modules.append((n, rel, tuple(full[n]), tuple(aliases.get(n, ())), tuple(softdeps.get(n, ())),
+                            tuple(v for k, v in kv if k == "firmware")))
+        builtin = [line.strip() for line in (self._read("modules.builtin") or "").splitlines() if line.strip()]
+        try:
+            binfo = parse_builtin_modinfo((self.moddir / "modules.builtin.modinfo").read_bytes())
+        except OSError:
+            binfo = []
+        data = {"format": CACHE_FORMAT, "source": source, "modules": modules, "builtin": builtin,
+                "builtin_modinfo": [t for t in binfo if t[1] in ("alias", "softdep")]}
+        data["softdep_providers"] = self._resolve_softdeps(data)
+        return data
+
+    @staticmethod
+    def _resolve_softdeps(data: dict) -> dict[str, tuple[str, ...]]:
+        """Every module's softdep targets (all lines, pre and post) resolved
+        through kmod's lookup to module names (aliases give all providers)."""
+        index = _full_index(data, "")
+        out = {}
+        for m in data["modules"]:
+            names: list[str] = []
+            for value in m[4]:
+                pre, post = parse_softdep_value(value)
+                for target in pre + post:
+                    names.extend(x for x in index.lookup(target) if x not in names)
+            if names:
+                out[m[0]] = tuple(names)
+        return out
+
+    # -- queries
+
+    def index(self) -> ModuleIndex:
+        """The kmod view of the whole tree (built on first use, ~0.2 s)."""
+        if self._index is None:
+            self._index = _full_index({"modules": [_astuple(m) for m in self.modules.values()],
+                                       "builtin": self.builtin_paths,
+                                       "builtin_modinfo": self.builtin_modinfo}, self.kver)
+        return self._index
+
+    def match(self, modalias: str) -> list[str]:
+        """Module names `modprobe -R modalias` gives for this tree."""
+        return self.index().lookup(modalias)
+
+    def path(self, name: str) -> Path:
+        """The module file."""
+        m = self.modules.get(modname(name))
+        if m is None:
+            raise CommandError(f"module {name} is not in {self.moddir}",
+                               hint="builtin" if modname(name) in self.builtin else "check the name")
+        return self.moddir / m.path
+
+    def select(self, names: Iterable[str] = (), globs: Iterable[str] = (),
+               groups: Iterable[str] = ()) -> set[str]:
+        """Module names chosen by name (or alias), glob (`kernel/drivers/ata/*`
+        on paths, `virtio*` on names) and group; builtins are left out."""
+        out: set[str] = set()
+        for name in names:
+            n = modname(name)
+            if n in self.modules:
+                out.add(n)
+            elif n in self.builtin:
+                continue
+            else:
+                found = [m for m in self.match(name) if m in self.modules]
+                builtin = [m for m in self.match(name) if m in self.builtin]
+                if not found and not builtin:
+                    raise CommandError(f"no module named {name} in {self.moddir}",
+                                       hint="module names look like ahci or virtio_blk; "
+                                            "`liveinit modalias --moddir DIR NAME` shows what matches")
+                out.update(found)
+        for g in globs:
+            got = self._glob(g)
+            if not got:
+                raise CommandError(f"module glob {g} matches nothing in {self.moddir}",
+                                   hint="path globs are relative to the module directory, "
+                                        "e.g. kernel/drivers/ata/*")
+            out |= got
+        for group in groups:
+            if group not in GROUPS:
+                raise CommandError(f"unknown module group {group}",
+                                   hint=f"known groups: {', '.join(sorted(GROUPS))}")
+            for pat in GROUPS[group]:
+                out |= self._glob(pat)
+        return out
+
+    def _glob(self, pattern: str) -> set[str]:
+        if "/" in pattern:
+            return {n for n, m in self.modules.items() if fnmatch.fnmatchcase(m.path, pattern)}
+        pat = modname(pattern) if not any(c in pattern for c in "*?[") else pattern.replace("-", "_")
+        if pat in self.modules:
+            return {pat}
+        return {n for n in self.modules if fnmatch.fnmatchcase(n, pat)}
+
+    def closure(self, names: Iterable[str], config_dirs: Iterable[Path] = ()) -> set[str]:
+        """`names` plus every dependency and softdep provider, transitively
+        (softdeps from modprobe.d files in `config_dirs` too)."""
+        extra: list[tuple[object, tuple[str, ...]]] = []
+        confs = _config_files(config_dirs)
+        if confs:
+            idx = self.index()
+            for _fn, text in confs:
+                for d in parse_config(text):
+                    if d[0] == "softdep":
+                        pre, post = parse_softdep_value(d[2])
+                        provs = tuple(x for t in pre + post for x in idx.lookup(t))
+                        extra.append((d[1], provs))
+        todo = [modname(n) for n in names]
+        out: set[str] = set()
+        while todo:
+            n = todo.pop()
+            if n in out or n not in self.modules:
+                continue
+            out.add(n)
+            todo.extend(self.modules[n].depends)
+            todo.extend(self.softdep_providers.get(n, ()))
+            for pat, provs in extra:
+                if fnmatch.fnmatchcase(n, pat):  # type: ignore[arg-type]
+                    todo.extend(provs)
+        return out
+
+    def firmware(self, names: Iterable[str], fw_root: Path = FIRMWARE_ROOT) -> list[Path]:
+        """Firmware files (or their .xz/.zst variants) the modules name that exist under `fw_root`."""
+        found: set[Path] = set()
+        for n in names:
+            m = self.modules.get(modname(n))
+            if m is None:
+                continue
+            for fw in m.firmware:
+                for suffix in FIRMWARE_SUFFIXES:
+                    p = fw_root / (fw + suffix)
+                    if any(c in fw for c in "*?["):
+                        found.update(q for q in fw_root.glob(fw + suffix) if q.is_file())
+                    elif p.is_file():
+                        found.add(p)
+        return sorted(found)
+
+    # -- writing
+
+    def write_index(self, dest_moddir: Path, names: Iterable[str],
+                    config_dirs: Iterable[Path] = ()) -> IndexReport:
+        """Write modules.{dep,alias,softdep,builtin,builtin.modinfo,order,pcimap}
+        and `liveinit.index` for exactly `names` (which must hold their own
+        dependencies), with the modprobe.d files of `config_dirs` baked in."""
+        wanted = {modname(n) for n in names} - self.builtin
+        unknown = sorted(n for n in wanted if n not in self.modules)
+        if unknown:
+            raise CommandError(f"not modules of {self.moddir}: {', '.join(unknown)}")
+        mods = [m for n, m in self.modules.items() if n in wanted]
+        missing = sorted({d for m in mods for d in m.depends if d not in wanted})
+        if missing:
+            raise CommandError(f"the module set lacks dependencies: {', '.join(missing)}",
+                               hint="pass ModuleTree.closure(names) to write_index")
+        dest = Path(dest_moddir)
+        dest.mkdir(parents=True, exist_ok=True)
+        path_of = {m.name: m.path for m in mods}
+        dep_lines = [f"{m.path}: {' '.join(path_of[d] for d in m.depends)}".rstrip() + "\n" for m in mods]
+        alias_pairs = [(a, m.name) for m in mods for a in m.aliases]
+        alias_lines = ["# Aliases extracted from modules themselves.\n"]
+        alias_lines += [f"alias {a} {n}\n" for a, n in alias_pairs]
+        soft_lines = ["# Soft dependencies extracted from modules themselves.\n"]
+        for m in mods:
+            # One line per module: kmod honours only the first matching line,
+            # and a packed module needs all its softdeps at boot.
+            pre: list[str] = []
+            post: list[str] = []
+            for value in m.softdeps:
+                p, q = parse_softdep_value(value)
+                pre += [x for x in p if x not in pre]
+                post += [x for x in q if x not in post]
+            if pre or post:
+                body = (f" pre: {' '.join(pre)}" if pre else "") + (f" post: {' '.join(post)}" if post else "")
+                soft_lines.append(f"softdep {m.name}{body}\n")
+        pcimap, unrepresentable = pcimap_lines(alias_pairs)
+        binfo = b"".join(f"{m}.{k}={v}".encode() + b"\0" for m, k, v in self.builtin_modinfo if k == "alias")
+        files = {
+            "modules.dep": "".join(dep_lines),
+            "modules.alias": "".join(alias_lines),
+            "modules.softdep": "".join(soft_lines),
+            "modules.builtin": "".join(p + "\n" for p in self.builtin_paths),
+            "modules.order": "".join(m.path + "\n" for m in mods),
+            "modules.pcimap": "".join(pcimap),
+        }
+        for name, text in files.items():
+            (dest / name).write_text(text)
+        (dest / "modules.builtin.modinfo").write_bytes(binfo)
+        config = [("modules.softdep", files["modules.softdep"])] + _config_files(config_dirs)
+        index = ModuleIndex.build(self.kver, [(m.name, m.path, m.depends) for m in mods], alias_pairs,
+                                  [modname(p) for p in self.builtin_paths],
+                                  [(v, m) for m, k, v in self.builtin_modinfo if k == "alias"], config)
+        blob = index.dumps()
+        (dest / INDEX_NAME).write_bytes(blob)
+        return IndexReport(len(mods), len(alias_pairs), len(pcimap) - 1, tuple(unrepresentable), len(blob))
+
+
+def _astuple(m: Module) -> tuple:
+    return (m.name, m.path, m.depends, m.aliases, m.softdeps, m.firmware)
+
+
+def _full_index(data: dict, kver: str) -> ModuleIndex:
+    mods = data["modules"]
+    return ModuleIndex.build(
+        kver, [(m[0], m[1], m[2]) for m in mods], [(a, m[0]) for m in mods for a in m[3]],
+        [modname(p) for p in data["builtin"]],
+        [(v, m) for m, k, v in data["builtin_modinfo"] if k == "alias"],
+        [("modules.softdep", "".join(f"softdep {m[0]} {v}\n" for m in mods for v in m[4]))])
+
+
+def _config_files(dirs: Iterable[Path]) -> list[tuple[str, str]]:
+    """(file name, text) of modprobe.d-style directories, kmod's rules: *.conf
+    and *.alias, the first directory wins a name."""
+    out: dict[str, str] = {}
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if p.name.startswith(".") or not p.name.endswith((".conf", ".alias")) or p.name in out:
+                continue
+            if p.is_file():
+                out[p.name] = p.read_text(errors="replace")
+    return sorted(out.items())
+
+
+def pcimap_lines(alias_pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """modules.pcimap lines (header first) for the `pci:` aliases, and the
+    (alias, module) pairs the map cannot represent."""
+    lines = ["# pci module         vendor     device     subvendor  subdevice  class      class_mask driver_data\n"]
+    bad = []
+    for pattern, mod in alias_pairs:
+        if not pattern.startswith("pci:"):
+            continue
+        e = pci_entry(pattern)
+        if e is None:
+            bad.append((pattern, mod))
+            continue
+        lines.append("%-20s 0x%08x 0x%08x 0x%08x 0x%08x 0x%08x 0x%08x 0x0\n" % ((mod,) + e))
+    return lines, bad
