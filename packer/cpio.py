@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -204,6 +204,32 @@ class ArchiveBuilder:
     def add_fifo(self, name: str, mode: int = 0o644) -> None:
         """A named pipe."""
         self._put(name, _Node(stat.S_IFIFO, stat.S_IMODE(mode)))
+
+    def add_tree(self, name: str, src: Path) -> None:
+        """Directory `src` and everything under it, as `name` (modes and symlinks kept).
+
+        Hard links inside the tree stay hard links; device nodes, fifos and
+        sockets in the source are refused (describe them with add_device)."""
+        src = Path(src)
+        if not src.is_dir() or src.is_symlink():
+            raise ArchiveError(f"cannot add tree {name!r}: {src} is not a directory")
+        self.add_dir(name, stat.S_IMODE(os.stat(src).st_mode))
+        for dirpath, dirnames, filenames in os.walk(src):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(src)
+            for entry in sorted(dirnames + filenames):
+                path = Path(dirpath) / entry
+                image = f"{name}/{(rel / entry).as_posix()}"
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    self.add_symlink(image, os.readlink(path))
+                elif stat.S_ISDIR(st.st_mode):
+                    self.add_dir(image, stat.S_IMODE(st.st_mode))
+                elif stat.S_ISREG(st.st_mode):
+                    self.add_file(image, src=path)
+                else:
+                    raise ArchiveError(f"cannot add {path}: special files are not copied from the host",
+                                       hint="describe device nodes with add_device() / add_fifo()")
 
     # -- writing ----------------------------------------------------------
 
@@ -400,6 +426,23 @@ def read_archive(data: bytes) -> list[Segment]:
     if not segments:
         raise ArchiveError("the image is empty (no cpio archive in it)")
     return segments
+
+
+def flatten(segments: list[Segment]) -> dict[str, Entry]:
+    """The tree the kernel would unpack: later segments win, and every hard
+    link carries its group's data (which the archive stores on one link only)."""
+    tree: dict[str, Entry] = {}
+    for seg in segments:
+        bodies: dict[tuple[int, int, int, int], bytes] = {}
+        for e in seg.entries:
+            if e.kind == "file" and e.nlink >= 2 and e.size:
+                bodies[(e.devmajor, e.devminor, e.ino, e.mode)] = e.data
+        for e in seg.entries:
+            key = (e.devmajor, e.devminor, e.ino, e.mode)
+            if e.kind == "file" and e.nlink >= 2 and not e.size and key in bodies:
+                e = replace(e, data=bodies[key], size=len(bodies[key]))
+            tree[e.name] = e
+    return tree
 
 
 def _uncompressed_end(data: bytes, pos: int) -> int:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from packer import cli
 from packer.cmd_archive import extract, format_entry
 from packer.compress import METHODS, compress
-from packer.cpio import ArchiveBuilder, ArchiveError, read_archive
+from packer.cpio import ArchiveBuilder, ArchiveError, flatten, read_archive
 
 IS_ROOT = os.geteuid() == 0
 
@@ -233,8 +233,14 @@ def trees(draw: st.DrawFn) -> tuple[Spec, list[str]]:
         if p in prefixes:
             items[name] = ("dir", draw(DIR_PERMS))
             continue
-        kind = draw(st.sampled_from(["file", "file", "symlink", "hardlink"]))
-        if kind == "hardlink" and files:
+        kind = draw(st.sampled_from(["file", "file", "symlink", "hardlink", "dir", "node"]))
+        if kind == "dir":
+            items[name] = ("dir", draw(DIR_PERMS))
+        elif kind == "node" and IS_ROOT:  # GNU cpio and bsdtar need root to mknod
+            node = draw(st.sampled_from(["char", "block", "fifo"]))
+            rdev = (0, 0) if node == "fifo" else (draw(st.integers(0, 4095)), draw(st.integers(0, 255)))
+            items[name] = (node, draw(FILE_PERMS), rdev)
+        elif kind == "hardlink" and files:
             items[name] = ("file", 0, b"", draw(st.sampled_from(files)))
         elif kind == "symlink":
             items[name] = ("symlink", draw(st.text(alphabet="ab/._ -é", min_size=1, max_size=20)))
@@ -523,3 +529,37 @@ def test_ls_on_a_missing_or_bad_file_is_a_clear_error(tmp_path: Path, capsys: py
     assert cli.main(["ls", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err
     assert "unrecognised data at offset 0" in err and "hint:" in err
+
+
+def test_flatten_gives_every_hard_link_its_data_and_later_segments_win(tmp_path: Path) -> None:
+    first = archive_bytes(build(FIXED, tmp_path))
+    image = first + compress(_simple({"bin/sh": b"replaced", "new": b"n"}), "gzip")
+    tree = flatten(read_archive(image))
+    body = FIXED.items["bin/busybox"][2]
+    assert tree["bin/busybox"].data == tree["bin/hard"].data == tree["sbin/hard2"].data == body
+    assert tree["bin/hard"].size == len(body)
+    assert tree["bin/sh"].data == b"replaced" and tree["bin/sh"].target is None
+    assert tree["new"].data == b"n" and tree["usr/lib/abs"].target == "/usr/lib/empty"
+
+
+def test_add_tree_copies_a_directory_with_modes_links_and_hard_links(tmp_path: Path) -> None:
+    src = tmp_path / "skel"
+    (src / "etc/init.d").mkdir(parents=True)
+    (src / "etc/init.d/rc").write_text("#!/bin/sh\n")
+    os.chmod(src / "etc/init.d/rc", 0o750)
+    os.link(src / "etc/init.d/rc", src / "etc/rc.link")
+    (src / "etc/mtab").symlink_to("/proc/self/mounts")
+    os.chmod(src / "etc", 0o700)
+    b = ArchiveBuilder()
+    b.add_tree("skel", src)
+    tree = flatten(read_archive(archive_bytes(b)))
+    assert sorted(tree) == ["skel", "skel/etc", "skel/etc/init.d", "skel/etc/init.d/rc", "skel/etc/mtab",
+                            "skel/etc/rc.link"]
+    assert tree["skel/etc"].mode == stat.S_IFDIR | 0o700
+    assert tree["skel/etc/init.d/rc"].mode == stat.S_IFREG | 0o750
+    assert tree["skel/etc/init.d/rc"].ino == tree["skel/etc/rc.link"].ino
+    assert tree["skel/etc/rc.link"].data == b"#!/bin/sh\n"
+    assert tree["skel/etc/mtab"].target == "/proc/self/mounts"
+    os.mkfifo(src / "fifo")
+    with pytest.raises(ArchiveError, match="special files"):
+        ArchiveBuilder().add_tree("skel", src)
