@@ -191,11 +191,11 @@ def _persistence(m, spec: str, loader, log) -> tuple[str, str]:
         if not fstype:
             raise BootFailure(f"{dev} holds no filesystem liveinit recognises")
     if not filepath:
-        _mount_fs(m, loader, dev, RW, fstype, 0, None, f"persistence on {dev}")
+        _mount_fs(m, loader, m.path(dev), RW, fstype, 0, None, f"persistence on {dev}")
         log.info(f"persistence: {dev} ({fstype}) holds the writable layer")
         return RW + "/" + PERSIST_DIR, f"persistence {spec}"
     if devspec:
-        _mount_fs(m, loader, dev, PERSIST_HOST, fstype, 0, None, f"persistence on {dev}")
+        _mount_fs(m, loader, m.path(dev), PERSIST_HOST, fstype, 0, None, f"persistence on {dev}")
         host = PERSIST_HOST
     else:
         host = MEDIUM
@@ -374,7 +374,8 @@ def _plain(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
     if overlay:
         flags |= MS_RDONLY
     try:
-        _mount_fs(m, loader, found.device, target, fstype, flags, data, f"root {found.device}")
+        _mount_fs(m, loader, m.path(found.device), target, fstype, flags, data,
+                  f"root {found.device}")
     except OSError as e:
         raise BootFailure(
             f"cannot mount the root {found.device} ({fstype}) at {target}: {e}",
