@@ -156,7 +156,8 @@ def extract(segments: list[Segment], dest: Path, make_nodes: bool | None = None)
                 os.symlink(e.target or "", path)
             elif kind in ("char", "block", "fifo"):
                 if not make_nodes:
-                    skipped.append((e.name, f"{kind} node needs root"))
+                    skipped.append((e.name, f"{kind} node not made " + (
+                        "(nodes were switched off)" if is_root else "(only root can make it)")))
                     continue
                 _clear(path, keep_dir=False)
                 os.mknod(path, e.mode, os.makedev(e.rdevmajor, e.rdevminor))

@@ -137,7 +137,10 @@ class ArchiveBuilder:
         return sorted(self._nodes, key=_sort_key)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and normalize(name) in self._nodes
+        try:
+            return isinstance(name, str) and normalize(name) in self._nodes
+        except ArchiveError:
+            return False
 
     def __len__(self) -> int:
         return len(self._nodes)
