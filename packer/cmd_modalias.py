@@ -1,0 +1,98 @@
+"""`liveinit modalias --moddir DIR [--show-depends] MODALIAS...`: the modules
+kmod's `modprobe -R` resolves for each modalias (or module name, or alias
+such as fs-ext4), and with --show-depends the insmod order of
+`modprobe --show-depends`. DIR may hold only index files (liveinit.index or
+modules.dep/alias/...) or only .ko files (the index is then computed and
+cached). `--pcimap FILE` matches PCI modaliases against a modules.pcimap."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from liveinit.kmodindex import INDEX_NAME, ModuleIndex, parse_pci_modalias, parse_pcimap, pci_match_entry
+from packer.cli import CommandError
+
+
+def configure(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("--moddir", type=Path, help="module directory (/lib/modules/KVER or a packed copy)")
+    parser.add_argument("--show-depends", action="store_true",
+                        help="print the insmod lines of the load order instead of the names")
+    parser.add_argument("--pcimap", type=Path, metavar="FILE",
+                        help="match PCI modaliases against this modules.pcimap instead")
+    parser.add_argument("--config", type=Path, action="append", default=[], metavar="DIR",
+                        help="modprobe.d directory whose aliases/softdeps apply (repeatable)")
+    parser.add_argument("--cache", type=Path, default=None, help="module tree cache directory")
+    parser.add_argument("modalias", nargs="+", help="modaliases, module names or aliases")
+
+
+def open_index(moddir: Path, config: list[Path] | None = None, cache: Path | None = None) -> ModuleIndex:
+    """The ModuleIndex of a directory: its liveinit.index, its depmod files, or
+    computed from its .ko files."""
+    if not moddir.is_dir():
+        raise CommandError(f"{moddir} is not a directory", hint="pass --moddir /lib/modules/KVER")
+    if (moddir / INDEX_NAME).is_file() and not config:
+        return ModuleIndex.load(str(moddir / INDEX_NAME))
+    if (moddir / "modules.dep").is_file():
+        return ModuleIndex.from_moddir(str(moddir), tuple(str(c) for c in config or ()))
+    from packer.kmod import ModuleTree
+    tree = ModuleTree(moddir, cache=cache)
+    if not config:
+        return tree.index()
+    from packer.kmod import _astuple, _config_files
+    mods = [_astuple(m) for m in tree.modules.values()]
+    softdep = "".join(f"softdep {m[0]} {v}\n" for m in mods for v in m[4])
+    return ModuleIndex.build(tree.kver, [(m[0], m[1], m[2]) for m in mods],
+                             [(a, m[0]) for m in mods for a in m[3]], sorted(tree.builtin),
+                             [(v, m) for m, k, v in tree.builtin_modinfo if k == "alias"],
+                             [("modules.softdep", softdep)] + _config_files(config))
+
+
+def _pcimap_matches(entries: list[tuple], modalias: str) -> list[str]:
+    ids = parse_pci_modalias(modalias)
+    if ids is None:
+        raise CommandError(f"{modalias} is not a PCI modalias",
+                           hint="expected pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X, as in /sys/bus/pci/devices/*/modalias")
+    out: list[str] = []
+    for e in entries:
+        if pci_match_entry(e, *ids) and e[6] not in out:
+            out.append(e[6])
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pcimap is not None:
+        try:
+            entries = parse_pcimap(args.pcimap.read_text())
+        except OSError as e:
+            raise CommandError(f"cannot read {args.pcimap}: {e.strerror}") from None
+        results = {a: _pcimap_matches(entries, a) for a in args.modalias}
+        index = None
+    else:
+        if args.moddir is None:
+            raise CommandError("no module directory given", hint="pass --moddir DIR or --pcimap FILE")
+        index = open_index(args.moddir, args.config, args.cache)
+        results = {a: index.lookup(a) for a in args.modalias}
+    status = 0
+    for alias, names in results.items():
+        if len(args.modalias) > 1:
+            print(f"# {alias}")
+        if not names:
+            print(f"liveinit modalias: no module matches {alias}", file=sys.stderr)
+            status = 1
+        for name in names:
+            if args.show_depends and index is not None:
+                _show_depends(index, args.moddir, name)
+            else:
+                print(name)
+    return status
+
+
+def _show_depends(index: ModuleIndex, moddir: Path, name: str) -> None:
+    if index.is_builtin(name) and name not in index:
+        print(f"builtin {name}")
+        return
+    for mod in index.load_order(name):
+        rel = index.path(mod) or ""
+        path = rel if rel.startswith("/") else f"{moddir.resolve()}/{rel}"
+        print(f"insmod {path} {index.options(mod)}".rstrip())
