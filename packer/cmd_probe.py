@@ -25,10 +25,9 @@ def export_value(value: str) -> str:
         if ch < 32 or ch == 0x7F:
             out.append("^")
             ch ^= 0x40
-        c = chr(ch)
-        if c in EXPORT_ESCAPED:
+        elif chr(ch) in EXPORT_ESCAPED:
             out.append("\\")
-        out.append(c)
+        out.append(chr(ch))
     return "".join(out)
 
 
@@ -72,16 +71,13 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    found = 0
-    first = True
-    for path in args.files:
+    for i, path in enumerate(args.files):
         keys = identify(path, args.offset, args.size)
         if not keys:
-            continue
-        if not first:
+            # blkid -p stops at the first file it cannot identify.
+            return EXIT_NOTHING
+        if i:
             sys.stdout.write("\n")
-        first = False
-        found += 1
         lines = [f"DEVNAME={path}"] + [f"{k}={export_value(v)}" for k, v in keys.items()]
         sys.stdout.write("\n".join(lines) + "\n")
-    return 0 if found else EXIT_NOTHING
+    return 0
