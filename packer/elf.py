@@ -72,8 +72,8 @@ class Arch:
 
     @property
     def ldconfig_dirs(self) -> tuple[str, ...]:
-        """The directories ldconfig always adds to the cache after the conf ones."""
-        return (f"/lib/{self.triplet}", f"/usr/lib/{self.triplet}")
+        """The directories ldconfig always adds to the cache after the conf ones (`ldconfig -v`)."""
+        return self.default_dirs
 
 
 ARCHES: dict[tuple[int, int], Arch] = {
@@ -471,11 +471,21 @@ class _Resolver:
                     cls, mach, _etype = self.ident(walked.real)  # type: ignore[misc]
                     if (cls, mach) != (elf_class, machine):
                         continue
-                    soname = self.info(walked.real).soname
-                    if soname in (None, name):
+                    if self._cached_as(candidate, self.info(walked.real).soname, name):
                         self._cache[key] = candidate
                         break
         return self._cache[key]
+
+    def _cached_as(self, candidate: str, soname: str | None, name: str) -> bool:
+        """Whether ldconfig files `candidate` under `name` (it keys libraries by SONAME)."""
+        if soname in (None, name):
+            return True
+        # The ld(1) link "libfoo.so" -> libfoo.so.1.2 is keyed by its own name
+        # (measured against ldconfig -p); other files only by their SONAME.
+        if not (name.endswith(".so") and soname.startswith(name)):
+            return False
+        directory = self.fs.walk(os.path.dirname(candidate))
+        return directory is not None and os.path.islink(self.fs.host(f"{directory.real}/{name}"))
 
     def closure(self, binary: str) -> tuple[str | None, list[str], bool]:
         """(interpreter, other loaded paths, whether the interpreter was needed) of one binary."""
