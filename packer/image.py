@@ -142,8 +142,12 @@ def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str
     except ImportError as e:
         raise CommandError(f"the liveinit packer is not available ({e})",
                            hint="pass a prebuilt initramfs with --initrd FILE")
-    build(PackConfig(output=output, kver=kernel.version, moddir=kernel.moddir,
-                     identity=identity, cmdline=cmdline))
+    try:
+        build(PackConfig(output=output, kver=kernel.version, moddir=kernel.moddir,
+                         identity=identity, cmdline=cmdline))
+    except ImportError as e:
+        raise CommandError(f"the liveinit packer is incomplete ({e})",
+                           hint="pass a prebuilt initramfs with --initrd FILE")
     return output
 
 

@@ -236,7 +236,7 @@ def accel(cache: Path = ACCEL_CACHE) -> list[str]:
 
 def _prepare_image(prof: Profile, image: Path, work: Path) -> Path:
     """The file QEMU attaches: the image itself, or a padded writable copy for SD cards."""
-    if not prof.storage.power_of_two and prof.storage.readonly:
+    if not prof.storage.power_of_two:
         return image
     copy = work / ("medium" + image.suffix)
     shutil.copyfile(image, copy)

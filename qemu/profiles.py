@@ -26,15 +26,16 @@ class Storage:
     description: str
     devices: tuple[str, ...]      # -device values; {drive} is the drive id, {boot} ",bootindex=0" or ""
     media: str = "disk"           # "disk" or "cdrom" (the -drive media=)
-    readonly: bool = True
+    readonly: bool = True         # False: attached writable with snapshot=on
     power_of_two: bool = False    # sd-card: QEMU wants the image size to be a power of two
     drivers: tuple[str, ...] = ()  # the guest modules that make the medium appear (for the docs/tests)
 
     def args(self, image: Path, drive_id: str = "live", boot: bool = False) -> list[str]:
         """QEMU arguments that attach `image` through this storage path."""
         drive = f"file={image},if=none,id={drive_id},format=raw,media={self.media}"
-        if self.readonly:
-            drive += ",readonly=on"
+        # Devices that refuse read-only drives (ide-hd, sd-card) get a
+        # snapshot: the guest may write, the image file never changes.
+        drive += ",readonly=on" if self.readonly else ",snapshot=on"
         out = ["-drive", drive]
         bootidx = ",bootindex=0" if boot else ""
         for dev in self.devices:
@@ -88,7 +89,7 @@ STORAGES: dict[str, Storage] = {s.name: s for s in (
     Storage("ahci-cd", "q35", "CD on the ICH9 AHCI controller (q35)",
             ("ide-cd,drive={drive},bus=ide.2{boot}",), media="cdrom", drivers=("ahci", "sr_mod")),
     Storage("ahci-disk", "q35", "disk on the ICH9 AHCI controller (q35)",
-            ("ide-hd,drive={drive},bus=ide.2{boot}",), drivers=("ahci", "sd_mod")),
+            ("ide-hd,drive={drive},bus=ide.2{boot}",), readonly=False, drivers=("ahci", "sd_mod")),
     Storage("usb-xhci", "q35", "USB stick on an xHCI (USB 3) controller",
             ("qemu-xhci,id=xhci0", "usb-storage,bus=xhci0.0,drive={drive},removable=on{boot}"),
             drivers=("xhci_pci", "usb_storage", "sd_mod")),
