@@ -32,7 +32,8 @@ def read_image(path: Path) -> list[Segment]:
     try:
         data = Path(path).read_bytes()
     except OSError as e:
-        raise CommandError(f"cannot read {path}: {e.strerror}", hint="give the path of an initramfs image") from None
+        raise CommandError(f"cannot read {path}: {e.strerror}",
+                           hint="give the path of an initramfs image") from None
     return read_archive(data)
 
 

@@ -17,7 +17,8 @@ from packer.compress import (METHODS, CompressionError, compress, decompress, de
 from packer.cpio import ArchiveBuilder, read_archive
 
 SAMPLE = b"070701" + os.urandom(2000) + b"liveinit " * 20000  # looks like a cpio: "none" round-trips too
-DECOMPRESSORS = {"gzip": ["gzip", "-dc"], "xz": ["xz", "-dc"], "zstd": ["zstd", "-dcq"], "lz4": ["lz4", "-dcq"]}
+DECOMPRESSORS = {"gzip": ["gzip", "-dc"], "xz": ["xz", "-dc"], "zstd": ["zstd", "-dcq"],
+                 "lz4": ["lz4", "-dcq"]}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -31,7 +32,8 @@ def test_every_method_round_trips_and_is_detected(method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS[1:])
 def test_the_standard_tools_decompress_our_output(method: str) -> None:
-    out = subprocess.run(DECOMPRESSORS[method], input=compress(SAMPLE, method), capture_output=True, check=True)
+    packed = compress(SAMPLE, method)
+    out = subprocess.run(DECOMPRESSORS[method], input=packed, capture_output=True, check=True)
     assert out.stdout == SAMPLE
 
 

@@ -21,13 +21,15 @@ from packer.compress import METHODS, compress
 from packer.cpio import ArchiveBuilder, ArchiveError, flatten, read_archive
 
 IS_ROOT = os.geteuid() == 0
+NODE_KINDS = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
 
 
 # -- a tree description, materialised as sources and as the expected result --
 
 @dataclass(frozen=True)
 class Spec:
-    """name -> ("dir", perm) | ("file", perm, data, link_src) | ("symlink", target) | ("char"/"block"/"fifo", perm, rdev)."""
+    """name -> ("dir", perm) | ("file", perm, data, link_src) | ("symlink", target)
+    | ("char"/"block"/"fifo", perm, rdev)."""
 
     items: dict[str, tuple]
 
@@ -110,7 +112,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
                 out[rel] = ("file", perm, hashlib.sha256(p.read_bytes()).hexdigest(), st_.st_ino)
                 inodes.setdefault(st_.st_ino, set()).add(rel)
             else:
-                kind = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}[stat.S_IFMT(st_.st_mode)]
+                kind = NODE_KINDS[stat.S_IFMT(st_.st_mode)]
                 rdev = (os.major(st_.st_rdev), os.minor(st_.st_rdev)) if kind != "fifo" else (0, 0)
                 out[rel] = (kind, perm, rdev)
     for rel, v in out.items():
@@ -183,7 +185,7 @@ def _run(cmd: list[str], **kw: object) -> str:
     return proc.stdout
 
 
-def _check_long_listing(lines: list[str], spec: Spec, entries: list) -> None:
+def _check_long_listing(lines: list[str], entries: list) -> None:
     """Every `-tv` line shows the mode string and name (and target) we wrote."""
     by_name = {e.name: e for e in entries}
     assert len(lines) == len(by_name)
@@ -210,13 +212,14 @@ def test_gnu_cpio_and_bsdtar_agree_with_what_was_written(tool: str, tmp_path: Pa
         long = _run(["bsdtar", "-tvf", str(archive)]).splitlines()
         _run(["sh", "-c", f"umask 0; bsdtar -xpf '{archive}' -C '{out}'"])
     assert names == [e.name for e in entries]
-    _check_long_listing(long, FIXED, entries)
+    _check_long_listing(long, entries)
     assert snapshot(out) == expected(FIXED, with_nodes=IS_ROOT)
 
 
 # -- random trees -----------------------------------------------------------
 
-COMPONENT = st.text(alphabet="abcxyz019 -_.é~", min_size=1, max_size=8).filter(lambda s: s not in (".", ".."))
+COMPONENT = st.text(alphabet="abcxyz019 -_.é~", min_size=1, max_size=8).filter(
+    lambda s: s not in (".", ".."))
 FILE_PERMS = st.sampled_from([0o644, 0o755, 0o600, 0o4755, 0o444, 0o700, 0o640])
 DIR_PERMS = st.sampled_from([0o755, 0o700, 0o555, 0o1777, 0o750])
 
@@ -314,7 +317,8 @@ def test_two_writes_are_byte_identical_and_mtimes_are_clamped(tmp_path: Path) ->
     b2 = ArchiveBuilder()
     b2.add_file("old", src=old)
     b2.add_file("new", data=b"y")
-    assert {e.name: e.mtime for e in read_archive(archive_bytes(b2, 1000))[0].entries} == {"new": 1000, "old": 500}
+    mtimes = {e.name: e.mtime for e in read_archive(archive_bytes(b2, 1000))[0].entries}
+    assert mtimes == {"new": 1000, "old": 500}
     assert {e.mtime for e in read_archive(archive_bytes(b2))[0].entries} == {0}
 
 
@@ -470,7 +474,8 @@ def test_ls_lists_every_segment_and_entry(tmp_path: Path, capsys: pytest.Capture
     lines = {line.strip() for line in out}
     for e in segs[1].entries:
         assert format_entry(e) in lines
-    assert any(line.startswith("crw-------") and "5, 1" in line and line.endswith(" dev/console") for line in lines)
+    assert any(line.startswith("crw-------") and "5, 1" in line and line.endswith(" dev/console")
+               for line in lines)
     assert any(line.startswith("lrwxrwxrwx") and line.endswith(" bin/sh -> busybox") for line in lines)
     assert any(line.startswith("-rwsr-xr-x") and "with space" in line for line in lines)
 
@@ -483,7 +488,8 @@ def test_extract_command_writes_all_segments(tmp_path: Path, capsys: pytest.Capt
     reason = "(nodes were switched off)" if IS_ROOT else "(only root can make it)"
     assert f"skipped dev/console: char node not made {reason}" in out
     assert f"skipped run/fifo: fifo node not made {reason}" in out
-    want = expected(FIXED, with_nodes=False) | {"early": ("file", 0o644, hashlib.sha256(b"e").hexdigest(), None)}
+    want = expected(FIXED, with_nodes=False)
+    want["early"] = ("file", 0o644, hashlib.sha256(b"e").hexdigest(), None)
     assert snapshot(tmp_path / "out") == want
 
 
@@ -492,7 +498,8 @@ def test_extract_command_writes_all_segments(tmp_path: Path, capsys: pytest.Capt
     [("a/../../escape", stat.S_IFREG | 0o644, b"x")],
     [("ok", stat.S_IFREG | 0o644, b"x"), ("..", stat.S_IFDIR | 0o755, b"")],
 ])
-def test_extract_refuses_names_that_escape(tmp_path: Path, entries: list, capsys: pytest.CaptureFixture[str]) -> None:
+def test_extract_refuses_names_that_escape(tmp_path: Path, entries: list,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     img = tmp_path / "img"
     img.write_bytes(_raw_archive(*(_raw_entry(n, m, d, ino=i + 1) for i, (n, m, d) in enumerate(entries))))
     assert cli.main(["extract", str(img), str(tmp_path / "out")]) == 1
@@ -523,7 +530,8 @@ def test_extract_links_hardlinks_whichever_link_carries_the_data(tmp_path: Path)
         assert (out / "a").stat().st_ino == (out / "b").stat().st_ino
 
 
-def test_ls_on_a_missing_or_bad_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ls_on_a_missing_or_bad_file_is_a_clear_error(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["ls", str(tmp_path / "nope")]) == 1
     assert "cannot read" in capsys.readouterr().err
     (tmp_path / "bad").write_bytes(b"\x89PNG....")
