@@ -103,6 +103,7 @@ class ModuleLoader:
         order = [normalize(n) for n in self.index.load_order(mod)] or [mod]
         if mod not in order:
             order.append(mod)
+        hard = set(self.index.deps(mod))
         ok = False
         after = False
         for name in order:
@@ -111,8 +112,10 @@ class ModuleLoader:
                 after = True
                 if not ok:
                     break  # post-softdeps are pointless without the module
-            elif not self.is_present(name) and name not in self.failed:
-                self._load_one(name, f"softdep of {mod}" if after else f"dep of {mod}")
+            elif not self._load_one(name, f"softdep of {mod}" if after or name not in hard else f"dep of {mod}"):
+                if name in hard:
+                    # Its symbols are missing: inserting it would only fail less clearly.
+                    return self._fail(mod, f"needs {name}, which failed to load")
         return ok
 
     def _options(self, mod: str) -> str:

@@ -1,0 +1,143 @@
+"""ModuleLoader: load order against kmod's modprobe on the real Debian tree,
+options (modprobe.d + cmdline), blacklist semantics, built-in and already
+loaded modules, compressed modules, failures that do not stop the boot."""
+from __future__ import annotations
+
+import errno
+import gzip
+import lzma
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from liveinit.cmdline import parse
+from liveinit.kmodindex import ModuleIndex
+from liveinit.modload import ModuleLoader
+from sysfs_builder import KMOD_DIR, SysfsBuilder, link_kernel_modules, machine, quiet_log, write_moddir
+
+DEPS = {"ext4": ["jbd2", "mbcache", "crc16"], "jbd2": [], "mbcache": [], "crc16": [],
+        "crc32c_generic": [], "isofs": [], "e1000e": [], "snd": [], "loop": []}
+ALIASES = [("fs-ext4", "ext4"), ("crypto-crc32c", "crc32c_generic"), ("fs-iso9660", "isofs"),
+           ("pci:v00008086d000010D3sv*sd*bc*sc*i*", "e1000e"), ("sound-card", "snd")]
+
+
+def setup(tmp_path: Path, cmdline: str = "", **kw):
+    fail = kw.pop("fail", {})
+    moddir = write_moddir(tmp_path, kw.pop("deps", DEPS), kw.pop("aliases", ALIASES), **kw)
+    index = ModuleIndex.from_moddir(str(moddir), (str(tmp_path / "etc" / "modprobe.d"),))
+    SysfsBuilder(tmp_path)
+    m, sysc = machine(tmp_path, fail=fail)
+    log = quiet_log()
+    return ModuleLoader(m, index, KMOD_DIR, parse(cmdline), log), sysc, log
+
+
+def inserted(sysc) -> list[str]:
+    return [c[1] for c in sysc.of("finit_module")]
+
+
+def test_deps_and_pre_softdeps_first(tmp_path):
+    loader, sysc, _ = setup(tmp_path, softdeps="softdep ext4 pre: crypto-crc32c\n")
+    assert loader.load_alias("fs-ext4", "fs-ext4 for sda1") == ["ext4"]
+    order = inserted(sysc)
+    assert order[-1] == "ext4" and set(order[:-1]) == {"jbd2", "mbcache", "crc16", "crc32c_generic"}
+    assert loader.loaded["ext4"] == "fs-ext4 for sda1"
+    assert loader.loaded["jbd2"] == "dep of ext4"
+    # Asking again inserts nothing.
+    assert loader.load("ext4", "again")
+    assert len(inserted(sysc)) == len(order)
+
+
+def test_options_from_modprobe_d_then_cmdline(tmp_path):
+    loader, sysc, _ = setup(tmp_path, "e1000e.IntMode=1 e1000e.debug=2",
+                            modprobe_d="options e1000e InterruptThrottleRate=3000\n")
+    loader.load("e1000e", "cmdline")
+    assert sysc.of("finit_module") == [("finit_module", "e1000e",
+                                        "InterruptThrottleRate=3000 IntMode=1 debug=2")]
+
+
+def test_blacklist_stops_alias_but_not_an_explicit_name(tmp_path):
+    loader, sysc, _ = setup(tmp_path, "modprobe.blacklist=e1000e", modprobe_d="blacklist snd\n")
+    assert loader.load_alias("pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00", "pci") == []
+    assert loader.load_alias("sound-card", "x") == []
+    assert inserted(sysc) == []
+    assert set(loader.skipped) == {"e1000e", "snd"}
+    # rd.driver.pre=e1000e names it: modprobe loads a blacklisted module asked for by name.
+    assert loader.load("e1000e", "cmdline")
+    assert inserted(sysc) == ["e1000e"]
+
+
+def test_builtin_and_already_loaded_are_not_inserted(tmp_path):
+    loader, sysc, _ = setup(tmp_path, builtin=["loop"])
+    (tmp_path / "sys" / "module" / "isofs").mkdir(parents=True)
+    assert loader.load("loop", "findiso")
+    assert loader.load_alias("fs-iso9660", "fs-iso9660") == ["isofs"]
+    assert inserted(sysc) == []
+    assert loader.loaded == {}
+
+
+def test_eexist_counts_as_loaded(tmp_path):
+    loader, sysc, _ = setup(tmp_path)
+    sysc.modules.append("crc16")  # someone else loaded it (FakeSyscalls answers EEXIST)
+    assert loader.load("crc16", "x")
+    assert "crc16" not in loader.loaded and "crc16" not in loader.failed
+
+
+def test_failure_is_recorded_and_boot_goes_on(tmp_path):
+    loader, sysc, log = setup(tmp_path, fail={"finit_module:jbd2": errno.ENOEXEC})
+    assert not loader.load("ext4", "fs")
+    assert "jbd2" in loader.failed and "Exec format error" in loader.failed["jbd2"]
+    assert loader.failed["ext4"] == "needs jbd2, which failed to load"
+    assert "ext4" not in inserted(sysc)
+    assert loader.load("isofs", "fs")  # the next module still loads
+    assert "module jbd2 not loaded" in log.out.getvalue()
+
+
+def test_unknown_name_fails_clearly(tmp_path):
+    loader, sysc, _ = setup(tmp_path)
+    assert not loader.load("nosuchmod", "cmdline")
+    assert loader.load_alias("fs-nosuchfs", "x") == []
+    assert inserted(sysc) == []
+
+
+@pytest.mark.parametrize("suffix,pack", [(".ko.xz", lambda b: lzma.compress(b, check=lzma.CHECK_CRC32)),
+                                         (".ko.gz", gzip.compress)])
+def test_compressed_modules_go_through_init_module(tmp_path, suffix, pack):
+    loader, sysc, _ = setup(tmp_path, deps={"isofs": []}, aliases=[], suffix=suffix)
+    ko = tmp_path / KMOD_DIR.lstrip("/") / f"kernel/isofs{suffix}"
+    ko.write_bytes(pack(b"\x7fELF fake module"))
+    assert loader.load("isofs", "fs")
+    assert sysc.of("init_module") == [("init_module", "")]
+    assert loader.loaded["isofs"] == "fs"
+
+
+def test_zstd_module_is_reported_unsupported(tmp_path):
+    loader, sysc, log = setup(tmp_path, deps={"isofs": []}, aliases=[], suffix=".ko.zst")
+    assert not loader.load("isofs", "fs")
+    assert "zstd" in loader.failed["isofs"]
+    assert "zstd-compressed modules cannot be loaded at boot" in log.out.getvalue()
+
+
+def modprobe_order(depmod_root: Path, kver: str, name: str, tmp_path: Path) -> list[str]:
+    empty = tmp_path / "empty.d"
+    empty.mkdir(exist_ok=True)
+    out = subprocess.run(["modprobe", "-d", str(depmod_root), "-S", kver, "-C", str(empty),
+                          "--show-depends", name], capture_output=True, text=True, check=True).stdout
+    names = [os.path.basename(l.split()[1]).split(".ko")[0].replace("-", "_")
+             for l in out.splitlines() if l.startswith("insmod ")]
+    # --show-depends repeats modules reached twice; modprobe inserts each once (the first).
+    return list(dict.fromkeys(names))
+
+
+@pytest.mark.parametrize("name", ["ext4", "sd_mod", "sr_mod", "usb_storage", "uas", "virtio_blk",
+                                  "nvme", "isofs", "squashfs", "overlay", "xhci_pci", "btrfs"])
+def test_order_matches_kmod_on_the_debian_tree(name, tmp_path, depmod_root, kernel):
+    moddir = depmod_root / "lib" / "modules" / kernel.version
+    index = ModuleIndex.from_moddir(str(moddir))
+    SysfsBuilder(tmp_path)
+    kdir = link_kernel_modules(tmp_path, moddir, kernel.version)
+    m, sysc = machine(tmp_path)
+    loader = ModuleLoader(m, index, kdir, parse(""), quiet_log())
+    assert loader.load(name, "test")
+    assert inserted(sysc) == modprobe_order(depmod_root, kernel.version, name, tmp_path)
