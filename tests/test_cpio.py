@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -572,3 +573,35 @@ def test_add_tree_copies_a_directory_with_modes_links_and_hard_links(tmp_path: P
     os.mkfifo(src / "fifo")
     with pytest.raises(ArchiveError, match="special files"):
         ArchiveBuilder().add_tree("skel", src)
+
+
+class _CountingSink:
+    """A non-seekable output that keeps only a running hash."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.sha = hashlib.sha256()
+
+    def write(self, b: bytes) -> int:
+        self.size += len(b)
+        self.sha.update(b)
+        return len(b)
+
+
+def test_writer_streams_file_contents_instead_of_holding_them(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)  # sparse: 64 MiB of zeros, cheap to read
+    b = ArchiveBuilder()
+    b.add_file("a/big", src=big)
+    os.link(big, tmp_path / "big2")
+    b.add_file("b/big2", src=tmp_path / "big2")
+    sink = _CountingSink()
+    tracemalloc.start()
+    try:
+        n = b.write(sink)  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n == sink.size and (64 << 20) < n < (64 << 20) + 4096  # the hard link stored once
+    assert peak < 4 << 20, f"write() held {peak} bytes at once"
