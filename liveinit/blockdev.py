@@ -127,16 +127,13 @@ def identify(m, dev: BlockDevice) -> dict[str, str]:
 def _partition_entry(m, dev: BlockDevice) -> dict[str, str]:
     """PARTUUID/PARTLABEL of `dev` from its disk's partition table."""
     from liveinit import fsprobe
-    parent = BlockDevice(dev.disk, 0, 0, 0, False, False, False, dev.disk, 0)
     path = DEV + "/" + dev.disk
     if not os.path.exists(m.path(path)):
-        # The disk node: sysfs has its numbers.
         devno = _read(m.path(CLASS_BLOCK + "/" + dev.disk + "/dev")) or ""
         if ":" not in devno:
             return {}
         a, b = devno.split(":", 1)
-        parent = BlockDevice(dev.disk, int(a), int(b), 0, False, False, False, dev.disk, 0)
-        node(m, parent)
+        node(m, BlockDevice(dev.disk, int(a), int(b), 0, False, False, False, dev.disk, 0))
     try:
         table = fsprobe.read_partition_table(m.path(path))
     except OSError:
@@ -147,16 +144,13 @@ def _partition_entry(m, dev: BlockDevice) -> dict[str, str]:
 
 
 def partition_keys(table, partno: int) -> dict[str, str]:
-    """PARTUUID/PARTLABEL for partition number `partno` of a fsprobe PartitionTable."""
-    for entry in getattr(table, "entries", getattr(table, "partitions", ())):
-        if getattr(entry, "number", None) != partno:
-            continue
-        out = {}
-        uuid = getattr(entry, "uuid", None) or getattr(entry, "partuuid", None)
-        label = getattr(entry, "name", None) or getattr(entry, "label", None)
-        if uuid:
-            out["PARTUUID"] = uuid
-        if label:
-            out["PARTLABEL"] = label
-        return out
+    """PARTUUID/PARTLABEL for partition number `partno` of a fsprobe.PartitionTable."""
+    for p in table.partitions:
+        if p.number == partno:
+            out = {}
+            if p.uuid:
+                out["PARTUUID"] = p.uuid
+            if p.name:
+                out["PARTLABEL"] = p.name
+            return out
     return {}
