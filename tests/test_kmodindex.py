@@ -1,0 +1,278 @@
+"""liveinit.kmodindex: the glob matcher against glibc fnmatch(3) and Python's
+fnmatch, the text parsers, pcimap fields, load order and the marshal index."""
+from __future__ import annotations
+
+import ctypes
+import fnmatch as py_fnmatch
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from liveinit import kmodindex as K
+from liveinit.kmodindex import ModuleIndex
+
+_libc = ctypes.CDLL(None)
+_libc.fnmatch.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+_libc.fnmatch.restype = ctypes.c_int
+
+
+def libc_fnmatch(pattern: str, s: str) -> bool:
+    """What kmod calls: glibc fnmatch(pattern, s, 0) == 0."""
+    return _libc.fnmatch(pattern.encode(), s.encode(), 0) == 0
+
+
+# -------------------------------------------------------------- strategies
+
+CHARS = "abAB09:_-,."
+_literal = st.sampled_from(list(CHARS))
+_range = st.tuples(st.sampled_from("a0A"), st.sampled_from("bz9F")).map(lambda t: f"{t[0]}-{t[1]}")
+_member = st.one_of(_literal.filter(lambda c: c not in "-"), _range, st.just("[:digit:]"),
+                    st.just("[:upper:]"), st.just("\\]"), st.just("\\-"))
+_bracket = st.tuples(st.sampled_from(["", "!", "^"]), st.lists(_member, min_size=1, max_size=3)).map(
+    lambda t: "[" + t[0] + "".join(t[1]) + "]")
+_token = st.one_of(_literal, _literal, _literal, st.just("*"), st.just("?"), _bracket,
+                   _literal.map(lambda c: "\\" + c))
+patterns = st.lists(_token, max_size=10).map("".join)
+subjects = st.text(alphabet=CHARS + "[]!^*?", max_size=14)
+# The subset where Python's fnmatch agrees with glibc: no escapes, no ^, no classes.
+_py_bracket = st.tuples(st.sampled_from(["", "!"]), st.lists(st.one_of(_literal.filter(lambda c: c != "-"), _range),
+                                                             min_size=1, max_size=3)).map(
+    lambda t: "[" + t[0] + "".join(t[1]) + "]")
+py_patterns = st.lists(st.one_of(_literal, st.just("*"), st.just("?"), _py_bracket), max_size=10).map("".join)
+
+
+def pattern_example(pat: str, draw_ch: st.DrawFn) -> str:  # pragma: no cover - helper for hypothesis
+    return pat
+
+
+@st.composite
+def pattern_and_match(draw: st.DrawFn) -> tuple[str, str]:
+    """A pattern and a string built to match it (so matches get exercised, not only misses)."""
+    toks = draw(st.lists(st.one_of(_literal, st.just("*"), st.just("?"), _py_bracket), max_size=8))
+    out = []
+    for t in toks:
+        if t == "*":
+            out.append(draw(st.text(alphabet=CHARS, max_size=3)))
+        elif t == "?":
+            out.append(draw(_literal))
+        elif t.startswith("["):
+            out.append(draw(_literal))  # may or may not be a member
+        else:
+            out.append(t)
+    return "".join(toks), "".join(out)
+
+
+# -------------------------------------------------------------- matcher
+
+@settings(max_examples=1500, deadline=None)
+@given(patterns, subjects)
+def test_matcher_equals_glibc_fnmatch(pattern: str, s: str) -> None:
+    assert K.fnmatch(pattern, s) == libc_fnmatch(pattern, s), (pattern, s)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(pattern_and_match())
+def test_matcher_equals_glibc_on_near_matches(ps: tuple[str, str]) -> None:
+    pattern, s = ps
+    assert K.fnmatch(pattern, s) == libc_fnmatch(pattern, s), (pattern, s)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(py_patterns, st.text(alphabet=CHARS, max_size=14))
+def test_matcher_equals_python_fnmatchcase(pattern: str, s: str) -> None:
+    assert K.fnmatch(pattern, s) == py_fnmatch.fnmatchcase(s, pattern), (pattern, s)
+
+
+def test_matcher_examples_from_modules_alias() -> None:
+    pat = "usb:v152Dp0567d011[4-7]dc*dsc*dp*ic*isc*ip*in*"
+    assert K.fnmatch(pat, "usb:v152Dp0567d0115dc00dsc00dp00ic08isc06ip50in00")
+    assert not K.fnmatch(pat, "usb:v152Dp0567d0118dc00dsc00dp00ic08isc06ip50in00")
+    assert K.fnmatch("acpi*:PNP0303:*", "acpi:PNP0303:")
+    assert K.fnmatch("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01")
+    assert not K.fnmatch("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i00")
+
+
+def test_glibc_corner_cases() -> None:
+    for pattern, s in [("[", "["), ("[a", "[a"), ("a\\", "a"), ("[[:nope:]]", "a"), ("[!]a]", "b"),
+                       ("[]]", "]"), ("[^a]", "b"), ("*[[:digit:]]", "x9"), ("\\*", "*"), ("[a-]", "-")]:
+        assert K.fnmatch(pattern, s) == libc_fnmatch(pattern, s), (pattern, s)
+
+
+def test_normalize_alias_like_kmod() -> None:
+    assert K.normalize_alias("crypto-crc32c") == "crypto_crc32c"
+    assert K.normalize_alias("usb:v1[0-9]p-x") == "usb:v1[0-9]p_x"
+    assert K.normalize_alias("a]b") is None
+    assert K.normalize_alias("a[b") is None
+    assert K.modname("kernel/arch/x86/crypto/crc32c-intel.ko.xz") == "crc32c_intel"
+
+
+# -------------------------------------------------------------- parsers
+
+names = st.text(alphabet="abcxyz019_-", min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(names, st.lists(names, max_size=4)), max_size=6, unique_by=lambda t: t[0]))
+def test_parse_dep_roundtrip(entries: list[tuple[str, list[str]]]) -> None:
+    text = "".join(f"kernel/d/{n}.ko: {' '.join(f'kernel/e/{d}.ko' for d in deps)}\n" for n, deps in entries)
+    got = K.parse_dep(text)
+    assert [(g[0], g[1], g[2]) for g in got] == [
+        (n.replace("-", "_"), f"kernel/d/{n}.ko", tuple(d.replace("-", "_") for d in deps)) for n, deps in entries]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(names, max_size=4), st.lists(names, max_size=4), st.lists(names, max_size=2))
+def test_parse_softdep_value(pre: list[str], post: list[str], junk: list[str]) -> None:
+    body = " ".join(junk + (["pre:"] + pre if pre else []) + (["post:"] + post if post else []))
+    assert K.parse_softdep_value(body) == (tuple(pre), tuple(post))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet="pci:v0*d19AF[]", min_size=1, max_size=12), names), max_size=6))
+def test_parse_alias_roundtrip(pairs: list[tuple[str, str]]) -> None:
+    text = "# comment\n" + "".join(f"alias {p} {m}\n" for p, m in pairs)
+    assert K.parse_alias(text) == [(p, m.replace("-", "_")) for p, m in pairs]
+
+
+def test_parse_config() -> None:
+    text = ("# c\noptions snd-pcsp index=-2\nblacklist pcspkr\nsoftdep uhci-hcd pre: ehci-hcd\n"
+            "alias my-alias ext4\ninstall foo /bin/true\nbogus line\noptions x a=1 \\\n b=2\n")
+    assert K.parse_config(text) == [
+        ("options", "snd_pcsp", "index=-2"), ("blacklist", "pcspkr"), ("softdep", "uhci_hcd", "pre: ehci-hcd"),
+        ("alias", "my_alias", "ext4"), ("install", "foo", "/bin/true"), ("options", "x", "a=1  b=2")]
+
+
+def test_parse_builtin_modinfo_and_pcimap() -> None:
+    data = b"hmac.alias=crypto-hmac\0hmac.license=GPL\0sha256_generic.alias=sha256\0"
+    assert K.parse_builtin_modinfo(data) == [("hmac", "alias", "crypto-hmac"), ("hmac", "license", "GPL"),
+                                             ("sha256_generic", "alias", "sha256")]
+    text = ("# pci module         vendor     device     subvendor  subdevice  class      class_mask driver_data\n"
+            "ahci                 0xffffffff 0xffffffff 0xffffffff 0xffffffff 0x00010601 0x00ffffff 0x0\n")
+    assert K.parse_pcimap(text) == [(K.PCI_ANY, K.PCI_ANY, K.PCI_ANY, K.PCI_ANY, 0x010601, 0xFFFFFF, "ahci")]
+
+
+# -------------------------------------------------------------- PCI
+
+_hex8 = st.integers(0, 0xFFFF).map(lambda v: "%08X" % v)
+_hex2 = st.integers(0, 0xFF).map(lambda v: "%02X" % v)
+
+
+@st.composite
+def pci_alias(draw: st.DrawFn) -> str:
+    fields = []
+    for key, strat in (("v", _hex8), ("d", _hex8), ("sv", _hex8), ("sd", _hex8), ("bc", _hex2), ("sc", _hex2),
+                       ("i", _hex2)):
+        fields.append(key + (draw(strat) if draw(st.booleans()) else "*"))
+    s = "pci:" + "".join(fields)
+    return s if s.endswith("*") else s + "*"
+
+
+@st.composite
+def pci_device(draw: st.DrawFn) -> tuple[int, int, int, int, int]:
+    small = st.sampled_from([0, 1, 0x8086, 0x1AF4, 0xFFFF])
+    return (draw(small), draw(small), draw(small), draw(small),
+            draw(st.sampled_from([0x010601, 0x010000, 0x0C0330, 0x010802, 0])))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(pci_alias(), pci_device())
+def test_pcimap_entry_equals_alias_match(pattern: str, dev: tuple[int, int, int, int, int]) -> None:
+    e = K.pci_entry(pattern)
+    assert e is not None
+    s = K.pci_modalias(*dev)
+    assert K.parse_pci_modalias(s) == dev
+    assert K.pci_match_entry(e, *dev) == K.fnmatch(pattern, s) == libc_fnmatch(pattern, s)
+
+
+def test_pci_entry_rejects_partial_wildcards() -> None:
+    assert K.pci_entry("pci:v00001234d0000AC8[0-9]sv*sd*bc*sc*i*") is None
+    assert K.pci_entry("pci:v00001234*") is None
+    assert K.pci_entry("pci:v*d0000ABCD*") is None  # the star could reach the subdevice
+    assert K.pci_entry("pci:v00001234d*") == (0x1234, K.PCI_ANY, K.PCI_ANY, K.PCI_ANY, 0, 0)
+    assert K.pci_entry("pci:v*d*sv*sd*bc01sc06i01*") == (K.PCI_ANY,) * 4 + (0x010601, 0xFFFFFF)
+
+
+# -------------------------------------------------------------- the index
+
+def small_index(config: list[tuple[str, str]] | None = None) -> ModuleIndex:
+    modules = [
+        ("crc32c_intel", "kernel/crc32c-intel.ko", ()),
+        ("crc32c_generic", "kernel/crc32c_generic.ko", ()),
+        ("crc16", "kernel/crc16.ko", ()),
+        ("mbcache", "kernel/mbcache.ko", ()),
+        ("jbd2", "kernel/jbd2.ko", ()),
+        ("ext4", "kernel/ext4.ko", ("crc16", "mbcache", "jbd2")),
+        ("a", "kernel/a.ko", ()), ("b", "kernel/b.ko", ("a",)), ("c", "kernel/c.ko", ()),
+        ("ahci", "kernel/ahci.ko", ()), ("odd", "kernel/odd.ko", ()),
+    ]
+    aliases = [("crypto-crc32c", "crc32c_intel"), ("crypto-crc32c", "crc32c_generic"), ("fs-ext4", "ext4"),
+               ("pci:v*d*sv*sd*bc01sc06i01*", "ahci"), ("pci:v00001234d0000AC8[0-9]sv*sd*bc*sc*i*", "odd"),
+               ("usb:v1234p*d01[0-2]*dc*", "c")]
+    softdep = "softdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c\n" \
+              "softdep a pre: b\nsoftdep b post: c a\n"
+    return ModuleIndex.build("6.1.0-test", modules, aliases, ["hmac", "zswap"], [("crypto-hmac", "hmac")],
+                             [("modules.softdep", softdep)] + (config or []))
+
+
+def test_lookup_order_of_sources() -> None:
+    ix = small_index([("local.conf", "alias my_fs ext4\nalias crc16 jbd2\n")])
+    assert ix.lookup("fs-ext4") == ["ext4"]
+    assert ix.lookup("crypto-crc32c") == ["crc32c_intel", "crc32c_generic"]  # modules.order priority
+    assert ix.lookup("my-fs") == ["ext4"]
+    assert ix.lookup("crc16") == ["jbd2"]  # modprobe.d aliases come before module names
+    assert ix.lookup("crypto-hmac") == ["hmac"] and ix.is_builtin("hmac")
+    assert ix.lookup("zswap") == ["zswap"]
+    assert ix.lookup("nothing") == []
+    assert ix.lookup("usb:v1234pABCDd0115dc00") == ["c"]
+
+
+def test_load_order_like_kmod() -> None:
+    ix = small_index()
+    assert ix.load_order("ext4") == ["crc32c_intel", "crc32c_generic", "jbd2", "mbcache", "crc16", "ext4"]
+    # a pre: b, b depends on a and has post: c a -> loops are cut, first occurrences kept
+    assert ix.load_order("a") == ["a", "b", "c"]
+    assert ix.load_order("hmac") == [] and ix.load_order("unknown") == []
+
+
+def test_match_pci_pcimap_and_leftovers() -> None:
+    ix = small_index()
+    assert [e[6] for e in ix.pci] == ["ahci"]  # the partial wildcard stays in the alias table
+    assert ix.match_pci(0x8086, 0x2922, 0x1AF4, 0x1100, 0x010601) == ["ahci"]
+    assert ix.match_pci(0x1234, 0xAC85, 0, 0, 0x020000) == ["odd"]
+    assert ix.match("pci:v00001234d0000AC85sv00000000sd00000000bc02sc00i00") == ["odd"]
+    # a malformed PCI modalias still gets exact fnmatch semantics
+    odd = "pci:v00001234d0000AC85sv0sd0bc01sc06i01"
+    assert ix.match(odd) == ["ahci", "odd"]
+    assert libc_fnmatch("pci:v*d*sv*sd*bc01sc06i01*", odd)
+
+
+def test_options_blacklist_and_config_softdep() -> None:
+    ix = small_index([("zz.conf", "options ext4 a=1\noptions ext4 b=2\nblacklist c\nsoftdep mbcache pre: crc16\n")])
+    assert ix.options("ext4") == "a=1 b=2" and ix.options("jbd2") == ""
+    assert ix.is_blacklisted("c") and not ix.is_blacklisted("a")
+    assert ix.softdeps_of("mbcache") == (("crc16",), ())
+
+
+def test_dump_load_roundtrip_is_deterministic(tmp_path) -> None:
+    a, b = small_index(), small_index()
+    a.dump(str(tmp_path / "a"))
+    b.dump(str(tmp_path / "b"))
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+    c = ModuleIndex.load(str(tmp_path / "a"))
+    assert c.to_dict() == a.to_dict()
+    assert c.load_order("ext4") == a.load_order("ext4")
+
+
+def test_from_moddir_text_files(tmp_path) -> None:
+    (tmp_path / "modules.dep").write_text("kernel/b.ko: kernel/a.ko\nkernel/a.ko:\n")
+    (tmp_path / "modules.order").write_text("kernel/a.ko\nkernel/b.ko\n")
+    (tmp_path / "modules.alias").write_text("alias fs-b b\nalias fs-* a\n")
+    (tmp_path / "modules.softdep").write_text("softdep b post: fs-zz\n")
+    (tmp_path / "modules.builtin").write_text("kernel/x.ko\n")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "o.conf").write_text("options a z=1\n")
+    ix = ModuleIndex.from_moddir(str(tmp_path), (str(conf),))
+    assert ix.lookup("fs-b") == ["a", "b"]
+    assert ix.load_order("b") == ["a", "b"]  # fs-zz resolves to a, already there
+    assert ix.options("a") == "z=1" and ix.is_builtin("x") and ix.path("b") == "kernel/b.ko"
