@@ -17,6 +17,7 @@ Reader: any number of segments, uncompressed or compressed, with zero
 padding between them, as the kernel accepts them."""
 from __future__ import annotations
 
+import io
 import os
 import stat
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from packer.cli import CommandError
-from packer.compress import CPIO_MAGICS, CompressionError, decompress_stream, describe_unknown, detect
+from packer.compress import (CPIO_MAGICS, CompressionError, compress, decompress_stream, describe_unknown,
+                             detect)
 
 NEWC_MAGIC = b"070701"
 CRC_MAGIC = b"070702"
@@ -331,6 +333,21 @@ class ArchiveBuilder:
         n = self._write_head(out, name, ino, mode, nlink, mtime, rdev, len(data))
         out.write(data + b"\0" * _pad4(len(data)))
         return n + len(data) + _pad4(len(data))
+
+
+def image_bytes(main: ArchiveBuilder, method: str, level: int | None = None, mtime: int = 0,
+                early: ArchiveBuilder | None = None) -> bytes:
+    """A whole initramfs: the optional uncompressed `early` archive (microcode),
+    then `main` compressed with `method`. Each archive ends 512-aligned, so the
+    next segment starts where the kernel expects it (4-byte aligned)."""
+    parts = []
+    for builder in (early, main):
+        if builder is not None:
+            buf = io.BytesIO()
+            builder.write(buf, mtime=mtime)
+            parts.append(buf.getvalue())
+    parts[-1] = compress(parts[-1], method, level)
+    return b"".join(parts)
 
 
 # -- reading --------------------------------------------------------------

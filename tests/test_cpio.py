@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from packer import cli
 from packer.cmd_archive import extract, format_entry
 from packer.compress import METHODS, compress
-from packer.cpio import ArchiveBuilder, ArchiveError, flatten, read_archive
+from packer.cpio import ArchiveBuilder, ArchiveError, flatten, image_bytes, read_archive
 
 IS_ROOT = os.geteuid() == 0
 NODE_KINDS = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
@@ -605,3 +605,15 @@ def test_writer_streams_file_contents_instead_of_holding_them(tmp_path: Path) ->
         tracemalloc.stop()
     assert n == sink.size and (64 << 20) < n < (64 << 20) + 4096  # the hard link stored once
     assert peak < 4 << 20, f"write() held {peak} bytes at once"
+
+
+def test_image_bytes_puts_the_early_archive_first_uncompressed() -> None:
+    early, main = ArchiveBuilder(), ArchiveBuilder()
+    early.add_file("kernel/x86/microcode/AuthenticAMD.bin", data=b"amd")
+    main.add_file("init", data=b"#!/bin/sh\n", mode=0o755)
+    img = image_bytes(main, "zstd", mtime=7, early=early)
+    segs = read_archive(img)
+    assert [s.compression for s in segs] == ["none", "zstd"] and segs[1].offset % 512 == 0
+    assert flatten(segs)["init"].mtime == 7
+    assert image_bytes(main, "zstd", mtime=7, early=early) == img
+    assert [s.compression for s in read_archive(image_bytes(main, "gzip"))] == ["gzip"]
