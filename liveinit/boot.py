@@ -118,6 +118,8 @@ class Boot:
         self.record = Record()
         self.defaults = settings.get("cmdline", "") or ""
         self.cfg = cmdline.parse("", self.defaults)   # until /proc/cmdline is read
+        self.log.quiet = self.log.quiet or self.cfg.quiet
+        self.log.verbose = self.log.verbose or self.cfg.debug
         self.text = ""
         self.max_attempts = int(settings.get("max_attempts", 0) or 0)
         self.loader = None

@@ -1,0 +1,420 @@
+"""The whole boot sequence on a fake root: early mounts, stage order and
+timing lines, the boot record, and every failure path ending in the
+emergency shell with its message (the shell is faked)."""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import liveinit.coldplug
+import liveinit.kmodindex
+import liveinit.modload
+import liveinit.rootfind
+import liveinit.uevent
+from fakes import FakeSyscalls, FakeUevents
+from liveinit import boot, emergency, stack
+from liveinit.emergency import BootFailure
+from liveinit.log import Log
+from liveinit.machine import Machine
+from liveinit.rootfind import Found
+from liveinit.syscalls import MS_NODEV, MS_NOEXEC, MS_NOSUID
+
+IMAGE = "/run/liveinit/medium/live/filesystem.squashfs"
+
+
+class FakeLoader:
+    def __init__(self, m, index, moddir, cfg, log) -> None:
+        self.m, self.index, self.moddir, self.cfg = m, index, moddir, cfg
+        self.loaded: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
+        self.order: list[str] = []
+
+    def load(self, name: str, reason: str) -> bool:
+        self.order.append(name)
+        self.loaded[name] = reason
+        return True
+
+    def load_alias(self, alias: str, reason: str) -> list[str]:
+        self.order.append(alias)
+        return []
+
+
+class Lab:
+    """A fake machine plus fakes for the discovery modules and the shell."""
+
+    def __init__(self, tmp: Path, monkeypatch: pytest.MonkeyPatch, cmdline: str = "",
+                 defaults: str = "", proc_mounts: str = "rootfs / rootfs rw 0 0\n",
+                 **fake_kw) -> None:
+        self.tmp = tmp
+        for d in ("proc", "sys", "dev", "run", "lib/modules/6.1.0-t"):
+            (tmp / d).mkdir(parents=True)
+        (tmp / "proc" / "cmdline").write_text(cmdline + "\n")
+        (tmp / "proc" / "mounts").write_text(proc_mounts)
+        (tmp / "proc" / "meminfo").write_text("MemAvailable: 2000000 kB\n")
+        (tmp / "init").write_text("#!/usr/bin/python3.11 -IS\n")
+        devs = {"/proc": 2, "/sys": 3, "/dev": 4, "/run": 5, "/sysroot": 6}
+        self.sys = FakeSyscalls(root=str(tmp), devs=devs, **fake_kw)
+        self.m = Machine(str(tmp), self.sys)
+        self.out = io.StringIO()
+        self.log = Log(out=self.out)
+        self.shells: list[str] = []
+        self.on_shell = None
+        self.events = FakeUevents()
+        self.find_root_error: BootFailure | None = None
+        self.coldplug_error: BaseException | None = None
+        self.calls: list[str] = []
+        self.loader: FakeLoader | None = None
+        self.settings = {"cmdline": defaults, "identity": "liveinit-test", "kver": "6.1.0-t",
+                         "moddir": "/lib/modules/6.1.0-t",
+                         "index": "/lib/modules/6.1.0-t/liveinit.index", "max_attempts": 2}
+        lab = self
+
+        def loader(*a):
+            lab.loader = FakeLoader(*a)
+            return lab.loader
+
+        def coldplug(m, ldr, log):
+            lab.calls.append("coldplug")
+            if lab.coldplug_error is not None:
+                raise lab.coldplug_error
+            ldr.load("virtio_blk", "pci 0000:00:04.0")
+            return 1
+
+        def find_root(m, cfg, settings, ldr, listener, log):
+            lab.calls.append("find_root")
+            assert listener is lab.events
+            if lab.find_root_error is not None:
+                raise lab.find_root_error
+            img = lab.tmp / IMAGE.lstrip("/")
+            img.parent.mkdir(parents=True, exist_ok=True)
+            img.write_bytes(b"hsqs" + bytes(1000))
+            return Found("/dev/sr0", "iso9660", {"LABEL": "LIVE"},
+                         "search: /live/filesystem.squashfs on sr0 (identity match)",
+                         "/run/liveinit/medium", IMAGE)
+
+        def shell(m, banner):
+            lab.shells.append(banner)
+            if lab.on_shell is not None:
+                lab.on_shell(len(lab.shells))
+
+        monkeypatch.setattr(liveinit.kmodindex.ModuleIndex, "load", staticmethod(lambda p: ("index", p)))
+        monkeypatch.setattr(liveinit.modload, "ModuleLoader", loader)
+        monkeypatch.setattr(liveinit.uevent, "UeventListener", lambda m: lab.events)
+        monkeypatch.setattr(liveinit.coldplug, "coldplug", coldplug)
+        monkeypatch.setattr(liveinit.rootfind, "find_root", find_root)
+        monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
+        monkeypatch.setattr(emergency, "run_shell", shell)
+
+    def init(self, path: str = "/sbin/init") -> None:
+        p = self.tmp / "sysroot" / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("#!/bin/sh\n")
+        p.chmod(0o755)
+
+    def run(self) -> None:
+        boot.Boot(self.m, self.settings, log=self.log).run()
+
+    def lines(self) -> list[str]:
+        return self.out.getvalue().splitlines()
+
+    def record(self) -> dict:
+        return json.loads((self.tmp / "run" / "liveinit" / "boot.json").read_text())
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
+    return Lab(tmp_path, monkeypatch)
+
+
+# -- the good path ------------------------------------------------------------------------
+def test_full_boot(lab: Lab) -> None:
+    lab.init()
+    lab.run()
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    assert lab.sys.of("mount")[:4] == [
+        ("mount", "proc", "/proc", "proc", flags, None),
+        ("mount", "sysfs", "/sys", "sysfs", flags, None),
+        ("mount", "devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
+        ("mount", "tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
+    ]
+    assert lab.sys.calls[4] == ("console", "/dev/console")
+    assert lab.sys.calls[-1] == ("execv", "/sbin/init", ["/sbin/init"])
+    stages = [ln.split()[2] for ln in lab.lines() if ln.startswith("liveinit: stage ")]
+    assert stages == ["early", "cmdline", "coldplug", "findroot", "stack", "handover"]
+    for ln in lab.lines():
+        if ln.startswith("liveinit: stage "):
+            assert ln.split()[3].isdigit() and ln.endswith(" ms")
+    last = lab.lines()[-1]
+    assert last.startswith("liveinit: starting /sbin/init after ") and last.endswith(" ms")
+    assert lab.shells == []
+    assert lab.events.closed
+
+
+def test_boot_record(lab: Lab) -> None:
+    lab.init()
+    lab.run()
+    rec = lab.record()
+    assert list(rec["stages"]) == ["early", "cmdline", "coldplug", "findroot", "stack", "handover"]
+    assert rec["cmdline"] == "" and rec["cmdline_defaults"] == ""
+    assert rec["identity"] == "liveinit-test" and rec["kver"] == "6.1.0-t"
+    assert rec["modules"] == {"virtio_blk": "pci 0000:00:04.0", "loop": "loop device for " + IMAGE,
+                              "overlay": "overlay for the writable layer"}
+    assert rec["root"]["device"] == "/dev/sr0" and "identity match" in rec["root"]["how"]
+    assert rec["union"]["method"] == "overlay" and rec["union"]["writable"] == "tmpfs"
+    assert rec["init"] == {"path": "/sbin/init", "argv": ["/sbin/init"], "method": "switch_root"}
+    assert rec["errors"] == [] and rec["total_ms"] >= 0
+    assert isinstance(rec["devices"], list)
+
+
+def test_early_modules_before_coldplug(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, cmdline="rd.driver.pre=ahci liveinit.modules=fs-ext4")
+    lab.init()
+    lab.run()
+    assert lab.loader.order[:3] == ["ahci", "fs-ext4", "virtio_blk"]
+    assert lab.loader.index == ("index", str(tmp_path) + "/lib/modules/6.1.0-t/liveinit.index")
+
+
+def test_prepopulated_dev_and_proc_are_not_mounted_again(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, proc_mounts="rootfs / rootfs rw 0 0\nproc /proc proc rw 0 0\n"
+              "devtmpfs /dev devtmpfs rw 0 0\n")
+    lab.init()
+    lab.run()
+    assert [c[3] for c in lab.sys.of("mount")[:2]] == ["sysfs", "tmpfs"]
+
+
+def test_busy_mount_point_is_tolerated(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, fail={"mount:devtmpfs": errno.EBUSY})
+    lab.init()
+    lab.run()
+    assert lab.shells == []
+
+
+def test_no_devtmpfs_is_a_warning(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, defaults="", fail={"mount:devtmpfs": errno.ENODEV})
+    lab.init()
+    lab.run()
+    assert any("cannot mount devtmpfs" in ln for ln in lab.lines())
+
+
+def test_quiet_keeps_the_console_for_failures_only(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, defaults="quiet")
+    with pytest.raises(boot.GiveUp):
+        lab.run()   # no init: fails
+    text = lab.out.getvalue()
+    assert "liveinit: stage early" not in text
+    assert "liveinit: FAILED: no init in the new root" in text
+
+
+def test_bad_cmdline_is_reported_and_the_boot_goes_on(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, cmdline='union=zfs rootdelay=soon rd.break=never', defaults="")
+    lab.init()
+    lab.run()
+    warn = [ln for ln in lab.lines() if ln.startswith("liveinit: warning: command line: ")]
+    assert len(warn) == 3
+    assert lab.record()["errors"] == [
+        "cmdline: union=zfs: unknown union (use overlay, aufs, unionfs, bind, none); using overlay",
+        "cmdline: rootdelay=soon: not a number of seconds; using 30",
+        "cmdline: rd.break=never: unknown break point (stages: early, cmdline, coldplug, findroot, "
+        "stack, handover)"]
+    assert lab.sys.calls[-1][0] == "execv"
+
+
+def test_break_point_opens_a_shell_then_continues(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, cmdline="rd.break=pre-mount break=top", defaults="")
+    lab.init()
+    lab.run()
+    assert lab.shells == ["liveinit: break before cmdline", "liveinit: break before stack"]
+    assert "liveinit: break before stack: shell" in lab.lines()
+    assert lab.sys.calls[-1][0] == "execv"
+
+
+def test_plain_root_with_union_given_is_stacked(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, cmdline="root=/dev/vda1 liveinit.union=overlay", defaults="")
+
+    def plain(*a):
+        return Found("/dev/vda1", "ext4", {}, "root=/dev/vda1", None, None)
+
+    monkeypatch.setattr(liveinit.rootfind, "find_root", plain)
+    lab.init()
+    lab.run()
+    assert [c[3] for c in lab.sys.of("mount")[4:7]] == ["ext4", "tmpfs", "overlay"]
+
+
+# -- failures: FAILED, hint, emergency shell, retry ----------------------------------------
+def failed(lab: Lab) -> list[str]:
+    return [ln for ln in lab.lines() if ln.startswith(("liveinit: FAILED", "liveinit: hint",
+                                                       "liveinit: emergency shell"))]
+
+
+def test_no_root(lab: Lab) -> None:
+    lab.find_root_error = BootFailure("no device with LABEL=LIVE appeared within 30 s",
+                                      "check root= against the devices listed above")
+    with pytest.raises(boot.GiveUp):
+        lab.run()
+    assert failed(lab)[:3] == ["liveinit: FAILED: no device with LABEL=LIVE appeared within 30 s",
+                               "liveinit: hint: check root= against the devices listed above",
+                               "liveinit: emergency shell"]
+    assert lab.shells == ["liveinit: stage findroot failed"] * 2
+    assert "liveinit: retrying stage findroot" in lab.lines()
+    assert lab.sys.of("execv") == []
+
+
+def test_no_root_then_the_user_fixes_it_in_the_shell(lab: Lab) -> None:
+    lab.find_root_error = BootFailure("no device", "plug it in")
+    lab.init()
+
+    def fix(n: int) -> None:
+        lab.find_root_error = None
+
+    lab.on_shell = fix
+    lab.run()
+    assert lab.calls.count("find_root") == 2
+    assert lab.sys.calls[-1][0] == "execv"
+    assert lab.record()["errors"] == ["findroot: no device"]
+
+
+def test_bad_cmdline_root_is_named_when_the_search_fails(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, cmdline="root=UUID=", defaults="")
+    lab.find_root_error = BootFailure("no live medium found", "insert the medium")
+    with pytest.raises(boot.GiveUp):
+        lab.run()
+    assert failed(lab)[:4] == [
+        "liveinit: FAILED: no live medium found",
+        "liveinit: hint: insert the medium",
+        "liveinit: hint: the command line had problems: root=UUID=: not a device spec (use "
+        "/dev/NAME, UUID=, LABEL=, PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto); "
+        "searching for the live medium instead",
+        "liveinit: emergency shell"]
+
+
+def test_mount_error(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, fail={"mount:squashfs": errno.EIO})
+    with pytest.raises(boot.GiveUp):
+        lab.run()
+    assert failed(lab)[0].startswith(f"liveinit: FAILED: cannot mount {IMAGE} (squashfs) from ")
+    assert failed(lab)[2] == "liveinit: emergency shell"
+    assert lab.shells[0] == "liveinit: stage stack failed"
+
+
+def test_corrupt_image(lab: Lab, monkeypatch) -> None:
+    monkeypatch.setattr(stack, "_probe", lambda path: {})
+    with pytest.raises(boot.GiveUp):
+        lab.run()
+    assert failed(lab)[0] == (f"liveinit: FAILED: {IMAGE} on /dev/sr0 is not a squashfs or "
+                              "erofs image (unrecognised content)")
+    assert "corrupt" in failed(lab)[1]
+
+
+def test_no_init_then_fixed_in_the_shell(lab: Lab) -> None:
+    lab.on_shell = lambda n: lab.init("/bin/sh")
+    lab.run()
+    assert failed(lab)[0].startswith("liveinit: FAILED: no init in the new root: tried /sbin/init")
+    assert failed(lab)[2] == "liveinit: emergency shell"
+    assert lab.sys.calls[-1] == ("execv", "/bin/sh", ["/bin/sh"])
+
+
+def test_exception_inside_a_stage(lab: Lab) -> None:
+    lab.coldplug_error = ZeroDivisionError("division by zero")
+    with pytest.raises(boot.GiveUp):
+        lab.run()
+    first = failed(lab)[0]
+    assert first.startswith("liveinit: FAILED: unexpected error in stage coldplug: "
+                            "ZeroDivisionError: division by zero at test_boot.py:")
+    assert "debug" in failed(lab)[1]
+    assert lab.shells == ["liveinit: stage coldplug failed"] * 2
+
+
+def test_keyboard_interrupt_and_exit_inside_a_stage_are_caught(lab: Lab) -> None:
+    lab.coldplug_error = SystemExit(3)
+    with pytest.raises(boot.GiveUp):
+        lab.run()
+    assert "SystemExit" in failed(lab)[0]
+
+
+def test_stack_failure_then_root_mounted_by_hand(tmp_path: Path, monkeypatch) -> None:
+    lab = Lab(tmp_path, monkeypatch, fail={"mount:/sysroot": errno.EIO})
+
+    def by_hand(n: int) -> None:
+        with open(tmp_path / "proc" / "mounts", "a") as f:
+            f.write("/dev/sda1 /sysroot ext4 rw 0 0\n")
+        lab.sys.mounts["/sysroot"] = None
+        lab.init()
+
+    lab.on_shell = by_hand
+    lab.run()
+    assert "liveinit: the new root is ready: continuing after stage stack" in lab.lines()
+    assert lab.record()["union"] == {"method": "manual (emergency shell)"}
+    assert lab.sys.calls[-1][0] == "execv"
+
+
+def test_missing_module_index_boots_with_builtins(lab: Lab, monkeypatch) -> None:
+    def broken(path):
+        raise FileNotFoundError(2, "No such file", path)
+
+    monkeypatch.setattr(liveinit.kmodindex.ModuleIndex, "load", staticmethod(broken))
+    lab.init()
+    lab.run()
+    assert any("cannot read the module index" in ln for ln in lab.lines())
+    assert "coldplug" not in lab.calls and lab.sys.calls[-1][0] == "execv"
+
+
+def test_main_never_raises(monkeypatch, capsys) -> None:
+    def explode(self):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(boot.Boot, "run", explode)
+    monkeypatch.setattr(boot, "Machine", lambda root: Machine("/nonexistent", FakeSyscalls()))
+    boot.main({"cmdline": ""})   # not PID 1 here: returns instead of waiting for ever
+    out = capsys.readouterr().out
+    assert "liveinit: FAILED: unexpected error in stage boot: RuntimeError: boom" in out
+
+
+# -- the shell itself ----------------------------------------------------------------------
+def test_shell_prefers_busybox(tmp_path: Path, monkeypatch) -> None:
+    bb = tmp_path / "bin" / "busybox"
+    bb.parent.mkdir()
+    bb.write_text("")
+    bb.chmod(0o755)
+    spawned = []
+    monkeypatch.setattr(emergency, "_spawn", lambda path, argv: spawned.append(argv))
+    emergency.run_shell(Machine(str(tmp_path), FakeSyscalls()), "x")
+    assert spawned == [[str(bb), "cttyhack", "sh"]]
+
+
+def test_shell_falls_back_to_python(tmp_path: Path, monkeypatch) -> None:
+    import code
+    seen = []
+    monkeypatch.setattr(code, "interact", lambda **kw: seen.append(kw["banner"]))
+    emergency.run_shell(Machine(str(tmp_path), FakeSyscalls()), "liveinit: why")
+    assert seen and seen[0].startswith("liveinit: why\n(Python prompt")
+
+
+def test_a_shell_that_cannot_start_does_not_kill_pid1(tmp_path: Path, monkeypatch) -> None:
+    def broken(m, banner):
+        raise OSError(errno.ENOENT, "gone")
+
+    monkeypatch.setattr(emergency, "run_shell", broken)
+    out = io.StringIO()
+    emergency.shell(Machine(str(tmp_path), FakeSyscalls()), Log(out=out), "stage x failed")
+    assert "the shell failed: FileNotFoundError: [Errno 2] gone" in out.getvalue()
+
+
+def test_real_shell_spawn_waits_for_the_child() -> None:
+    emergency._spawn("/bin/true", ["true"])   # returns once the child is gone
+
+
+# -- import cost --------------------------------------------------------------------------------
+def test_boot_imports_stay_light() -> None:
+    code = ("import sys, liveinit.boot; "
+            "print(' '.join(sorted(n for n in sys.modules if n in "
+            "('typing', 'logging', 'json', 'ctypes', 'subprocess', 'socket', 'signal'))))")
+    r = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); " + code],
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == ""
