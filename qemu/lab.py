@@ -310,7 +310,7 @@ def _watch(proc: subprocess.Popen[bytes], log: Path, succ: re.Pattern[str], time
                 buf += chunk
                 lines = buf.split(b"\n")
                 buf = lines.pop()
-                new = "".join(line.decode(errors="replace") + "\n" for line in lines)
+                new = "".join(line.decode(errors="replace").rstrip("\r") + "\n" for line in lines)
                 text += new
                 if echo is not None:
                     echo.write(new)
