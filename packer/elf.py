@@ -339,6 +339,18 @@ def read_elf(host_path: str) -> ElfInfo:
     )
 
 
+_PARSED: dict[tuple[str, int, int, int, int], ElfInfo] = {}
+
+
+def read_elf_cached(host_path: str) -> ElfInfo:
+    """read_elf, remembered across resolves while the file (inode, size, mtime) is unchanged."""
+    st = os.stat(host_path)
+    key = (host_path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _PARSED:
+        _PARSED[key] = read_elf(host_path)
+    return _PARSED[key]
+
+
 # -- ld.so.conf -----------------------------------------------------------------------
 
 def read_ld_so_conf(fs: RootFS, conf: str = LD_SO_CONF) -> list[str]:
@@ -425,7 +437,7 @@ class _Resolver:
     def info(self, real: str) -> ElfInfo:
         if real not in self._infos:
             try:
-                self._infos[real] = read_elf(self.fs.host(real))
+                self._infos[real] = read_elf_cached(self.fs.host(real))
             except (PyElfError, struct.error, ValueError, OSError) as e:
                 raise ElfError(real, "", f"{real}: unreadable ELF file: {e}",
                                "the file is truncated or corrupt; reinstall its package") from None
@@ -609,8 +621,9 @@ class _Namespace:
                 obj = obj.loader
             if not did_main:
                 yield from (_join(d, name) for d in self.main.rpath_dirs)
-        for directory in search_dirs(":".join(self.r.ld_library_path), self.main.origin, self.arch,
-                                     os.getcwd()) if self.r.ld_library_path else ():
+        # ld.so splits LD_LIBRARY_PATH on ":" and ";" and expands tokens for the main program.
+        llp = ":".join(self.r.ld_library_path).replace(";", ":")
+        for directory in search_dirs(llp, self.main.origin, self.arch, os.getcwd()) if llp else ():
             yield _join(directory, name)
         yield from (_join(d, name) for d in loader.runpath_dirs)
         nodeflib = loader.info.nodeflib
