@@ -34,7 +34,7 @@ DEFAULT_BUSYBOX = Path("/bin/busybox")
 DEFAULT_OUTPUT = Path("initrd.img")
 from packer.compress import METHODS as COMPRESSIONS
 UNIVERSAL_GROUPS = ("storage", "usb", "cdrom", "fs", "live", "keyboard")
-DEFAULT_PACKAGES = ("psutil", "pyudev")
+DEFAULT_PACKAGES: tuple[str, ...] = ()   # + whatever the runtime imports (see pyruntime)
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,9 @@ SETTINGS: tuple[Setting, ...] = (
             "the build inputs)", metavar="ID"),
     Setting("python", "path", DEFAULT_PYTHON, "interpreter to embed (resolved through symlinks)",
             metavar="PATH"),
-    Setting("packages", "list", DEFAULT_PACKAGES, "third-party runtime packages to embed "
-            "(from --site-packages, the packer's venv, then the interpreter's)", metavar="PKG,..."),
+    Setting("packages", "list", DEFAULT_PACKAGES, "third-party packages to embed, e.g. psutil,pyudev "
+            "(from --site-packages, the packer's venv, then the interpreter's; the ones the runtime "
+            "imports are always embedded)", metavar="PKG,..."),
     Setting("site-packages", "list", (), "extra directories searched first for --packages",
             metavar="DIR"),
     Setting("python-modules", "list", (), "extra stdlib modules to embed beyond the traced ones",

@@ -344,7 +344,7 @@ def ldconfig_script(interp: Interpreter, libs: list[str]) -> bytes:
             f"print({body!r})\n").encode()
 
 
-def build_runtime(python: Path, packages: tuple[str, ...] = ("psutil", "pyudev"),
+def build_runtime(python: Path, packages: tuple[str, ...] = (),
                   site_packages: tuple[str, ...] = (), extra_modules: tuple[str, ...] = (),
                   cache: Path | None = None, runtime_src: Path = RUNTIME_SRC) -> PyRuntime:
     """Everything Python the image needs, traced and compiled."""
@@ -353,11 +353,22 @@ def build_runtime(python: Path, packages: tuple[str, ...] = ("psutil", "pyudev")
     pkg_paths = {name: find_package(name, dirs) for name in packages}
     sources = runtime_sources(runtime_src)
     own = [_module_name(p, runtime_src) for p in sources]
+    mentioned = static_imports(sources)
+    # Third-party packages the runtime itself imports are packed without
+    # being asked for, when installed (the runtime treats them as optional).
+    for name in sorted(mentioned):
+        top = name.split(".")[0]
+        if top not in interp.stdlib_names and top != RUNTIME_PACKAGE and top not in pkg_paths:
+            try:
+                pkg_paths[top] = find_package(top, dirs)
+            except CommandError:
+                pass
+    packages = tuple(pkg_paths)
 
     # What to import: the runtime's modules, every stdlib or packed name its
     # source mentions (lazy imports included), the packages, the extras.
     wanted = set(own) | set(packages) | set(extra_modules) | {LANDMARK}
-    for name in static_imports(sources):
+    for name in mentioned:
         top = name.split(".")[0]
         if top in interp.stdlib_names or top in packages:
             wanted.add(name)

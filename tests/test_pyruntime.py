@@ -26,7 +26,7 @@ def interp() -> pyruntime.Interpreter:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> pyruntime.PyRuntime:
-    return pyruntime.build_runtime(PYTHON, cache=tmp_path_factory.mktemp("cache"))
+    return pyruntime.build_runtime(PYTHON, packages=("psutil", "pyudev"), cache=tmp_path_factory.mktemp("cache"))
 
 
 def _stage(rt: pyruntime.PyRuntime, root: Path) -> None:
