@@ -91,6 +91,12 @@ def _ioctl_int(fd: int, request: int, arg: int, what: str) -> int:
 class Linux:
     """The real syscalls."""
 
+    def __init__(self) -> None:
+        # Open loop fds (O_CLOEXEC): with LO_FLAGS_AUTOCLEAR the kernel detaches
+        # a loop device on its last close, so each is held until mounted and
+        # let go by exec (or `loop_release`).
+        self.held: dict[str, int] = {}
+
     def mount(self, source: str, target: str, fstype: str | None = None,
               flags: int = 0, data: str | None = None) -> None:
         _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)),
@@ -161,16 +167,21 @@ class Linux:
                     dev: str = "/dev") -> str:
         """Attach `path` to a free loop device and return the device path."""
         flags = (LO_FLAGS_READ_ONLY if readonly else 0) | (LO_FLAGS_AUTOCLEAR if autoclear else 0)
-        ctl = os.open(dev + "/loop-control", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            n = _ioctl_int(ctl, LOOP_CTL_GET_FREE, 0, "LOOP_CTL_GET_FREE")
-        finally:
-            os.close(ctl)
-        loopdev = f"{dev}/loop{n}"
-        if not os.path.exists(loopdev):  # devtmpfs may not have made it yet
-            self.mknod(loopdev, "b", LOOP_MAJOR, n, 0o660)
         ffd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
-        lfd = os.open(loopdev, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            ctl = os.open(dev + "/loop-control", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                n = _ioctl_int(ctl, LOOP_CTL_GET_FREE, 0, "LOOP_CTL_GET_FREE")
+            finally:
+                os.close(ctl)
+            loopdev = f"{dev}/loop{n}"
+            if not os.path.exists(loopdev):  # devtmpfs may not have made it yet
+                self.mknod(loopdev, "b", LOOP_MAJOR, n, 0o660)
+            lfd = os.open(loopdev, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        except BaseException:
+            os.close(ffd)
+            raise
+        ok = False
         try:
             name = os.fsencode(path)[-LO_NAME_SIZE + 1:]
             info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, name, b"", b"", 0, 0)
@@ -190,7 +201,18 @@ class Linux:
                     _libc.ioctl(lfd, LOOP_CLR_FD, None)
                     ctypes.set_errno(err)
                     _check(r, "ioctl", loopdev, "LOOP_SET_STATUS64", path)
+            ok = True
         finally:
             os.close(ffd)
-            os.close(lfd)
+            if ok:
+                self.held[loopdev] = lfd
+            else:
+                os.close(lfd)
         return loopdev
+
+    def loop_release(self, loopdev: str | None = None) -> None:
+        """Let go of held loop fds (all, or one): unmounted autoclear devices detach."""
+        for dev in [loopdev] if loopdev else list(self.held):
+            fd = self.held.pop(dev, None)
+            if fd is not None:
+                os.close(fd)

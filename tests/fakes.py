@@ -13,6 +13,7 @@ tests assert "/sysroot", not "/tmp/pytest-.../sysroot"):
     ("mknod", path, kind, major, minor)    ("reboot", cmd)
     ("loop_attach", path, readonly) -> returns "/dev/loopN" (prefixed with root)
     ("execv", path, argv)                  ("console", path)
+    ("loop_release", path or None)
 
 Failures: `fail={"mount:overlay": errno.ENODEV}` makes every matching call
 raise OSError(ENODEV). Keys are "method", "method:detail" where the detail is,
@@ -213,6 +214,9 @@ class FakeSyscalls:
         loopdev = f"{dev}/loop{n}"
         self.loops[self.rel(loopdev)] = p
         return loopdev
+
+    def loop_release(self, loopdev: str | None = None) -> None:
+        self.calls.append(("loop_release", self.rel(loopdev)))
 
 
 class FakeUevents:
