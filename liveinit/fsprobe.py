@@ -13,8 +13,9 @@ Like `blkid -p`, a device where two non-tolerant filesystem signatures are
 found ("ambivalent result") is unknown: `{}`. Only iso9660 and udf may share
 a device with another signature. Known differences from blkid: signatures of
 formats not listed here (RAID, LVM, LUKS, ntfs, ...) are not seen, so they
-neither identify nor make a result ambivalent; an ext2 filesystem is always
-"ext2" (blkid calls it "ext4" when the running kernel lacks an ext2 driver).
+neither identify nor make a result ambivalent; blkid's guesses about the
+running kernel's ext drivers are fixed as on a host with ext2, ext4 and
+ext4dev (an ext2 filesystem is "ext2", one flagged test_fs is "ext4dev").
 """
 from __future__ import annotations
 
@@ -251,6 +252,23 @@ def _ext_features(dev: _Dev) -> tuple[bytes, int, int, int] | None:
     return sb, fc, fi, frc
 
 
+EXT2_FLAGS_TEST_FILESYS = 0x4
+
+# blkid asks the running system which ext drivers exist; we answer as the
+# util-linux 2.38 oracle does on our hosts (ext2, ext4 and ext4dev "supported"):
+# a filesystem flagged for testing is ext4dev, ext2 stays ext2.
+
+
+def _probe_ext4dev(dev: _Dev) -> dict[str, str] | None:
+    f = _ext_features(dev)
+    if f is None:
+        return None
+    sb, fc, fi, frc = f
+    if fi & 0x8 or not _unpack_from("<I", sb, 352)[0] & EXT2_FLAGS_TEST_FILESYS:
+        return None
+    return _ext_info(sb, 4)
+
+
 def _probe_ext4(dev: _Dev) -> dict[str, str] | None:
     f = _ext_features(dev)
     if f is None:
@@ -259,6 +277,8 @@ def _probe_ext4(dev: _Dev) -> dict[str, str] | None:
     if fi & 0x8:
         return None
     if not (frc & EXT3_RO_UNSUP) and not (fi & EXT3_INCOMPAT_UNSUP):
+        return None
+    if _unpack_from("<I", sb, 352)[0] & EXT2_FLAGS_TEST_FILESYS:
         return None
     return _ext_info(sb, 4)
 
@@ -424,15 +444,17 @@ def _probe_swap(dev: _Dev) -> dict[str, str] | None:
         if magic == b"SWAP-SPACE":
             return {"VERSION": "0"}
         if magic == b"SWAPSPACE2":
-            hdr = dev.read(1024, 52)
+            hdr = dev.read(1024, 180)
             if hdr is None:
                 return None
             version, last_page = _unpack_from("<II", hdr, 0)
             if version != 1 and version != 0x01000000 or last_page == 0:
                 return None
             d: dict[str, str] = {}
-            _put(d, "LABEL", _label(hdr[28:44]))
-            _put(d, "UUID", _uuid(hdr[12:28]))
+            if not any(hdr[172:180]):        # blkid: label and uuid only when padding[32..33] is clean
+                if hdr[28]:
+                    _put(d, "LABEL", _label(hdr[28:44]))
+                _put(d, "UUID", _uuid(hdr[12:28]))
             d["VERSION"] = "1"
             return d
     return None
@@ -790,7 +812,12 @@ def _probe_squashfs3(dev: _Dev) -> dict[str, str] | None:
     return {"VERSION": f"{major}.{minor}"}
 
 
+BTRFS_MIN_SIZE = 1 << 20   # blkid's minsz for btrfs
+
+
 def _probe_btrfs(dev: _Dev) -> dict[str, str] | None:
+    if dev.size < BTRFS_MIN_SIZE:
+        return None
     sb = dev.read(0x10000, 4096)
     if sb is None or sb[64:72] != b"_BHRfS_M":
         return None
@@ -889,6 +916,7 @@ _FILESYSTEMS = (
     ("vfat", USAGE_FS, _probe_vfat, False),
     ("swap", USAGE_OTHER, _probe_swap, False),
     ("xfs", USAGE_FS, _probe_xfs, False),
+    ("ext4dev", USAGE_FS, _probe_ext4dev, False),
     ("ext4", USAGE_FS, _probe_ext4, False),
     ("ext3", USAGE_FS, _probe_ext3, False),
     ("ext2", USAGE_FS, _probe_ext2, False),

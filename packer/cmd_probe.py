@@ -19,7 +19,7 @@ def export_value(value: str) -> str:
     """A value escaped the way `blkid -o export` prints it (its safe_print)."""
     out = []
     for ch in os.fsencode(value):
-        if ch > 128:
+        if ch >= 128:
             out.append("M-")
             ch -= 128
         if ch < 32 or ch == 0x7F:
