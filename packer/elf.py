@@ -114,11 +114,14 @@ class ElfClosure:
     `files`: what to copy into an image for interpreter + libraries: every
     symlink met on the way (file or directory symlinks such as /lib ->
     usr/lib, always at a symlink-free parent) and each final regular file,
-    sorted. The binaries themselves are not included (use `path_chain`)."""
+    sorted. The binaries themselves are not included (use `path_chain`).
+    `real_paths`: (path as ldd prints it, the real file it ends at) for the
+    interpreter and each library."""
 
     interpreter: Path | None
     libraries: tuple[Path, ...]
     files: tuple[Path, ...]
+    real_paths: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -431,7 +434,7 @@ class _Resolver:
         self._infos: dict[str, ElfInfo] = {}
         self._idents: dict[str, tuple[int, int, int] | None] = {}
         self._cache: dict[tuple[Arch, str], str | None] = {}
-        self._cache_dirs: list[str] | None = None
+        self._cache_dirs: dict[Arch, list[str]] = {}
 
     # Headers are cached per real path for the whole resolve.
     def info(self, real: str) -> ElfInfo:
@@ -453,9 +456,9 @@ class _Resolver:
 
     def cache_dirs(self, arch: Arch) -> list[str]:
         """ldconfig's directory list: conf order, then its system dirs, deduplicated by inode."""
-        if self._cache_dirs is None:
+        if arch not in self._cache_dirs:
             seen: set[tuple[int, int]] = set()
-            self._cache_dirs = []
+            dirs = self._cache_dirs[arch] = []
             for directory in read_ld_so_conf(self.fs) + list(arch.ldconfig_dirs):
                 walked = self.fs.walk(directory)
                 if walked is None:
@@ -466,8 +469,8 @@ class _Resolver:
                     continue
                 if (st.st_dev, st.st_ino) not in seen and stat.S_ISDIR(st.st_mode):
                     seen.add((st.st_dev, st.st_ino))
-                    self._cache_dirs.append(directory)
-        return self._cache_dirs
+                    dirs.append(directory)
+        return self._cache_dirs[arch]
 
     def cache_lookup(self, name: str, arch: Arch, elf_class: int, machine: int) -> str | None:
         """What ld.so.cache would give for a SONAME: the first conf dir with a matching library."""
@@ -668,13 +671,16 @@ def resolve(binaries: Iterable[Path], root: Path = Path("/"),
     if interpreter is not None:
         paths.discard(interpreter)
     files: set[str] = set()
-    for path in paths | ({interpreter} if interpreter else set()):
+    real_paths: list[tuple[Path, Path]] = []
+    for path in sorted(paths | ({interpreter} if interpreter else set())):
         walked = resolver.fs.walk(path)
         if walked is not None:
             files.update(walked.links)
             files.add(walked.real)
+            real_paths.append((Path(path), Path(walked.real)))
     return ElfClosure(
         interpreter=Path(interpreter) if interpreter is not None else None,
         libraries=tuple(Path(p) for p in sorted(paths)),
         files=tuple(Path(p) for p in sorted(files)),
+        real_paths=tuple(real_paths),
     )

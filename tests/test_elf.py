@@ -404,6 +404,9 @@ def test_resolve_inside_a_root_like_ld_so_in_a_chroot(lab: Lab, tmp_path: Path,
             "/srv/app/lib/libapp.so.1.0", "/usr/lib/x86_64-linux-gnu/libc.so.6"} == {
         str(p) for p in closure.files}
     assert_image_sane(closure.files, root, closure.paths)
+    assert dict(closure.real_paths)[Path("/opt/app/lib/libapp.so.1")] == Path("/srv/app/lib/libapp.so.1.0")
+    assert dict(closure.real_paths)[Path("/lib64/ld-linux-x86-64.so.2")] == Path(
+        "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
     # The CLI takes the in-root path or the host path under the root.
     assert cli_main(["ldd", "--root", str(root), str(root / "bin/app")]) == 0
     assert capsys.readouterr().out.splitlines() == sorted(expected.paths)
