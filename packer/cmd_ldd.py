@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from packer.elf import resolve
@@ -34,6 +35,11 @@ def in_root(file: str, root: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     closure = resolve([in_root(f, args.root) for f in args.files], root=args.root)
-    for path in closure.files if args.list_files else closure.paths:
-        print(path)
+    lines = closure.files if args.list_files else closure.paths
+    try:
+        sys.stdout.write("".join(f"{path}\n" for path in lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `liveinit ldd ... | head`: the reader is gone, which is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

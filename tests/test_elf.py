@@ -485,6 +485,36 @@ def test_oracle_every_system_binary_and_extension_module_like_ldd() -> None:
     assert all(handled.get(m) is not None for m in modules)  # ldd handles every extension module
 
 
+def chroot_list(root: Path, path: str) -> Listing | None:
+    """ld.so --list run inside root (it reads the root's own ld.so.cache)."""
+    proc = subprocess.run(["chroot", str(root), X86_64.rtld, "--list", path],
+                          capture_output=True, text=True, env=clean_env())
+    return parse_ldd(proc.stdout) if proc.returncode == 0 else None
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_oracle_debootstrap_tree_like_ld_so_in_the_chroot() -> None:
+    """Every ELF of a Debian minbase tree (the e2e test's cached debootstrap), resolved with
+    root= against ld.so --list in a chroot of it."""
+    from test_debian_e2e import debian_root
+    root = debian_root()
+    found: list[str] = []
+    for directory in ("/usr/bin", "/usr/sbin", f"/usr/lib/{X86_64.triplet}"):
+        for name in sorted(os.listdir(f"{root}{directory}")):
+            host = f"{root}{directory}/{name}"
+            if not os.path.islink(host) and os.path.isfile(host) and read_ident(host) is not None:
+                found.append(f"{directory}/{name}")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        listings = dict(zip(found, pool.map(lambda p: chroot_list(root, p), found)))
+    handled = {path: listing for path, listing in listings.items() if listing is not None}
+    mismatches = [(path, expected, got) for path, expected in handled.items()
+                  if (got := mine(path, root=root)) != expected
+                  and not (expected.missing and got.missing and got.missing[0] in expected.missing)]
+    assert mismatches == []
+    assert len(handled) >= 200
+
+
 def test_speed_of_fifty_extension_modules() -> None:
     modules = [Path(p) for p in extension_modules()]
     assert len(modules) >= 50
