@@ -33,6 +33,7 @@ BUSYBOX_SKIP = frozenset({"linuxrc", "sbin/init", "init"})  # never shadow the r
 SKELETON_SKIP = frozenset({"README.md"})
 GLOB_CHARS = frozenset("*?[")
 IMAGE_MODDIR = "lib/modules"
+MODPROBE_D = "etc/modprobe.d/"
 
 
 @dataclass(frozen=True)
@@ -175,16 +176,26 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
     names, globs = _split_modules(cfg.modules)
     if names or globs:
         wanted |= set(tree.select(names=names, globs=globs))
-    mods = sorted(tree.closure(wanted))
     dest = f"{IMAGE_MODDIR}/{kver}"
-    for name in rep.progress(mods, len(mods), "modules"):
-        ko = tree.path(name)
-        img.file(f"{dest}/{ko.relative_to(moddir)}", "modules", src=ko)
     with tempfile.TemporaryDirectory() as tmp:
-        tree.write_index(Path(tmp), mods)
-        for p in sorted(Path(tmp).rglob("*")):
+        # The image's modprobe.d (skeleton + --files) is baked into the index
+        # and its softdeps widen the closure.
+        conf = Path(tmp) / "modprobe.d"
+        conf.mkdir()
+        for src in sorted((cfg.skeleton / "etc" / "modprobe.d").glob("*.conf")):
+            (conf / src.name).write_bytes(src.read_bytes())
+        for src, name in cfg.extra_files():
+            if name.startswith(MODPROBE_D) and name.endswith(".conf") and src.is_file():
+                (conf / Path(name).name).write_bytes(src.read_bytes())
+        mods = sorted(tree.closure(wanted, config_dirs=[conf]))
+        for name in rep.progress(mods, len(mods), "modules"):
+            ko = tree.path(name)
+            img.file(f"{dest}/{ko.relative_to(moddir)}", "modules", src=ko)
+        out = Path(tmp) / "index"
+        tree.write_index(out, mods, config_dirs=[conf])
+        for p in sorted(out.rglob("*")):
             if p.is_file():
-                img.file(f"{dest}/{p.relative_to(tmp)}", "modules", data=p.read_bytes(), mode=0o644)
+                img.file(f"{dest}/{p.relative_to(out)}", "modules", data=p.read_bytes(), mode=0o644)
     fw = tree.firmware(mods) if cfg.firmware else []
     for p in fw:
         img.host_path(Path(p), "firmware")

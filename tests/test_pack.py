@@ -1,0 +1,224 @@
+"""`liveinit pack`: /init, the image layout, reproducibility, the archive
+oracles (GNU cpio, bsdtar) and the packed runtime importing in a chroot."""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from liveinit.kmodindex import ModuleIndex
+from packer import cli, initramfs
+from packer.cli import CommandError
+from packer.config import PackConfig
+from packer.cpio import Entry, read_archive
+from packer.kernelpkg import KernelTree
+
+PY = "/usr/bin/python3.11"
+
+
+def _entries(img: Path) -> dict[str, Entry]:
+    return {e.name: e for seg in read_archive(img.read_bytes()) for e in seg.entries}
+
+
+def _pack(tmp: Path, kernel: KernelTree, name: str = "initrd.img", **kw: object) -> initramfs.PackResult:
+    kw.setdefault("moddir", kernel.moddir)
+    kw.setdefault("microcode", False)
+    return initramfs.build(PackConfig(output=tmp / name, **kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory, kernel: KernelTree) -> initramfs.PackResult:
+    return _pack(tmp_path_factory.mktemp("pack"), kernel)
+
+
+@pytest.fixture(scope="module")
+def image(packed: initramfs.PackResult) -> dict[str, Entry]:
+    return _entries(packed.output)
+
+
+# -- /init ----------------------------------------------------------------------------------
+
+def test_init_has_one_shebang_argument_and_the_settings() -> None:
+    settings = {"cmdline": "quiet rootdelay=5", "identity": "liveinit-x", "kver": "6.1.0-1-amd64",
+                "moddir": "/lib/modules/6.1.0-1-amd64", "index": "/lib/modules/6.1.0-1-amd64/liveinit.index",
+                "busybox": None}
+    text = initramfs.render_init(PY, settings).decode()
+    first = text.splitlines()[0]
+    assert first == f"#!{PY} -IS"           # the kernel passes "-IS" as ONE argument
+    tree = ast.parse(text)
+    assigned = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body
+                if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)}
+    assert assigned["SETTINGS"] == settings
+    assert 'sys.path.insert(0, "/usr/lib/liveinit")' in text
+
+
+def test_init_without_the_runtime_reports_and_opens_a_shell(tmp_path: Path) -> None:
+    # On the host /usr/lib/liveinit does not exist: the import fails the way
+    # a broken image would, and /init must say so and exec a shell, not die.
+    init = tmp_path / "init"
+    init.write_bytes(initramfs.render_init(PY, {"kver": "x"}))
+    init.chmod(0o755)
+    proc = subprocess.run([str(init)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert "liveinit: FAILED: cannot import the runtime: ModuleNotFoundError" in proc.stdout
+    assert "liveinit: emergency shell" in proc.stdout
+    assert proc.returncode == 0                # the shell read EOF and exited
+
+
+# -- layout ---------------------------------------------------------------------------------
+
+def test_dev_nodes_and_base_directories(image: dict[str, Entry]) -> None:
+    for name, (major, minor) in {"dev/console": (5, 1), "dev/null": (1, 3), "dev/urandom": (1, 9),
+                                 "dev/kmsg": (1, 11)}.items():
+        e = image[name]
+        assert stat.S_ISCHR(e.mode) and (e.rdevmajor, e.rdevminor) == (major, minor), name
+    for d in ("proc", "sys", "dev", "run", "sysroot", "tmp", "etc", "etc/modprobe.d"):
+        assert stat.S_ISDIR(image[d].mode), d
+    assert stat.S_IMODE(image["tmp"].mode) == 0o1777
+
+
+def test_init_entry(image: dict[str, Entry], packed: initramfs.PackResult) -> None:
+    e = image["init"]
+    assert stat.S_ISREG(e.mode) and stat.S_IMODE(e.mode) == 0o755
+    assert e.data.startswith(f"#!{PY} -IS\n".encode())
+    assert repr(packed.identity).encode() in e.data and repr(packed.kver).encode() in e.data
+
+
+def test_python_is_sourceless_with_its_landmarks(image: dict[str, Entry]) -> None:
+    assert stat.S_ISREG(image["usr/bin/python3.11"].mode)
+    assert "usr/lib/python3.11/os.pyc" in image
+    assert stat.S_ISDIR(image["usr/lib/python3.11/lib-dynload"].mode)
+    assert "usr/lib/liveinit/liveinit/boot.pyc" in image
+    assert not [n for n in image if n.endswith(".py")]
+    for top in ("bin", "sbin", "lib", "lib64"):      # the host's merged /usr, mirrored
+        assert image[top].target == os.readlink(Path("/") / top)
+
+
+def test_skeleton_busybox_and_ldso(image: dict[str, Entry]) -> None:
+    assert image["etc/passwd"].data.startswith(b"root:x:0:0:")
+    assert "README.md" not in image and "etc/modprobe.d/.keep" not in image
+    assert image["usr/bin/sh"].target == "/usr/bin/busybox"
+    assert stat.S_ISREG(image["usr/bin/busybox"].mode)
+    assert "init" in image and image["init"].target is None     # busybox never shadows /init
+    assert "usr/lib/x86_64-linux-gnu/libc.so.6" in image
+    assert image["usr/lib64/ld-linux-x86-64.so.2"].target is not None
+
+
+def test_modules_and_their_index_agree(image: dict[str, Entry], packed: initramfs.PackResult) -> None:
+    base = f"usr/lib/modules/{packed.kver}/"
+    kos = {Path(n).name.removesuffix(".ko").replace("-", "_") for n in image
+           if n.startswith(base) and n.endswith(".ko")}
+    assert kos == set(packed.modules)
+    for needed in ("virtio_blk", "virtio_pci", "ext4", "squashfs", "overlay", "isofs", "loop", "sr_mod",
+                   "ahci", "nvme", "usb_storage", "xhci_pci"):
+        assert needed in kos, needed
+    index = ModuleIndex.loads(image[base + "liveinit.index"].data)
+    assert set(index.names()) == kos
+    for f in ("modules.dep", "modules.alias", "modules.softdep", "modules.builtin", "modules.pcimap"):
+        assert base + f in image
+    # Every dependency listed in modules.dep is itself in the image.
+    for line in image[base + "modules.dep"].data.decode().splitlines():
+        for dep in line.split(":", 1)[1].split():
+            assert base + dep in image, dep
+
+
+def test_gnu_cpio_and_bsdtar_list_the_same_names(packed: initramfs.PackResult, tmp_path: Path,
+                                                 image: dict[str, Entry]) -> None:
+    from packer.compress import decompress
+    raw = tmp_path / "raw.cpio"
+    raw.write_bytes(decompress(packed.output.read_bytes()))
+    gnu = subprocess.run(["cpio", "-t", "--quiet", "-F", str(raw)], capture_output=True, text=True, check=True)
+    bsd = subprocess.run(["bsdtar", "-tf", str(raw)], capture_output=True, text=True, check=True)
+    assert set(gnu.stdout.split("\n")) - {""} == set(image)
+    assert {n.rstrip("/") for n in bsd.stdout.split("\n")} - {""} == set(image)
+
+
+# -- reproducibility -----------------------------------------------------------------------
+
+def test_two_packs_are_byte_identical(tmp_path: Path, kernel: KernelTree,
+                                      packed: initramfs.PackResult) -> None:
+    again = _pack(tmp_path, kernel, "again.img")
+    assert again.output.read_bytes() == packed.output.read_bytes()
+
+
+def test_mtimes_are_clamped(tmp_path: Path, kernel: KernelTree) -> None:
+    res = _pack(tmp_path, kernel, compress="none", source_date_epoch=1234)
+    mtimes = {e.mtime for e in _entries(res.output).values()}
+    assert max(mtimes) <= 1234
+
+
+# -- the packed runtime in a chroot -----------------------------------------------------------
+
+@pytest.mark.slow
+def test_every_runtime_module_imports_inside_the_image(packed: initramfs.PackResult, tmp_path: Path) -> None:
+    from packer.compress import decompress
+    root = tmp_path / "root"
+    root.mkdir()
+    raw = tmp_path / "raw.cpio"
+    raw.write_bytes(decompress(packed.output.read_bytes()))
+    subprocess.run(["bsdtar", "-xpf", str(raw), "-C", str(root)], check=True)
+    mods = sorted(p.stem for p in (root / "usr/lib/liveinit/liveinit").glob("*.pyc"))
+    code = ("import sys; sys.path.insert(0, '/usr/lib/liveinit')\n"
+            + "".join(f"import liveinit.{m}\n" for m in mods if m != "__init__")
+            + "import code, lzma, traceback, signal\nprint(sys.prefix, len(sys.modules))")
+    proc = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", str(root), PY, "-IS", "-c", code],
+                          capture_output=True, text=True, env={}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("/usr ")
+    assert not list(root.rglob("__pycache__"))
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def test_extra_files_binaries_and_modules(tmp_path: Path, kernel: KernelTree) -> None:
+    conf = tmp_path / "my.conf"
+    conf.write_text("options loop max_loop=4\n")
+    res = _pack(tmp_path, kernel, compress="none", groups=(), busybox=False,
+                files=(f"{conf}:/etc/modprobe.d/my.conf", "/etc/hostname"),
+                binaries=("/sbin/blkid",), modules=("nvme", "loop", "kernel/fs/btrfs/*"))
+    img = _entries(res.output)
+    assert img["etc/modprobe.d/my.conf"].data == conf.read_bytes()
+    assert "etc/hostname" in img
+    assert "usr/sbin/blkid" in img and "usr/lib/x86_64-linux-gnu/libblkid.so.1" in img
+    assert {"nvme", "nvme_core", "btrfs"} <= set(res.modules)
+    assert "ext4" not in res.modules and "usr/bin/busybox" not in img
+    index = ModuleIndex.loads(img[f"usr/lib/modules/{res.kver}/liveinit.index"].data)
+    assert "max_loop=4" in index.options("loop")
+
+
+def test_clear_errors(tmp_path: Path, kernel: KernelTree) -> None:
+    with pytest.raises(CommandError, match="skeleton"):
+        _pack(tmp_path, kernel, skeleton=tmp_path / "none")
+    with pytest.raises(CommandError, match="no_such_module"):
+        _pack(tmp_path, kernel, modules=("no_such_module",))
+    with pytest.raises(CommandError, match="does not exist"):
+        _pack(tmp_path, kernel, python=tmp_path / "python9")
+    with pytest.raises(CommandError, match="--moddir"):
+        _pack(tmp_path, kernel, moddir=tmp_path / "nomods")
+
+
+def test_command_line_prints_the_summary(tmp_path: Path, kernel: KernelTree,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli.img"
+    rc = cli.main(["pack", "-o", str(out), "--moddir", str(kernel.moddir), "--compress", "gzip",
+                   "--compress-level", "1", "--no-microcode", "--groups", "live"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.exists()
+    assert f"{out}:" in text and "modules" in text and "uncompressed" in text
+    for phase in ("modules", "python", "elf", "archive", "compress"):
+        assert f"{phase} " in text.split("time:")[1]
+    rc = cli.main(["pack", "-q", "-o", str(out), "--moddir", str(kernel.moddir), "--compress", "none",
+                   "--no-microcode", "--groups", "live"])
+    assert rc == 0 and capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_host_only_pack_is_small(tmp_path: Path, kernel: KernelTree, packed: initramfs.PackResult) -> None:
+    res = _pack(tmp_path, kernel, compress="none", host_only=True)
+    assert {"virtio_blk", "virtio_pci", "ext4", "squashfs", "overlay", "loop"} <= set(res.modules)
+    assert len(res.modules) < len(packed.modules) / 3
+    assert res.uncompressed < packed.uncompressed
