@@ -203,7 +203,7 @@ class Boot:
             self.m.sys.console(self.m.path(CONSOLE))
         except OSError as e:
             self.log.warn(f"cannot open {CONSOLE}: {e}")
-        self.log.open_kmsg(self.m.path(KMSG))
+        self.log.open_kmsg(self.m.path(KMSG), self.m.path("/proc/sys/kernel"))
         self.record.set("early_mounts", done)
 
     def read_cmdline(self) -> None:

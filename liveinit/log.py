@@ -1,10 +1,11 @@
 """Log lines for PID 1: to /dev/kmsg (so they interleave with the kernel's
 messages, `<6>liveinit: ...`) and to the console unless `quiet`.
 
-The contract lines the boot lab reads (`liveinit: stage ...`,
-`liveinit: starting ...`, `liveinit: FAILED: ...`) are printed through
-`Log.contract`, which reaches the console even under `quiet` only for
-failures."""
+A line the kernel itself will echo to the console (its level below the
+console loglevel, /proc/sys/kernel/printk) is not printed a second time.
+The kernel rate-limits writes to /dev/kmsg (10 lines per 5 s per open file)
+unless printk_devkmsg is "on": it is switched on for the boot and restored
+before init runs. Errors always reach the console, even under `quiet`."""
 from __future__ import annotations
 
 import os
@@ -24,16 +25,35 @@ class Log:
         self.verbose = debug
         self.out = out
         self.kmsg_fd: int | None = None
+        self.echo_below = 0          # levels below this the kernel prints to the console
+        self.restore: tuple[str, str] | None = None
         self.warnings: list[str] = []
 
-    def open_kmsg(self, path: str = KMSG) -> None:
-        """Start copying lines to the kernel log (after devtmpfs is up)."""
+    def open_kmsg(self, path: str = KMSG, sysctl: str | None = None) -> None:
+        """Start copying lines to the kernel log (after devtmpfs is up).
+
+        `sysctl` is the /proc/sys/kernel directory (for printk and printk_devkmsg)."""
         try:
             self.kmsg_fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError:
             self.kmsg_fd = None
+            return
+        if sysctl is None:
+            return
+        mode = _read(sysctl + "/printk_devkmsg")
+        if mode == "ratelimit" and _write(sysctl + "/printk_devkmsg", "on"):
+            self.restore = (sysctl + "/printk_devkmsg", mode)
+            mode = "on"
+        levels = (_read(sysctl + "/printk") or "").split()
+        if mode == "on" and levels and levels[0].isdigit():
+            self.echo_below = int(levels[0])
 
     def close(self) -> None:
+        """Stop writing to kmsg and give printk_devkmsg back its setting."""
+        if self.restore is not None:
+            _write(*self.restore)
+            self.restore = None
+        self.echo_below = 0
         if self.kmsg_fd is not None:
             try:
                 os.close(self.kmsg_fd)
@@ -62,7 +82,7 @@ class Log:
 
     def emit(self, level: int, text: str, console: bool) -> None:
         self._kmsg(level, text)
-        if console:
+        if console and not (self.kmsg_fd is not None and level < self.echo_below):
             self._console(text)
 
     def info(self, text: str) -> None:
@@ -88,3 +108,20 @@ class Log:
 
     def starting(self, init: str, ms: float) -> None:
         self.info(f"starting {init} after {ms:.0f} ms")
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _write(path: str, value: str) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return True
+    except OSError:
+        return False

@@ -418,3 +418,53 @@ def test_boot_imports_stay_light() -> None:
     r = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); " + code],
                        capture_output=True, text=True, check=True)
     assert r.stdout.strip() == ""
+
+
+# -- log ------------------------------------------------------------------------------------
+def kernel_sysctl(tmp: Path, devkmsg: str, printk: str = "7 4 1 7") -> Path:
+    d = tmp / "proc" / "sys" / "kernel"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "printk_devkmsg").write_text(devkmsg + "\n")
+    (d / "printk").write_text(printk + "\n")
+    return d
+
+
+def test_log_to_kmsg_and_no_double_echo(tmp_path: Path) -> None:
+    d = kernel_sysctl(tmp_path, "ratelimit")
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("")
+    out = io.StringIO()
+    log = Log(out=out)
+    log.open_kmsg(str(kmsg), str(d))
+    assert (d / "printk_devkmsg").read_text() == "on"     # no rate limit during the boot
+    log.info("stage early 3 ms")
+    log.debug("hidden")
+    log.error("FAILED: x")
+    log.close()
+    assert (d / "printk_devkmsg").read_text() == "ratelimit"   # given back before init
+    assert kmsg.read_text() == "<6>liveinit: stage early 3 ms\n<3>liveinit: FAILED: x\n"
+    assert out.getvalue() == ""    # console loglevel 7: the kernel echoes both lines itself
+
+
+def test_log_prints_what_the_kernel_will_not_echo(tmp_path: Path) -> None:
+    d = kernel_sysctl(tmp_path, "on", "4 4 1 7")   # `quiet`: console loglevel 4
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("")
+    out = io.StringIO()
+    log = Log(out=out)
+    log.open_kmsg(str(kmsg), str(d))
+    log.info("stage early 3 ms")
+    log.error("FAILED: x")
+    assert out.getvalue() == "liveinit: stage early 3 ms\n"
+
+
+def test_log_prints_everything_when_kmsg_is_off(tmp_path: Path) -> None:
+    d = kernel_sysctl(tmp_path, "off")
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text("")
+    out = io.StringIO()
+    log = Log(out=out, quiet=True)
+    log.open_kmsg(str(kmsg), str(d))
+    log.info("quiet line")
+    log.error("FAILED: y")
+    assert out.getvalue() == "liveinit: FAILED: y\n"
