@@ -502,8 +502,8 @@ class _Resolver:
         directory = self.fs.walk(os.path.dirname(candidate))
         return directory is not None and os.path.islink(self.fs.host(f"{directory.real}/{name}"))
 
-    def closure(self, binary: str) -> tuple[str | None, list[str], bool]:
-        """(interpreter, other loaded paths, whether the interpreter was needed) of one binary."""
+    def closure(self, binary: str) -> tuple[str | None, list[str]]:
+        """(interpreter, the other loaded objects as ld.so names them) of one binary."""
         walked = self.fs.walk(binary)
         if walked is None or not os.path.isfile(self.fs.host(walked.real)):
             raise ElfError(binary, binary, f"{binary}: no such file", "check the path (and --root)")
@@ -512,7 +512,7 @@ class _Resolver:
             raise NotElfError(binary, _describe_non_elf(self.fs.host(walked.real)))
         main_info = self.info(walked.real)
         if not main_info.dynamic:
-            return main_info.interp, [], False
+            return main_info.interp, []
         arch = ARCHES.get((main_info.elf_class, main_info.machine))
         if arch is None:
             raise ElfError(binary, "", f"{binary}: unsupported ELF machine {main_info.machine} "
@@ -563,7 +563,7 @@ class _Namespace:
         st = os.stat(self.fs.host(obj.real))
         self.by_file.setdefault((st.st_dev, st.st_ino), obj)
 
-    def load(self) -> tuple[str | None, list[str], bool]:
+    def load(self) -> tuple[str | None, list[str]]:
         """Breadth-first over DT_NEEDED, like _dl_map_object_deps."""
         loaded: list[str] = []
         queue = deque([self.main])
@@ -577,7 +577,7 @@ class _Namespace:
                     loaded.append(dep.name)
                 self.fresh.clear()
         interp = self.interp if (self.main.info.interp or self.rtld_used) else None
-        return interp, loaded, self.rtld_used
+        return interp, loaded
 
     def _map(self, name: str, loader: _Object) -> _Object:
         known = self.by_name.get(name)
@@ -661,7 +661,7 @@ def resolve(binaries: Iterable[Path], root: Path = Path("/"),
     interpreter: str | None = None
     paths: set[str] = set()
     for binary in binaries:
-        interp, loaded, _used = resolver.closure(_absolute(str(binary)))
+        interp, loaded = resolver.closure(_absolute(str(binary)))
         if interp is not None:
             if interpreter is None:
                 interpreter = interp
