@@ -422,7 +422,9 @@ def _probe_vfat(dev: _Dev) -> dict[str, str] | None:
             fsinfo = dev.read(fsinfo_sect * sector_size, 512)
             if fsinfo is None:
                 return None
-            if fsinfo[0:4] not in (b"RRaA", b"RRdA", b"\0\0\0\0") or fsinfo[484:488] not in (b"rrAa", b"\0\0\0\0"):
+            if fsinfo[0:4] not in (b"RRaA", b"RRdA", b"\0\0\0\0"):
+                return None
+            if fsinfo[484:488] not in (b"rrAa", b"\0\0\0\0"):
                 return None
     if boot_label is not None and boot_label != NO_NAME:
         _put(d, "LABEL_FATBOOT", _id_label(boot_label))
@@ -664,6 +666,7 @@ def _probe_udf(dev: _Dev) -> dict[str, str] | None:
 
 ISO_VD_START = 0x8000
 ISO_SECTOR = 2048
+ISO_VD_SIZE = 847     # struct iso_volume_descriptor up to the modification date
 
 
 def _isspace(c: int) -> bool:
@@ -733,8 +736,11 @@ def _iso_date_uuid(date: bytes) -> str | None | bool:
     digits = date[:16]
     if digits.count(b"0") == 16 and date[16] == 0:
         return False
-    return _dec(b"-".join((digits[:4], digits[4:6], digits[6:8], digits[8:10], digits[10:12],
-                           digits[12:14], digits[14:16]))) if any(digits) else None
+    if not any(digits):
+        return None
+    # printf("%c") of a NUL ends the C string there; an empty UUID is still set
+    return _dec(_cstr(b"-".join((digits[:4], digits[4:6], digits[6:8], digits[8:10], digits[10:12],
+                                 digits[12:14], digits[14:16]))))
 
 
 def _probe_iso9660(dev: _Dev) -> dict[str, str] | None:
@@ -753,7 +759,7 @@ def _probe_iso9660(dev: _Dev) -> dict[str, str] | None:
     for _ in range(16):
         if boot is not None and pvd is not None and jol is not None:
             break
-        desc = dev.read(off, 883)
+        desc = dev.read(off, ISO_VD_SIZE)
         off += ISO_SECTOR
         if desc is None or desc[0] == 0xFF:
             break
@@ -774,8 +780,9 @@ def _probe_iso9660(dev: _Dev) -> dict[str, str] | None:
     _iso_field(d, "APPLICATION_ID", pvd, jol, 574, 128, True)
     uuid = _iso_date_uuid(pvd[830:847])
     if uuid is False:
-        uuid = _iso_date_uuid(pvd[813:830]) or None
-    _put(d, "UUID", uuid or None)
+        uuid = _iso_date_uuid(pvd[813:830])
+    if isinstance(uuid, str):
+        d["UUID"] = uuid
     if boot is not None:
         _put(d, "BOOT_SYSTEM_ID", _id_label(boot[7:39]))
     if jol is not None:

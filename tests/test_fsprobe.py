@@ -230,6 +230,15 @@ def test_protective_mbr_without_gpt(images: dict[str, Path], tmp_path: Path) -> 
     assert fsprobe.read_partition_table(str(img)) is None
 
 
+@pytest.mark.parametrize("date", [b"\0", b"2026\0", b"0000000000000000\0", b"0000000000000000\x01",
+                                  b"\0" * 16 + b"\x04"])
+def test_iso_uuid_from_odd_dates(images: dict[str, Path], tmp_path: Path, date: bytes) -> None:
+    """The UUID comes from the modification date, else the creation date, cut at a NUL."""
+    img = _copy(images["iso"], tmp_path / "date.img")
+    _put(img, 0x8000 + 830, date)
+    assert_like_blkid(img)
+
+
 def test_iso_and_udf_may_coexist_with_a_table(images: dict[str, Path]) -> None:
     keys = fsprobe.probe(str(images["iso-hybrid"]))
     assert keys["TYPE"] == "iso9660" and keys["PTUUID"]
