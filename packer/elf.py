@@ -35,9 +35,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError as PyElfError
-from elftools.elf.elffile import ELFFile
+from elftools.common.utils import parse_cstring_from_stream, struct_parse
+from elftools.construct import Container
+from elftools.elf.structs import ELFStructs
 
 from packer.cli import CommandError
 
@@ -299,47 +302,96 @@ def read_ident(host_path: str) -> tuple[int, int, int] | None:
 
 
 def read_elf(host_path: str) -> ElfInfo:
-    """Parse the program headers and the dynamic segment with pyelftools."""
+    """Parse the program headers and the dynamic array with pyelftools' structures.
+
+    Only what ld.so reads: program headers, PT_INTERP, PT_DYNAMIC and the
+    dynamic string table found through DT_STRTAB and the PT_LOAD mappings.
+    (pyelftools' DynamicSegment would first scan every section header for
+    the string table: half of the time, and sections may be stripped.)"""
     ident = read_ident(host_path)
     if ident is None:
         raise PyElfError("invalid ELF header")
     with open(host_path, "rb") as fh:
-        elf = ELFFile(fh)
-        interp = None
-        dynamic = False
-        needed: list[str] = []
-        rpath = runpath = soname = None
-        flags_1 = 0
-        for segment in elf.iter_segments():
-            kind = segment["p_type"]
-            if kind == "PT_INTERP":
-                interp = segment.get_interp_name()
-            elif kind == "PT_DYNAMIC":
-                dynamic = True
-                for tag in segment.iter_tags():
-                    d_tag = tag.entry.d_tag
-                    if d_tag == "DT_NEEDED":
-                        needed.append(tag.needed)
-                    elif d_tag == "DT_RPATH":
-                        rpath = tag.rpath
-                    elif d_tag == "DT_RUNPATH":
-                        runpath = tag.runpath
-                    elif d_tag == "DT_SONAME":
-                        soname = tag.soname
-                    elif d_tag == "DT_FLAGS_1":
-                        flags_1 = tag.entry.d_val
+        structs, ehdr = _structs_and_header(fh, ident)
+        loads: list[Container] = []
+        interp = dynamic = None
+        for i in range(ehdr.e_phnum):
+            header = struct_parse(structs.Elf_Phdr, fh, ehdr.e_phoff + i * ehdr.e_phentsize)
+            if header.p_type == "PT_LOAD":
+                loads.append(header)
+            elif header.p_type == "PT_INTERP":
+                fh.seek(header.p_offset)
+                interp = fh.read(header.p_filesz).split(b"\0", 1)[0].decode(errors="surrogateescape")
+            elif header.p_type == "PT_DYNAMIC":
+                dynamic = header
+        entries: list[Container] = []
+        if dynamic is not None:
+            fh.seek(dynamic.p_offset)
+            for _ in range(dynamic.p_filesz // structs.Elf_Dyn.sizeof()):
+                entry = structs.Elf_Dyn.parse_stream(fh)
+                if entry.d_tag == "DT_NULL":
+                    break
+                entries.append(entry)
+        strtab = next((e.d_val for e in entries if e.d_tag == "DT_STRTAB"), None)
+        base = None if strtab is None else _file_offset(loads, strtab)
+
+        def string(offset: int) -> str:
+            if base is None:
+                raise PyElfError("dynamic section without a mapped DT_STRTAB")
+            raw = parse_cstring_from_stream(fh, base + offset) or b""
+            return raw.decode(errors="surrogateescape")
+
+        values: dict[str, list[int]] = {}
+        for entry in entries:
+            values.setdefault(str(entry.d_tag), []).append(entry.d_val)
+        rpath = [string(v) for v in values.get("DT_RPATH", [])]
+        runpath = [string(v) for v in values.get("DT_RUNPATH", [])]
+        soname = [string(v) for v in values.get("DT_SONAME", [])]
+        needed = tuple(string(v) for v in values.get("DT_NEEDED", []))
+    flags_1 = values.get("DT_FLAGS_1", [0])[-1]
     return ElfInfo(
         elf_class=ident[0],
         machine=ident[1],
         etype=ident[2],
         interp=interp,
-        dynamic=dynamic,
-        needed=tuple(needed),
-        rpath=None if runpath is not None else rpath,
-        runpath=runpath,
-        soname=soname,
+        dynamic=dynamic is not None,
+        needed=needed,
+        # ld.so keeps the last of repeated tags and ignores DT_RPATH when DT_RUNPATH exists.
+        rpath=None if runpath or not rpath else rpath[-1],
+        runpath=runpath[-1] if runpath else None,
+        soname=soname[-1] if soname else None,
         nodeflib=bool(flags_1 & DF_1_NODEFLIB),
     )
+
+
+_STRUCTS: dict[tuple[object, ...], ELFStructs] = {}
+
+
+def _structs_and_header(fh: BinaryIO, ident: tuple[int, int, int]) -> tuple[ELFStructs, Container]:
+    """pyelftools' structures for this kind of file, built once per kind (ELFFile
+    rebuilds them for every file, which is most of its cost), and the ELF header."""
+    fh.seek(5)
+    little, bits = fh.read(1) == b"\x01", 64 if ident[0] == ELFCLASS64 else 32
+    basic_key = (little, bits)
+    if basic_key not in _STRUCTS:
+        _STRUCTS[basic_key] = ELFStructs(little_endian=little, elfclass=bits)
+        _STRUCTS[basic_key].create_basic_structs()
+    ehdr = struct_parse(_STRUCTS[basic_key].Elf_Ehdr, fh, 0)
+    key = (little, bits, ehdr.e_type, ehdr.e_machine, ehdr.e_ident.EI_OSABI)
+    if key not in _STRUCTS:
+        structs = ELFStructs(little_endian=little, elfclass=bits)
+        structs.create_basic_structs()
+        structs.create_advanced_structs(ehdr.e_type, ehdr.e_machine, ehdr.e_ident.EI_OSABI)
+        _STRUCTS[key] = structs
+    return _STRUCTS[key], ehdr
+
+
+def _file_offset(loads: list[Container], address: int) -> int | None:
+    """The file offset of a virtual address, through the PT_LOAD segments."""
+    for load in loads:
+        if load.p_vaddr <= address < load.p_vaddr + load.p_filesz:
+            return address - load.p_vaddr + load.p_offset
+    return None
 
 
 _PARSED: dict[tuple[str, int, int, int, int], ElfInfo] = {}
