@@ -40,11 +40,18 @@ class Reporter:
         """Time a phase; times of a repeated name add up."""
         t0 = time.perf_counter()
         self.debug(f"{name}...")
+        status = self.tty and not self.verbose
+        if status:      # a transient status line, erased when the phase ends
+            self.out.write(f"\r{name}...")
+            self.out.flush()
         try:
             yield
         finally:
             dt = time.perf_counter() - t0
             self.times[name] = self.times.get(name, 0.0) + dt
+            if status:
+                self.out.write("\r" + " " * (len(name) + 3) + "\r")
+                self.out.flush()
             self.debug(f"{name}: {dt * 1000:.0f} ms")
 
     def progress(self, items: Iterable[T], total: int, label: str) -> Iterator[T]:

@@ -3,6 +3,7 @@ oracles (GNU cpio, bsdtar) and the packed runtime importing in a chroot."""
 from __future__ import annotations
 
 import ast
+import io
 import os
 import shutil
 import stat
@@ -17,6 +18,7 @@ from packer.cli import CommandError
 from packer.config import PackConfig
 from packer.cpio import Entry, read_archive
 from packer.kernelpkg import KernelTree
+from packer.progress import Reporter
 
 PY = "/usr/bin/python3.11"
 
@@ -222,3 +224,27 @@ def test_host_only_pack_is_small(tmp_path: Path, kernel: KernelTree, packed: ini
     assert {"virtio_blk", "virtio_pci", "ext4", "squashfs", "overlay", "loop"} <= set(res.modules)
     assert len(res.modules) < len(packed.modules) / 3
     assert res.uncompressed < packed.uncompressed
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_draws_only_on_a_terminal() -> None:
+    tty = _Tty()
+    rep = Reporter(out=tty)
+    with rep.phase("modules"):
+        assert list(rep.progress(range(3), 3, "modules")) == [0, 1, 2]
+    assert "\rmodules..." in tty.getvalue() and "modules 3/3" in tty.getvalue()
+    assert rep.times["modules"] >= 0
+    pipe = io.StringIO()
+    rep = Reporter(out=pipe)
+    with rep.phase("elf"):
+        list(rep.progress(range(3), 3, "elf"))
+    assert pipe.getvalue() == "" and "elf" in rep.times
+    quiet = _Tty()
+    rep = Reporter(quiet=True, out=quiet)
+    with rep.phase("elf"):
+        rep.info("hello")
+    assert quiet.getvalue() == ""
