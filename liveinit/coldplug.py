@@ -83,7 +83,7 @@ class Coldplug:
                 v, d, sv, sd, cls = ids
                 reason = f"pci {name} [{v:04x}:{d:04x}] class {cls:06x}"
                 # match_pci is the pcimap plus the pci aliases the map cannot represent.
-                loader.load_matches(loader.index.match_pci(v, d, sv, sd, cls), reason, alias)
+                loader.load_matches(loader.match_pci(ids), reason, alias)
                 return
         names = loader.match(alias)
         if names:

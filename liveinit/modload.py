@@ -40,6 +40,7 @@ class ModuleLoader:
         self.blacklist = set(self.cmdline_blacklist)
         self.blacklist.update(index.blacklist)  # modprobe.d of the image
         self._alias_cache: dict[str, list[str]] = {}
+        self._pci_cache: dict[tuple, list[str]] = {}
 
     # -- public -------------------------------------------------------------
 
@@ -60,6 +61,14 @@ class ModuleLoader:
         if names is None:
             names = [normalize(n) for n in self.index.match(alias)]
             self._alias_cache[alias] = names
+        return names
+
+    def match_pci(self, ids: tuple) -> list[str]:
+        """The index's modules for PCI ids (vendor, device, subvendor, subdevice, class), memoised."""
+        names = self._pci_cache.get(ids)
+        if names is None:
+            names = [normalize(n) for n in self.index.match_pci(*ids)]
+            self._pci_cache[ids] = names
         return names
 
     def load_matches(self, names, reason: str, alias: str = "") -> list[str]:

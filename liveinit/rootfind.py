@@ -104,8 +104,8 @@ class _Search:
 
     def mount(self, dev, fstype: str, target: str) -> bool:
         """Mount /dev/NAME read-only at target, loading the fs module first."""
-        if not self.loader.is_present(fstype) and fstype not in self.loader.failed:
-            self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
+        # Memoised and a no-op when present; works with boot's NullLoader too.
+        self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
         self.m.makedirs(target)
         try:
             self.m.sys.mount(self.m.path(blockdev.node(self.m, dev)), self.m.path(target),
@@ -217,7 +217,7 @@ def find_root(m, cfg, settings, loader, listener, log) -> Found:
     fstype = cfg.rootfstype or info.get("TYPE", "")
     nodepath = blockdev.node(m, dev)
     if not spec.live:
-        if fstype and not loader.is_present(fstype):
+        if fstype:
             loader.load_alias("fs-" + fstype, f"fs-{fstype} for root {text}")
         log.info(f"root {text} is {nodepath} ({fstype or 'unknown type'})")
         return Found(nodepath, fstype, info, f"root={text}", None, None)

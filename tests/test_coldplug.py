@@ -263,3 +263,38 @@ def test_capture_refuses_a_non_sysfs_root(tmp_path, capsys):
     assert main(["capture-sysfs", "--root", str(tmp_path), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "has no devices/ directory: not a sysfs tree" in err and "hint: pass --root" in err
+
+
+# -- uevent --------------------------------------------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from liveinit.uevent import UeventListener, parse as parse_uevent  # noqa: E402
+
+_key = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=12)
+_val = st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40)
+
+
+@given(st.sampled_from(["add", "remove", "change", "bind", "unbind"]),
+       st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789:./-_", min_size=1, max_size=60),
+       st.dictionaries(_key, _val, max_size=8))
+def test_uevent_parse_roundtrip(action, devpath, env):
+    devpath = "/" + devpath
+    env = {k: v for k, v in env.items() if k not in ("ACTION", "DEVPATH")}
+    msg = f"{action}@{devpath}\0ACTION={action}\0DEVPATH={devpath}\0" + "".join(f"{k}={v}\0" for k, v in env.items())
+    assert parse_uevent(msg.encode()) == {"ACTION": action, "DEVPATH": devpath, **env}
+
+
+def test_uevent_parse_ignores_udev_broadcasts():
+    assert parse_uevent(b"libudev\0\xfe\xed\xca\xfe rest") is None
+
+
+def test_uevent_listener_opens_a_netlink_socket():
+    listener = UeventListener(None)
+    try:
+        assert listener.fileno() >= 0
+        t = time.perf_counter()
+        listener.poll(0.05)   # whatever the host sends (usually nothing) within 50 ms
+        assert time.perf_counter() - t < 1
+    finally:
+        listener.close()

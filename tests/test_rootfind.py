@@ -245,3 +245,12 @@ def test_no_block_devices_at_all(tmp_path, monkeypatch):
         w.find()
     assert "no device with /dev/vda1 appeared within 0.1 s" in e.value.message
     assert "no block devices at all" in e.value.message
+
+
+def test_works_with_boots_null_loader(tmp_path, monkeypatch):
+    """boot.py falls back to a NullLoader when the module index is unreadable."""
+    from liveinit.boot import NullLoader
+    w = World(tmp_path, monkeypatch, "root=live:LABEL=LIVE rootdelay=1")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
+    w.loader = NullLoader()
+    assert w.find().device == "/dev/sr0"
