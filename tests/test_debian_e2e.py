@@ -44,7 +44,7 @@ def debian_root(cache: Path = ROOT_CACHE) -> Path:
 
 def test_debian_live_reaches_multi_user(kernel: KernelTree, tmp_path: Path) -> None:
     root = debian_root()
-    assert (root / "sbin" / "init").resolve().name == "systemd"
+    assert (root / "sbin" / "init").readlink().name == "systemd"
     res_img = image.build_image(root, tmp_path / "debian-live.iso", kernel, all_root=False,
                                 label="DEBIAN_LIVE")
     res = lab.boot("virtio-blk", image=res_img.iso, timeout=BOOT_TIMEOUT_S, success=MULTI_USER,

@@ -7,6 +7,7 @@ persistence partition (ext4, by label) carries it across boots.
 One ISO is built per session; each boot takes 10-40 s under TCG."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,7 +33,18 @@ def demo_iso(kernel: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> im
     return image.build_image(root, work / "liveinit-demo.iso", kernel)
 
 
+def _record(res: lab.BootResult) -> None:
+    """Append the boot to $LIVEINIT_BOOT_TABLE (TSV) when set: docs/BOOT-LAB.md's table."""
+    table = os.environ.get("LIVEINIT_BOOT_TABLE")
+    if table:
+        t = res.timings
+        with open(table, "a") as f:
+            f.write(f"{res.profile}\t{'ok' if res.success else 'FAIL: ' + res.reason}\t{t.run_init}\t"
+                    f"{t.in_initramfs}\t{t.handover_ms}\t{dict(t.stages_ms)}\t{res.wall_s}\n")
+
+
 def _assert_live_boot(res: lab.BootResult) -> None:
+    _record(res)
     assert res.success, f"{res.profile}: {res.reason}\n{res.console[-4000:]}"
     assert res.report.init == "/sbin/init", "liveinit did not report handing over to /sbin/init"
     assert res.demo["root"] == "overlay", res.demo
