@@ -121,7 +121,7 @@ def _read(path: str) -> str | None:
 def _write(path: str, value: str) -> bool:
     try:
         with open(path, "w") as f:
-            f.write(value)
+            f.write(value + "\n")   # printk_devkmsg refuses a value without its newline
         return True
     except OSError:
         return False

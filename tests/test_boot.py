@@ -436,12 +436,12 @@ def test_log_to_kmsg_and_no_double_echo(tmp_path: Path) -> None:
     out = io.StringIO()
     log = Log(out=out)
     log.open_kmsg(str(kmsg), str(d))
-    assert (d / "printk_devkmsg").read_text() == "on"     # no rate limit during the boot
+    assert (d / "printk_devkmsg").read_text() == "on\n"     # no rate limit during the boot
     log.info("stage early 3 ms")
     log.debug("hidden")
     log.error("FAILED: x")
     log.close()
-    assert (d / "printk_devkmsg").read_text() == "ratelimit"   # given back before init
+    assert (d / "printk_devkmsg").read_text() == "ratelimit\n"   # given back before init
     assert kmsg.read_text() == "<6>liveinit: stage early 3 ms\n<3>liveinit: FAILED: x\n"
     assert out.getvalue() == ""    # console loglevel 7: the kernel echoes both lines itself
 
