@@ -69,9 +69,12 @@ class _Search:
             try:
                 info = blockdev.identify(self.m, dev)
             except Exception as e:  # a broken superblock must not kill PID 1
-                self.log.warn(f"cannot probe /dev/{dev.name}: {e}")
+                self.log.debug(f"cannot probe /dev/{dev.name}: {e}")
                 info = {}
-            self.ids[key] = info
+            if info:
+                # Unrecognised content is probed again on the next rescan: a device
+                # that just appeared may not be readable yet.
+                self.ids[key] = info
         return info
 
     # -- waiting ------------------------------------------------------------
@@ -111,7 +114,7 @@ class _Search:
             self.m.sys.mount(self.m.path(blockdev.node(self.m, dev)), self.m.path(target),
                              fstype, MS_RDONLY, None)
         except OSError as e:
-            self.log.info(f"cannot mount /dev/{dev.name} ({fstype}) at {target}: {e}")
+            self.log.debug(f"cannot mount /dev/{dev.name} ({fstype}) at {target}: {e}")
             return False
         return True
 
@@ -253,9 +256,11 @@ def _search_live(search: _Search, deadline: float) -> Found:
 
     def attempt():
         for d in _candidates(search):
-            search.tried.add((d.name, d.major, d.minor, d.size))
             info = search.identify(d)
             fstype = info.get("TYPE")
+            if not info:
+                continue  # not readable yet, or empty: look again on the next rescan
+            search.tried.add((d.name, d.major, d.minor, d.size))
             if not fstype or fstype in NOT_FS:
                 continue
             if not search.mount(d, fstype, MEDIUM):
@@ -313,8 +318,10 @@ def _findiso(search: _Search, deadline: float) -> Found:
         else:
             cands = _candidates(search)
         for d in cands:
-            search.tried.add((d.name, d.major, d.minor, d.size))
             info = search.identify(d)
+            if not info:
+                continue
+            search.tried.add((d.name, d.major, d.minor, d.size))
             fstype = info.get("TYPE")
             if not fstype or fstype in NOT_FS or not search.mount(d, fstype, ISO_MOUNT):
                 continue

@@ -254,3 +254,18 @@ def test_works_with_boots_null_loader(tmp_path, monkeypatch):
     w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
     w.loader = NullLoader()
     assert w.find().device == "/dev/sr0"
+
+
+def test_device_unreadable_at_first_is_probed_again(tmp_path, monkeypatch):
+    """A stick whose superblock cannot be read yet is not written off: the next rescan sees it."""
+    w = World(tmp_path, monkeypatch, "rootdelay=5")
+    sdb = w.disk("sdb", 8, 16, {"PTTYPE": "dos"}, removable=True)
+    w.part(sdb, "sdb1", 1, 8, 17, {}, files={IMAGE: "sq", "live/liveinit.id": "me"})
+
+    def ready(n):
+        if n == 1:
+            w.ids["sdb1"] = {"TYPE": "vfat", "LABEL": "STICK"}
+
+    listener = FakeUevents([[], [{"ACTION": "change", "DEVPATH": "/devices/x/block/sdb/sdb1"}]], on_poll=ready)
+    found = w.find(listener)
+    assert found.device == "/dev/sdb1" and len(listener.polls) == 2
