@@ -468,3 +468,25 @@ def test_log_prints_everything_when_kmsg_is_off(tmp_path: Path) -> None:
     log.info("quiet line")
     log.error("FAILED: y")
     assert out.getvalue() == "liveinit: FAILED: y\n"
+
+
+# -- the failure path under a real kernel ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_forced_union_the_kernel_lacks_ends_in_the_emergency_shell(kernel, tmp_path: Path) -> None:
+    """Debian's kernel has no aufs: union=aufs must fail in stage stack with
+    the contract lines, and the shell must open (not a kernel panic)."""
+    from packer import image
+    from packer.demoroot import build_demo_root
+    from qemu import lab as qlab
+
+    iso = image.build_image(build_demo_root(tmp_path / "root"), tmp_path / "demo.iso", kernel)
+    res = qlab.boot("virtio-blk", image=iso.iso, cmdline="union=aufs", timeout=240)
+    rep = res.report
+    assert not res.success, res.console[-3000:]
+    assert rep.failure == ("cannot stack a writable layer over the image: "
+                           "aufs: not supported by this kernel"), res.console[-3000:]
+    assert rep.hint is not None and "union=none" in rep.hint
+    assert rep.emergency_shell
+    assert "Kernel panic" not in res.console
+    assert [s for s, _ in rep.timings.stages_ms] == ["early", "cmdline", "coldplug", "findroot"]
