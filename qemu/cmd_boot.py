@@ -48,9 +48,12 @@ def run(args: argparse.Namespace) -> int:
     if args.image is not None and not args.image.is_file():
         raise CommandError(f"{args.image} not found", hint="build it with `liveinit image ROOT --output X.iso`")
     try:
-        profiles.profile(args.profile)
+        prof = profiles.profile(args.profile)
     except KeyError as e:
         raise CommandError(str(e.args[0]), hint="liveinit boot --list-profiles")
+    if not prof.direct and (args.append or args.kernel or args.initrd):
+        print(f"liveinit boot: note: {prof.name} boots through the firmware and the ISO's menu; "
+              "--append/--kernel/--initrd only apply to direct kernel boots", file=sys.stderr)
     result = lab.boot(args.profile, kernel=args.kernel, initrd=args.initrd, image=args.image,
                       cmdline=args.append, timeout=args.timeout, success=args.success,
                       poweroff=not args.interactive, disks=tuple(args.disk), memory=args.memory,

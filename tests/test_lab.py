@@ -90,13 +90,16 @@ def test_sd_card_gets_a_power_of_two_copy(tmp_path: Path) -> None:
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("name", profiles.names() + ["nvme+uefi", "ahci-disk+bios"])
+@pytest.mark.parametrize("name", profiles.names() + ["nvme+uefi", "ahci-disk+bios", "interactive"])
 def test_qemu_accepts_every_profile(name: str, tmp_path: Path, kernel: KernelTree) -> None:
     """QEMU as the oracle: it parses and realizes every device, paused (-S), then we stop it."""
     img = tmp_path / "a.iso"
     img.write_bytes(b"\0" * (1 << 20))
-    prof = profiles.profile(name)
-    cmd = lab.command(prof, img, tmp_path, tmp_path / "log", kernel=kernel, initrd=img, cmdline="x")
+    interactive = name == "interactive"
+    (tmp_path / "extra.img").write_bytes(b"\0" * 4096)
+    prof = profiles.profile("ide-cd" if interactive else name)
+    cmd = lab.command(prof, img, tmp_path, tmp_path / "log", kernel=kernel, initrd=img, cmdline="x",
+                      disks=(tmp_path / "extra.img",) if interactive else (), interactive=interactive)
     proc = subprocess.Popen(cmd + ["-S"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
