@@ -266,3 +266,21 @@ def test_firmware_boots_the_iso(handmade_iso: Path, profile: str) -> None:
     assert HANDMADE_MARK in res.console            # the initramfs ran
     assert res.timings.run_init is not None        # the kernel handed over to /init
     assert res.demo["root"] == "overlay" and res.demo["writable"] == "yes"
+
+
+# ---- the commands ----------------------------------------------------------------
+
+def test_cli_demo_root_and_image(tmp_path: Path, fake_initrd: Path, kernel: KernelTree,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from packer.cli import main
+    assert main(["demo-root", str(tmp_path / "r")]) == 0
+    assert main(["image", str(tmp_path / "r"), "--output", str(tmp_path / "o.iso"), "--initrd", str(fake_initrd),
+                 "--kernel-root", str(kernel.root), "--identity", "cli-id", "--compression", "xz",
+                 "--label", "CLI_TEST"]) == 0
+    out = capsys.readouterr().out
+    assert "identity=cli-id" in out and "label=CLI_TEST" in out
+    assert image.extract(tmp_path / "o.iso", image.IDENTITY_PATH, tmp_path / "id").read_text() == "cli-id\n"
+    assert main(["image", str(tmp_path / "missing"), "--output", str(tmp_path / "x.iso"),
+                 "--initrd", str(fake_initrd)]) == 1
+    err = capsys.readouterr().err
+    assert "missing is not a directory" in err and "hint:" in err

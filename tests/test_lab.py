@@ -247,3 +247,14 @@ def test_timeout_reports_and_leaves_no_qemu(tmp_path: Path) -> None:
     assert not res.success and res.reason.startswith("timeout after 3")
     assert 3 <= res.wall_s < 20
     assert _qemus_with(str(log)) == []
+
+
+def test_cli_lists_profiles_and_rejects_unknown(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from packer.cli import main
+    assert main(["boot", "--list-profiles"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in profiles.names())
+    img = tmp_path / "a.iso"
+    img.write_bytes(b"\0")
+    assert main(["boot", str(img), "--profile", "floppy"]) == 1
+    assert "unknown profile 'floppy'" in capsys.readouterr().err
