@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass
 
 from liveinit.emergency import BootFailure
-from liveinit.syscalls import (MS_BIND, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
+from liveinit.machine import Machine
+from liveinit.syscalls import (MNT_DETACH, MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
                                MS_NOSUID, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
                                MS_SYNCHRONOUS)
 
@@ -319,8 +320,55 @@ def _stack_union(m, cfg, lower: str, loader, log, forced: bool) -> tuple[str, st
         "initramfs; pack the `overlay` module, or boot read-only with union=none")
 
 
+class _Undo:
+    """The syscalls, remembering what this attempt mounted and attached so a
+    failed attempt leaves nothing behind and the stage can be retried."""
+
+    def __init__(self, sys) -> None:
+        self.sys = sys
+        self.mounted: list[str] = []
+        self.loops: list[str] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.sys, name)
+
+    def mount(self, source: str, target: str, fstype: str | None = None,
+              flags: int = 0, data: str | None = None) -> None:
+        self.sys.mount(source, target, fstype, flags, data)
+        if not flags & (MS_REMOUNT | MS_MOVE):
+            self.mounted.append(target)
+
+    def loop_attach(self, path: str, readonly: bool = True, autoclear: bool = True,
+                    dev: str = "/dev") -> str:
+        loop = self.sys.loop_attach(path, readonly, autoclear, dev)
+        self.loops.append(loop)
+        return loop
+
+    def undo(self, log) -> None:
+        for target in reversed(self.mounted):
+            try:
+                self.sys.umount2(target, MNT_DETACH)
+            except OSError as e:
+                log.warn(f"cannot unmount {target} after the failure: {e}")
+        for loop in self.loops:
+            release = getattr(self.sys, "loop_release", None)
+            if release is not None:
+                release(loop)
+
+
 def stack(m, cfg, found, loader, log, forced_union: bool = False) -> Stacked:
-    """Mount the new root at /sysroot for `found` (live medium or plain root)."""
+    """Mount the new root at /sysroot for `found` (live medium or plain root).
+
+    On failure everything this call mounted is unmounted again."""
+    undo = _Undo(m.sys)
+    try:
+        return _stack(Machine(m.root, undo), cfg, found, loader, log, forced_union)
+    except BaseException:
+        undo.undo(log)
+        raise
+
+
+def _stack(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
     m.makedirs(SYSROOT)
     if found.image is None:
         return _plain(m, cfg, found, loader, log, forced_union)

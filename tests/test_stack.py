@@ -209,6 +209,18 @@ def test_no_union_at_all_fails_with_every_reason(tmp_path: Path, monkeypatch) ->
     assert "union=none" in exc.value.hint
 
 
+def test_a_failed_attempt_leaves_nothing_mounted(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
+    e = Env(tmp_path, fail={"mount:/sysroot": errno.ENODEV})
+    with pytest.raises(BootFailure):
+        e.stack()
+    assert e.sys.mounts == {}
+    assert e.sys.calls[-3:] == [("umount2", RW, 2), ("umount2", RO, 2),
+                                ("loop_release", "/dev/loop0")]
+    e.sys.fail.clear()
+    assert e.stack().union == "overlay"   # the retry starts clean
+
+
 def test_union_none_mounts_the_image_read_only(env: Env) -> None:
     st = env.stack("union=none")
     assert env.mounts()[1:] == [
