@@ -248,3 +248,20 @@ def test_progress_draws_only_on_a_terminal() -> None:
     with rep.phase("elf"):
         rep.info("hello")
     assert quiet.getvalue() == ""
+
+
+def test_microcode_goes_first_uncompressed(tmp_path: Path, kernel: KernelTree,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import packer.compress
+    blob = b"\x01\x00\x00\x00fake-intel-ucode" * 8
+    monkeypatch.setattr(packer.compress, "microcode_entries",
+                        lambda host_root=Path("/"): [("kernel/x86/microcode/GenuineIntel.bin", blob)])
+    res = _pack(tmp_path, kernel, microcode=True, groups=("live",), compress="gzip", compress_level=1)
+    segs = read_archive(res.output.read_bytes())
+    assert [s.compression for s in segs] == ["none", "gzip"]
+    early = {e.name: e for e in segs[0].entries}
+    assert early["kernel/x86/microcode/GenuineIntel.bin"].data == blob
+    assert "init" in {e.name for e in segs[1].entries}
+    off = _pack(tmp_path, kernel, "off.img", microcode=False, groups=("live",), compress="gzip",
+                compress_level=1)
+    assert [s.compression for s in read_archive(off.output.read_bytes())] == ["gzip"]
