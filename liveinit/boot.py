@@ -348,7 +348,12 @@ def _forever() -> None:
 
 
 def main(settings: dict) -> None:
-    """The initramfs's /init calls this. Never returns when running as PID 1."""
+    """The initramfs's /init calls this. Never returns when running as PID 1.
+
+    settings: "cmdline" (the baked default command line), "identity" (the
+    medium identity), "kver", "moddir" ("/lib/modules/KVER"), "index" (path of
+    liveinit.index); optional "max_attempts" (tries per stage before giving up,
+    0 = for ever, the default)."""
     t0 = time.monotonic()
     log = Log()
     pid1 = os.getpid() == 1

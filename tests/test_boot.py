@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -415,7 +414,8 @@ def test_boot_imports_stay_light() -> None:
     code = ("import sys, liveinit.boot; "
             "print(' '.join(sorted(n for n in sys.modules if n in "
             "('typing', 'logging', 'json', 'ctypes', 'subprocess', 'socket', 'signal'))))")
-    r = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parents[1])!r}); " + code],
+    repo = str(Path(__file__).parents[1])
+    r = subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {repo!r}); " + code],
                        capture_output=True, text=True, check=True)
     assert r.stdout.strip() == ""
 
