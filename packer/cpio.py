@@ -440,7 +440,11 @@ def read_archive(data: bytes) -> list[Segment]:
                 _, plain, end = decompress_stream(data, pos)
             except CompressionError as e:
                 raise ArchiveError(str(e), hint=e.hint or "the image is corrupt or truncated") from None
-            entries = [e for archive in parse_cpio(plain, 0) for e in archive]
+            try:
+                entries = [e for archive in parse_cpio(plain, 0) for e in archive]
+            except ArchiveError as e:
+                raise ArchiveError(f"in the {method} segment at offset {pos} (offsets after decompression): "
+                                   f"{e}", hint=e.hint) from None
             segments.append(Segment(method, pos, entries))
             pos = end
     if not segments:

@@ -409,6 +409,12 @@ def test_reader_names_what_is_wrong(data: bytes, message: str) -> None:
         read_archive(data)
 
 
+def test_errors_inside_a_compressed_segment_say_which_segment() -> None:
+    image = _simple({"a": b"1"}) + compress(b"070701" + b"0" * 200, "zstd")
+    with pytest.raises(ArchiveError, match="in the zstd segment at offset 512"):
+        read_archive(image)
+
+
 def test_reader_refuses_misaligned_and_trailerless_archives() -> None:
     good = _simple({"a": b"1"})
     with pytest.raises(ArchiveError, match="aligned"):
