@@ -487,6 +487,8 @@ class ModuleIndex:
             cp = compiled.get(norm)
             if cp is None:
                 cp = compiled[norm] = compile_pattern(norm)
+            if cp[0] < 0:
+                continue  # glibc would refuse it for every string
             prefix = _literal_prefix(cp)
             if prefix is None:
                 lst = exact.setdefault(norm, [])

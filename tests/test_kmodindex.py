@@ -276,3 +276,8 @@ def test_from_moddir_text_files(tmp_path) -> None:
     assert ix.lookup("fs-b") == ["a", "b"]
     assert ix.load_order("b") == ["a", "b"]  # fs-zz resolves to a, already there
     assert ix.options("a") == "z=1" and ix.is_builtin("x") and ix.path("b") == "kernel/b.ko"
+
+
+def test_build_drops_patterns_glibc_refuses() -> None:
+    ix = ModuleIndex.build("k", [("a", "a.ko", ())], [("x[[:nope:]]*", "a"), ("y[", "a"), ("z*", "a")])
+    assert ix.lookup("zz") == ["a"] and ix.lookup("xq") == [] and ix.lookup("y[") == []
