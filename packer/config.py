@@ -15,6 +15,9 @@ Defaults, and why:
 - `busybox`: on when the host has /bin/busybox (busybox-static), for the
   emergency shell; without it the shell is a Python REPL.
 - `source-date-epoch`: $SOURCE_DATE_EPOCH, else 0: every mtime is clamped to it.
+- `packages`: none; third-party packages the runtime imports are added anyway.
+
+In a config file a relative `skeleton` is relative to the file's directory.
 """
 from __future__ import annotations
 
@@ -26,13 +29,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from packer.cli import CommandError
+from packer.compress import METHODS as COMPRESSIONS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SKELETON = REPO_ROOT / "rootfs-skel"
 DEFAULT_PYTHON = Path("/usr/bin/python3")
 DEFAULT_BUSYBOX = Path("/bin/busybox")
 DEFAULT_OUTPUT = Path("initrd.img")
-from packer.compress import METHODS as COMPRESSIONS
 UNIVERSAL_GROUPS = ("storage", "usb", "cdrom", "fs", "live", "keyboard")
 DEFAULT_PACKAGES: tuple[str, ...] = ()   # + whatever the runtime imports (see pyruntime)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packer import pyruntime
 from packer.cli import CommandError
-from packer.config import PackConfig
+from packer.config import DEFAULT_BUSYBOX, PackConfig
 from packer.progress import Reporter
 
 # Directories every image has (mode), and the console/entropy nodes CPython
@@ -270,7 +270,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
                 img.ar.add_symlink(img.canon(name), target)
 
     with rep.phase("elf"):
-        busybox = Path("/bin/busybox") if cfg.busybox and Path("/bin/busybox").exists() else None
+        busybox = DEFAULT_BUSYBOX if cfg.busybox and DEFAULT_BUSYBOX.exists() else None
         extra = [Path(b) for b in cfg.binaries]
         for b in extra:
             if not b.exists():
@@ -300,7 +300,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         settings: dict[str, object] = {
             "cmdline": cfg.cmdline, "identity": identity, "kver": kver,
             "moddir": f"/{IMAGE_MODDIR}/{kver}", "index": f"/{IMAGE_MODDIR}/{kver}/liveinit.index",
-            "busybox": "/bin/busybox" if busybox else None,
+            "busybox": str(DEFAULT_BUSYBOX) if busybox else None,
         }
         img.ar.add_file("init", data=render_init("/" + str(rt.interpreter.path).lstrip("/"), settings),
                         mode=0o755)
