@@ -66,10 +66,11 @@ class PartitionTable:
 class _Dev:
     """A byte range of a file or block device, read with pread."""
 
-    __slots__ = ("fd", "base", "size", "head", "ssz", "cdrom", "wholedisk")
+    __slots__ = ("fd", "base", "size", "head", "ssz", "cdrom", "isblk")
 
-    def __init__(self, fd: int, base: int, size: int, ssz: int, cdrom: bool) -> None:
+    def __init__(self, fd: int, base: int, size: int, ssz: int, cdrom: bool, isblk: bool) -> None:
         self.fd, self.base, self.size, self.ssz, self.cdrom = fd, base, size, ssz, cdrom
+        self.isblk = isblk
         self.head = self._pread(0, min(size, HEAD_SIZE))
 
     def _pread(self, off: int, n: int) -> bytes:
@@ -100,7 +101,8 @@ def _open(path: str, offset: int = 0, size: int | None = None) -> _Dev:
         st = os.fstat(fd)
         total = os.lseek(fd, 0, os.SEEK_END)
         ssz, cdrom = SECTOR, False
-        if (st.st_mode & 0o170000) == 0o060000:          # block device
+        isblk = (st.st_mode & 0o170000) == 0o060000
+        if isblk:
             cdrom = os.major(st.st_rdev) == CDROM_MAJOR
             try:
                 import fcntl
@@ -112,7 +114,7 @@ def _open(path: str, offset: int = 0, size: int | None = None) -> _Dev:
         avail = total - offset
         if size is None or size > avail:
             size = avail
-        return _Dev(fd, offset, max(size, 0), ssz, cdrom)
+        return _Dev(fd, offset, max(size, 0), ssz, cdrom, isblk)
     except OSError as e:
         os.close(fd)
         if isinstance(e, ProbeError):
@@ -1117,14 +1119,17 @@ def _partition_table(dev: _Dev) -> PartitionTable | None | bool:
 
 # --- public API ------------------------------------------------------------------
 
-def _probe_dev(dev: _Dev) -> dict[str, str]:
-    sb = _superblocks(dev)
-    if sb is None:
-        return {}
+def _probe_dev(dev: _Dev, wholedisk: bool) -> dict[str, str]:
     try:
         table = _partition_table(dev)
     except (struct.error, IndexError, ValueError, OverflowError):
         table = None
+    # blkid -p: a floppy-sized whole disk with a partition table is not
+    # probed for filesystems (this hides a small hybrid ISO's iso9660).
+    small_disk = dev.isblk and wholedisk and dev.size <= TINY_SIZE and table is not None
+    sb = {} if small_disk else _superblocks(dev)
+    if sb is None:
+        return {}
     if table is True:
         sb["PTTYPE"] = "PMBR"
     elif table is not None:
@@ -1134,15 +1139,16 @@ def _probe_dev(dev: _Dev) -> dict[str, str]:
     return sb
 
 
-def probe(path: str, offset: int = 0, size: int | None = None) -> dict[str, str]:
+def probe(path: str, offset: int = 0, size: int | None = None, wholedisk: bool = True) -> dict[str, str]:
     """`blkid -p -o export` keys (without DEVNAME) for a device or image file.
 
     `offset`/`size` (bytes) probe a range of the file, like `blkid -p -O -S`.
+    `wholedisk=False` says a block device is a partition (blkid asks sysfs).
     Returns {} when nothing is recognised or the result is ambivalent; raises
     ProbeError (an OSError) when `path` cannot be opened or read."""
     dev = _open(path, offset, size)
     try:
-        return _probe_dev(dev)
+        return _probe_dev(dev, wholedisk and not offset and size is None)
     except OSError as e:
         raise ProbeError(e.errno, f"cannot read {path}: {e.strerror}") from None
     finally:

@@ -51,11 +51,11 @@ def _sysfs_partition(path: str) -> tuple[str, int] | None:
 
 def identify(path: str, offset: int = 0, size: int | None = None) -> dict[str, str]:
     """probe() plus, for a partition device, its PART_ENTRY_* keys from the parent disk."""
+    part = _sysfs_partition(path) if not offset and size is None else None
     try:
-        keys = fsprobe.probe(path, offset, size)
+        keys = fsprobe.probe(path, offset, size, wholedisk=part is None)
     except fsprobe.ProbeError as e:
         raise CommandError(e.strerror or str(e), hint="give a readable block device or image file") from None
-    part = _sysfs_partition(path) if not offset and size is None else None
     if part is not None and keys is not None:
         try:
             keys.update(fsprobe.partition_entry(*part))

@@ -65,6 +65,9 @@ IMAGES: dict[str, tuple[str | None, list[str]]] = {
     "iso-hybrid": (None, [f"xorriso -as mkisofs -quiet -V HYBLAB -J -R -b isolinux/isolinux.bin "
                           f"-c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table "
                           f"-isohybrid-mbr {ISOHDPFX} -o {{f}} {{d}}"]),
+    "iso-hybrid-big": (None, ["head -c 3000000 /dev/urandom > {d}/big.bin", f"xorriso -as mkisofs -quiet "
+                              f"-V BIGHYB -b isolinux/isolinux.bin -c isolinux/boot.cat -no-emul-boot "
+                              f"-boot-load-size 4 -isohybrid-mbr {ISOHDPFX} -o {{f}} {{d}}", "rm {d}/big.bin"]),
     "iso-hybrid-gpt": (None, [f"xorriso -as mkisofs -quiet -V HYBLAB -b isolinux/isolinux.bin "
                               f"-c isolinux/boot.cat -no-emul-boot -boot-load-size 4 -boot-info-table "
                               f"-isohybrid-mbr {ISOHDPFX} -isohybrid-gpt-basdat -o {{f}} {{d}}"]),
@@ -287,6 +290,38 @@ def test_cli_output_matches_blkid(images: dict[str, Path], capsys: pytest.Captur
     assert capsys.readouterr().out == os.fsdecode(res.stdout)
 
 
+def test_cli_through_the_command_table(images: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from packer.cli import main
+    assert main(["probe", str(images["iso-hybrid"])]) == 0
+    res = subprocess.run(["blkid", "-p", "-o", "export", str(images["iso-hybrid"])], capture_output=True)
+    assert capsys.readouterr().out == os.fsdecode(res.stdout)
+    disk, table = images["gpt-disk"], fsprobe.read_partition_table(str(images["gpt-disk"]))
+    assert table is not None
+    off, size = table.partitions[0].start * 512, table.partitions[0].size * 512
+    assert main(["probe", "-O", str(off), "-S", str(size), str(disk)]) == 0
+    res = subprocess.run(["blkid", "-p", "-o", "export", "-O", str(off), "-S", str(size), str(disk)],
+                         capture_output=True)
+    assert capsys.readouterr().out == os.fsdecode(res.stdout)
+    assert main(["probe", "/nonexistent/disk"]) == 1
+    assert "cannot open /nonexistent/disk" in capsys.readouterr().err
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("name", ["iso-hybrid", "iso-hybrid-big", "gpt-disk", "vfat32", "ext4", "vfat12"])
+def test_block_device_like_blkid(images: dict[str, Path], name: str) -> None:
+    """The same answers through a real (loop) block device node (a 1 MiB hybrid
+    ISO is a "small disk": blkid -p shows only its partition table)."""
+    loop = subprocess.run(["losetup", "-f", "--show", "-r", str(images[name])],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        theirs = blkid(Path(loop))
+        mine = fsprobe.probe(loop)
+        assert escaped(mine) == {k: v for k, v in theirs.items() if k in SUPPORTED}
+        assert mine
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(fsprobe.ProbeError, match="cannot open"):
         fsprobe.probe(str(tmp_path / "nope"))
@@ -344,6 +379,50 @@ def test_mutated_superblocks_like_blkid(heads: list[bytes], tmp_path: Path, whic
     f = tmp_path / "mutant.img"
     f.write_bytes(bytes(buf))
     like_blkid_or_empty(f)
+
+
+DISK_SECTORS = 8192
+_entry = st.tuples(st.sampled_from([0, 0x80]) | st.integers(0, 255),
+                   st.sampled_from([0x83, 0x05, 0x0F, 0x85, 0x0C, 0]) | st.integers(0, 255),
+                   st.sampled_from([0, 1, 2, 3, 4, 8, 16, 32, 64, 2048]) | st.integers(0, DISK_SECTORS + 64),
+                   st.sampled_from([1, 2, 8, 64, 2048]) | st.integers(0, DISK_SECTORS))
+
+
+def _mbr(entries: list[tuple[int, int, int, int]], disk_id: int = 0) -> bytes:
+    sector = bytearray(512)
+    struct.pack_into("<I", sector, 440, disk_id)
+    for i, (boot, ptype, start, size) in enumerate(entries[:4]):
+        sector[446 + 16 * i] = boot
+        sector[446 + 16 * i + 4] = ptype
+        struct.pack_into("<II", sector, 446 + 16 * i + 8, start, size)
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(primary=st.lists(_entry, min_size=0, max_size=4), disk_id=st.integers(0, 2**32 - 1),
+       ebrs=st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 5, 8, 12, 16, 20, 32, 36, 64, 68, 2048])
+                               | st.integers(1, DISK_SECTORS - 1), st.lists(_entry, max_size=4)), max_size=8))
+def test_random_dos_tables_like_partx(tmp_path: Path, primary: list[tuple[int, int, int, int]],
+                                      disk_id: int, ebrs: list[tuple[int, list[tuple[int, int, int, int]]]]
+                                      ) -> None:
+    """MBRs and chains of EBRs (loops, junk, overlaps): the partition list partx
+    reads with libblkid, and blkid's PTTYPE/PTUUID."""
+    img = tmp_path / "mbr.img"
+    img.write_bytes(bytes(DISK_SECTORS * 512))
+    for sector, entries in ebrs:
+        _put(img, sector * 512, _mbr(entries))
+    _put(img, 0, _mbr(primary, disk_id))
+    like_blkid_or_empty(img)
+    table = fsprobe.read_partition_table(str(img))
+    want = partx(img)
+    got = [] if table is None else [
+        {"NR": str(p.number), "START": str(p.start), "SECTORS": str(p.size), "TYPE": p.type,
+         "UUID": p.uuid, "NAME": p.name, "FLAGS": f"0x{p.flags:x}", "SCHEME": table.type}
+        for p in table.partitions]
+    assert got == want
 
 
 def test_probe_cost(images: dict[str, Path]) -> None:
