@@ -322,6 +322,34 @@ def test_block_device_like_blkid(images: dict[str, Path], name: str) -> None:
         subprocess.run(["losetup", "-d", loop], check=True)
 
 
+@pytest.mark.root
+@pytest.mark.parametrize("script", [
+    "label: gpt\nsize=16MiB, type=L, name=four\ntype=L\n",
+    "label: dos\nlabel-id: 0xdeadbeef\nsize=16MiB, type=83\ntype=5\nsize=8MiB, type=83\nsize=4MiB, type=83\n",
+])
+def test_4k_sector_disks_like_partx(tmp_path: Path, script: str) -> None:
+    """Tables written by sfdisk on a 4096-byte-sector loop device: starts and
+    sizes still in 512-byte units, as blkid gives them."""
+    img = tmp_path / "4k.img"
+    img.write_bytes(b"")
+    os.truncate(img, 64 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", "-b", "4096", str(img)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["sfdisk", "-q", "--no-reread", loop], input=script, text=True, check=True,
+                       capture_output=True)
+        dev = Path(loop)
+        assert escaped(fsprobe.probe(loop)) == {k: v for k, v in blkid(dev).items() if k in SUPPORTED}
+        table = fsprobe.read_partition_table(loop)
+        assert table is not None and len(table.partitions) >= 2
+        got = [{"NR": str(p.number), "START": str(p.start), "SECTORS": str(p.size), "TYPE": p.type,
+                "UUID": p.uuid, "NAME": p.name, "FLAGS": f"0x{p.flags:x}", "SCHEME": table.type}
+               for p in table.partitions]
+        assert got == partx(dev)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(fsprobe.ProbeError, match="cannot open"):
         fsprobe.probe(str(tmp_path / "nope"))
