@@ -535,12 +535,14 @@ class ModuleIndex:
     def from_moddir(cls, moddir: str, config_dirs: tuple = ()) -> ModuleIndex:  # type: ignore[assignment]
         """The index of a module directory: `liveinit.index` when present,
         else modules.dep/alias/softdep/builtin(.modinfo) and modules.order.
-        `config_dirs` (modprobe.d directories) only apply to the text path."""
+        With `config_dirs` (modprobe.d directories) the text files are read,
+        so their settings apply."""
         moddir = str(moddir).rstrip("/")
-        try:
-            return cls.load(moddir + "/" + INDEX_NAME)
-        except OSError:
-            pass
+        if not config_dirs:
+            try:
+                return cls.load(moddir + "/" + INDEX_NAME)
+            except OSError:
+                pass
 
         def read(name: str) -> str:
             try:

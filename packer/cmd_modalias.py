@@ -3,7 +3,9 @@ kmod's `modprobe -R` resolves for each modalias (or module name, or alias
 such as fs-ext4), and with --show-depends the insmod order of
 `modprobe --show-depends`. DIR may hold only index files (liveinit.index or
 modules.dep/alias/...) or only .ko files (the index is then computed and
-cached). `--pcimap FILE` matches PCI modaliases against a modules.pcimap."""
+cached). `--pcimap FILE` matches PCI modaliases against a modules.pcimap.
+With several MODALIAS arguments each answer follows a `# MODALIAS` line.
+Exit status 1 when some modalias matched nothing."""
 from __future__ import annotations
 
 import argparse
@@ -31,9 +33,7 @@ def open_index(moddir: Path, config: list[Path] | None = None, cache: Path | Non
     computed from its .ko files."""
     if not moddir.is_dir():
         raise CommandError(f"{moddir} is not a directory", hint="pass --moddir /lib/modules/KVER")
-    if (moddir / INDEX_NAME).is_file() and not config:
-        return ModuleIndex.load(str(moddir / INDEX_NAME))
-    if (moddir / "modules.dep").is_file():
+    if (moddir / "modules.dep").is_file() or ((moddir / INDEX_NAME).is_file() and not config):
         return ModuleIndex.from_moddir(str(moddir), tuple(str(c) for c in config or ()))
     from packer.kmod import ModuleTree
     tree = ModuleTree(moddir, cache=cache)

@@ -64,20 +64,20 @@ def pattern_and_match(draw: st.DrawFn) -> tuple[str, str]:
 
 # -------------------------------------------------------------- matcher
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=700, deadline=None)
 @given(patterns, subjects)
 def test_matcher_equals_glibc_fnmatch(pattern: str, s: str) -> None:
     assert K.fnmatch(pattern, s) == libc_fnmatch(pattern, s), (pattern, s)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=700, deadline=None)
 @given(pattern_and_match())
 def test_matcher_equals_glibc_on_near_matches(ps: tuple[str, str]) -> None:
     pattern, s = ps
     assert K.fnmatch(pattern, s) == libc_fnmatch(pattern, s), (pattern, s)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=700, deadline=None)
 @given(py_patterns, st.text(alphabet=CHARS, max_size=14))
 def test_matcher_equals_python_fnmatchcase(pattern: str, s: str) -> None:
     assert K.fnmatch(pattern, s) == py_fnmatch.fnmatchcase(s, pattern), (pattern, s)
@@ -281,3 +281,11 @@ def test_from_moddir_text_files(tmp_path) -> None:
 def test_build_drops_patterns_glibc_refuses() -> None:
     ix = ModuleIndex.build("k", [("a", "a.ko", ())], [("x[[:nope:]]*", "a"), ("y[", "a"), ("z*", "a")])
     assert ix.lookup("zz") == ["a"] and ix.lookup("xq") == [] and ix.lookup("y[") == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(names, st.sampled_from(["alias", "license", "file"]),
+                          st.text(alphabet="abc-_=:*09", max_size=8)), max_size=6))
+def test_parse_builtin_modinfo_roundtrip(items: list[tuple[str, str, str]]) -> None:
+    data = b"".join(f"{m}.{k}={v}".encode() + b"\0" for m, k, v in items)
+    assert K.parse_builtin_modinfo(data) == [(m.replace("-", "_"), k, v) for m, k, v in items]
