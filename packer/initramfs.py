@@ -104,9 +104,9 @@ class _Image:
         self.sizes[part] = self.sizes.get(part, 0) + n
 
     def file(self, name: str, part: str, src: Path | None = None, data: bytes | None = None,
-             mode: int | None = None) -> None:
+             mode: int | None = None, replace: bool = False) -> None:
         name = self.canon(name)
-        if name in self.ar:
+        if name in self.ar and not replace:
             return
         self.ar.add_file(name, src=src, data=data, mode=mode)
         self._count(part, len(data) if data is not None else os.stat(src).st_size)  # type: ignore[arg-type]
@@ -257,10 +257,13 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     with rep.phase("modules"):
         kver, moddir = resolve_kernel(cfg)
         mods, nfw = _add_modules(img, cfg, kver, moddir, rep)
+        rep.debug(f"modules: {len(mods)} from {moddir} ({nfw} firmware files)")
 
     with rep.phase("python"):
         rt = pyruntime.build_runtime(cfg.python, cfg.packages, cfg.site_packages, cfg.python_modules,
                                      cfg.cache)
+        rep.debug(f"python: {rt.interpreter.path} {rt.interpreter.version}, {len(rt.modules)} modules traced, "
+                  f"packages: {', '.join(rt.packages) or 'none'}")
         for f in rt.files:
             img.file(f.name, "python", src=f.src, data=f.data, mode=f.mode)
         for d in rt.dirs:
@@ -293,7 +296,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         for src, dest in cfg.extra_files():
             if not src.is_file():
                 raise CommandError(f"--files {src}: no such file", hint="use SRC[:DEST] with an existing SRC")
-            img.file(dest, "files", src=src)
+            img.file(dest, "files", src=src, replace=True)     # the user's file wins over the skeleton
 
     with rep.phase("archive"):
         identity = cfg.identity or derive_identity(kver, mods, rt, cfg)

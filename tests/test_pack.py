@@ -181,12 +181,15 @@ def test_every_runtime_module_imports_inside_the_image(packed: initramfs.PackRes
 def test_extra_files_binaries_and_modules(tmp_path: Path, kernel: KernelTree) -> None:
     conf = tmp_path / "my.conf"
     conf.write_text("options loop max_loop=4\n")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:admin:/root:/bin/sh\n")
     res = _pack(tmp_path, kernel, compress="none", groups=(), busybox=False,
-                files=(f"{conf}:/etc/modprobe.d/my.conf", "/etc/hostname"),
+                files=(f"{conf}:/etc/modprobe.d/my.conf", "/etc/hostname", f"{passwd}:etc/passwd"),
                 binaries=("/sbin/blkid",), modules=("nvme", "loop", "kernel/fs/btrfs/*"))
     img = _entries(res.output)
     assert img["etc/modprobe.d/my.conf"].data == conf.read_bytes()
     assert "etc/hostname" in img
+    assert img["etc/passwd"].data == passwd.read_bytes()       # --files wins over the skeleton
     assert "usr/sbin/blkid" in img and "usr/lib/x86_64-linux-gnu/libblkid.so.1" in img
     assert {"nvme", "nvme_core", "btrfs"} <= set(res.modules)
     assert "ext4" not in res.modules and "usr/bin/busybox" not in img
