@@ -15,7 +15,10 @@ a device with another signature. Known differences from blkid: signatures of
 formats not listed here (RAID, LVM, LUKS, ntfs, ...) are not seen, so they
 neither identify nor make a result ambivalent; blkid's guesses about the
 running kernel's ext drivers are fixed as on a host with ext2, ext4 and
-ext4dev (an ext2 filesystem is "ext2", one flagged test_fs is "ext4dev").
+ext4dev (an ext2 filesystem is "ext2", one flagged test_fs is "ext4dev");
+an exFAT root directory is searched for its label over 10000 entries at most.
+blkid 2.38 verifies no superblock checksum except GPT's CRCs, and neither
+does this module. Each call opens and closes its own file descriptor.
 """
 from __future__ import annotations
 
