@@ -270,3 +270,26 @@ def test_microcode_goes_first_uncompressed(tmp_path: Path, kernel: KernelTree,
     off = _pack(tmp_path, kernel, "off.img", microcode=False, groups=("live",), compress="gzip",
                 compress_level=1)
     assert [s.compression for s in read_archive(off.output.read_bytes())] == ["gzip"]
+
+
+@pytest.mark.slow
+def test_third_party_packages_work_inside_the_image(tmp_path: Path, kernel: KernelTree) -> None:
+    res = _pack(tmp_path, kernel, compress="none", groups=("live",), packages=("psutil", "pyudev"))
+    img = _entries(res.output)
+    assert "usr/lib/liveinit/psutil/__init__.pyc" in img
+    assert "usr/lib/liveinit/psutil/_psutil_linux.abi3.so" in img
+    assert "usr/lib/liveinit/pyudev/core.pyc" in img
+    assert img["usr/lib/x86_64-linux-gnu/libudev.so.1"].target is not None
+    ldconfig = img["usr/sbin/ldconfig"]
+    assert stat.S_IMODE(ldconfig.mode) == 0o755 and b"libudev.so.1 (libc6,x86-64)" in ldconfig.data
+    root = tmp_path / "root"
+    root.mkdir()
+    subprocess.run(["bsdtar", "-xpf", str(res.output), "-C", str(root)], check=True)   # makes /dev/null
+    code = ("import sys; sys.path.insert(0, '/usr/lib/liveinit')\n"
+            "import ctypes.util, psutil, pyudev\n"
+            "pyudev.Context()\n"
+            "print(ctypes.util.find_library('udev'), psutil.__name__)")
+    proc = subprocess.run([shutil.which("chroot") or "/usr/sbin/chroot", str(root), PY, "-IS", "-c", code],
+                          capture_output=True, text=True, env={}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["libudev.so.1", "psutil"]
