@@ -52,8 +52,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "hpsa", "3w_9xxx", "3w_sas", "3w_xxxx", "vmw_pvscsi", "hv_storvsc", "virtio_scsi", "BusLogic",
         "hptiop", "stex", "ipr", "initio", "dc395x", "am53c974", "qla1280", "ips", "myrb", "myrs",
         "advansys", "a100u2w", "atp870u", "mvumi", "pmcraid", "snic", "xen_blkfront", "xen_scsifront",
-        # NVMe, virtio disks, MMC/SD
-        "nvme", "nvme_core", "virtio_blk", "virtio_pci", "virtio_mmio",
+        # NVMe, virtio (transports, disks, and the rng that feeds early
+        # entropy to CPython in a VM), MMC/SD
+        "nvme", "nvme_core", "virtio_blk", "virtio_pci", "virtio_mmio", "virtio_rng",
         "mmc_block", "mmc_core", "sdhci", "sdhci_pci", "sdhci_acpi", "sdhci_pltfm", "cqhci",
         "rtsx_pci_sdmmc", "rtsx_usb_sdmmc", "via_sdmmc", "alcor", "toshsd", "vub300", "ushc",
         "loop",
