@@ -125,7 +125,7 @@ def copy_to_ram(m, image: str, medium: str | None, log) -> str:
     m.sys.mount("tmpfs", m.path(RAM), "tmpfs", MS_NOSUID | MS_NODEV,
                 f"size={size + COPY_CHUNK},mode=0755")
     dest = RAM + "/" + os.path.basename(image)
-    log.info(f"toram: copying {image} ({size >> 20} MiB) to RAM")
+    log.info(f"toram: copying {image} ({size / (1 << 20):.1f} MiB) to RAM")
     done = 0
     step = 10
     with open(real, "rb") as src, open(m.path(dest), "wb") as dst:
@@ -406,7 +406,10 @@ def _stack(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
             f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
             "or the image is corrupt (check the medium's checksum)")
     method, writable, tried = _stack_union(m, cfg, RO, loader, log, forced_union)
-    log.info(f"root: {image} ({fstype}) + {writable} via {method}")
+    if method == "none":
+        log.info(f"root: {image} ({fstype}) read-only (union=none)")
+    else:
+        log.info(f"root: {image} ({fstype}) + {writable} via {method}")
     return Stacked(SYSROOT, method, fstype, loop, writable, toram, tuple(tried))
 
 
