@@ -41,7 +41,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _device(m, name: str, path: str, disk: str | None) -> BlockDevice | None:
+def _device(name: str, path: str, disk: str | None) -> BlockDevice | None:
     if name.startswith(SKIP_PREFIXES):
         return None
     devno = _read(path + "/dev")
@@ -79,20 +79,20 @@ def scan(m) -> list[BlockDevice]:
         names = None
     if names is not None:
         for name in names:
-            dev = _device(m, name, base + "/" + name, None)
+            dev = _device(name, base + "/" + name, None)
             if dev is not None:
                 found.append(dev)
         return found
     # No /sys/class/block (CONFIG_SYSFS_DEPRECATED): disks in /sys/block, partitions inside.
     base = m.path(SYS_BLOCK)
     for name in sorted(m.listdir(SYS_BLOCK)):
-        dev = _device(m, name, base + "/" + name, None)
+        dev = _device(name, base + "/" + name, None)
         if dev is None:
             continue
         found.append(dev)
         for sub in sorted(m.listdir(SYS_BLOCK + "/" + name)):
             if sub.startswith(name):
-                part = _device(m, sub, base + "/" + name + "/" + sub, name)
+                part = _device(sub, base + "/" + name + "/" + sub, name)
                 if part is not None:
                     found.append(part)
     return found
