@@ -34,9 +34,9 @@ class HostProfile:
 def root_filesystem(mountpoint: str = "/") -> tuple[str, str]:
     """(device, fstype) mounted on `mountpoint`, from psutil."""
     import psutil
-    for part in psutil.disk_partitions(all=True):
-        if part.mountpoint == mountpoint:
-            return part.device, part.fstype
+    found = [p for p in psutil.disk_partitions(all=True) if p.mountpoint == mountpoint]
+    if found:
+        return found[-1].device, found[-1].fstype     # the last mount on / is the one in use
     raise CommandError(f"psutil finds nothing mounted on {mountpoint}",
                        hint="--host-only needs /proc mounted; build without --host-only instead")
 
@@ -68,6 +68,15 @@ def _driver_chain(device: object, seen: set[str]) -> tuple[list[str], list[str]]
     return drivers, aliases
 
 
+def _from_mount_dev(ctx: object) -> object | None:
+    """The block device whose number / is mounted from (None for btrfs/overlay/tmpfs roots)."""
+    import pyudev
+    try:
+        return pyudev.Devices.from_device_number(ctx, "block", os.stat("/").st_dev)
+    except (pyudev.DeviceNotFoundError, ValueError, OSError):
+        return None
+
+
 def probe_host() -> HostProfile:
     """Collect the running machine's modaliases and root device chain."""
     import pyudev
@@ -77,10 +86,14 @@ def probe_host() -> HostProfile:
         raise CommandError(f"pyudev cannot start: {e}", hint="apt-get install libudev1")
     aliases = sorted({d.properties["MODALIAS"] for d in ctx.list_devices() if d.properties.get("MODALIAS")})
     device, fstype = root_filesystem("/")
+    why = ""
     try:
         root = pyudev.Devices.from_device_file(ctx, device)
     except (pyudev.DeviceNotFoundError, ValueError, OSError) as e:
-        raise CommandError(f"the root device {device} is not a block device udev knows ({e})",
+        why = str(e)
+        root = _from_mount_dev(ctx)        # e.g. "/dev/root", which has no node
+    if root is None:
+        raise CommandError(f"the root device {device} is not a block device udev knows ({why})",
                            hint="--host-only cannot follow this root (overlay/network/container?); "
                            "pack the universal image instead")
     drivers, root_aliases = _driver_chain(root, set())

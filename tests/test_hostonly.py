@@ -72,3 +72,19 @@ def test_host_only_module_set_is_a_small_subset(profile: hostonly.HostProfile, k
     assert "virtio_blk" in mods and "virtio_pci" in mods
     assert {"loop", "squashfs", "overlay"} <= mods
     assert len(mods) < len(universal) / 4, (len(mods), len(universal))
+
+
+def test_root_found_by_device_number_when_the_mount_source_has_no_node(
+        monkeypatch: pytest.MonkeyPatch, profile: hostonly.HostProfile) -> None:
+    # Some systems show "/dev/root" in /proc/mounts: fall back to st_dev of /.
+    monkeypatch.setattr(hostonly, "root_filesystem", lambda mountpoint="/": ("/dev/root", profile.root_fstype))
+    other = hostonly.probe_host()
+    assert other.root_drivers == profile.root_drivers
+
+
+def test_unfollowable_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostonly, "root_filesystem", lambda mountpoint="/": ("overlay", "overlay"))
+    monkeypatch.setattr(hostonly, "_from_mount_dev", lambda ctx: None)
+    with pytest.raises(hostonly.CommandError, match="overlay") as e:
+        hostonly.probe_host()
+    assert "universal" in e.value.hint
