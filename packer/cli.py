@@ -68,4 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: command
+    # modules raise packer.cli.CommandError, which must be the class caught.
+    from packer.cli import main as _main
+    sys.exit(_main())
