@@ -464,8 +464,8 @@ class ModuleIndex:
     # -- construction
 
     @classmethod
-    def build(cls, kver: str, modules: list, aliases: list, builtin: list = (),  # type: ignore[assignment]
-              builtin_aliases: list = (), config: list = ()) -> ModuleIndex:  # type: ignore[assignment]
+    def build(cls, kver: str, modules: list | tuple, aliases: list | tuple, builtin: list | tuple = (),
+              builtin_aliases: list | tuple = (), config: list | tuple = ()) -> ModuleIndex:
         """Compile an index. `modules`: (name, relpath, dep names) in kmod's
         priority order (modules.order); `aliases`: (pattern, module);
         `builtin_aliases`: (pattern, module) from modules.builtin.modinfo;
@@ -532,7 +532,7 @@ class ModuleIndex:
         })
 
     @classmethod
-    def from_moddir(cls, moddir: str, config_dirs: tuple = ()) -> ModuleIndex:  # type: ignore[assignment]
+    def from_moddir(cls, moddir: str, config_dirs: list | tuple = ()) -> ModuleIndex:
         """The index of a module directory: `liveinit.index` when present,
         else modules.dep/alias/softdep/builtin(.modinfo) and modules.order.
         With `config_dirs` (modprobe.d directories) the text files are read,
@@ -728,6 +728,7 @@ class ModuleIndex:
                 out.append(mod)
         return out
 
+    # What coldplug and the loader call for a device modalias or a name.
     match = lookup
 
     def softdeps_of(self, name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

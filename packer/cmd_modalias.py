@@ -36,16 +36,7 @@ def open_index(moddir: Path, config: list[Path] | None = None, cache: Path | Non
     if (moddir / "modules.dep").is_file() or ((moddir / INDEX_NAME).is_file() and not config):
         return ModuleIndex.from_moddir(str(moddir), tuple(str(c) for c in config or ()))
     from packer.kmod import ModuleTree
-    tree = ModuleTree(moddir, cache=cache)
-    if not config:
-        return tree.index()
-    from packer.kmod import _astuple, _config_files
-    mods = [_astuple(m) for m in tree.modules.values()]
-    softdep = "".join(f"softdep {m[0]} {v}\n" for m in mods for v in m[4])
-    return ModuleIndex.build(tree.kver, [(m[0], m[1], m[2]) for m in mods],
-                             [(a, m[0]) for m in mods for a in m[3]], sorted(tree.builtin),
-                             [(v, m) for m, k, v in tree.builtin_modinfo if k == "alias"],
-                             [("modules.softdep", softdep)] + _config_files(config))
+    return ModuleTree(moddir, cache=cache).index(config or ())
 
 
 def _pcimap_matches(entries: list[tuple], modalias: str) -> list[str]:

@@ -313,12 +313,17 @@ class ModuleTree:
 
     # -- queries
 
-    def index(self) -> ModuleIndex:
-        """The kmod view of the whole tree (built on first use, ~0.2 s)."""
-        if self._index is None:
-            self._index = _full_index({"modules": [_astuple(m) for m in self.modules.values()],
-                                       "builtin": self.builtin_paths,
-                                       "builtin_modinfo": self.builtin_modinfo}, self.kver)
+    def index(self, config_dirs: Iterable[Path] = ()) -> ModuleIndex:
+        """The kmod view of the whole tree (~0.2 s; kept when no modprobe.d
+        directories are given)."""
+        confs = _config_files(config_dirs)
+        if self._index is None or confs:
+            index = _full_index({"modules": [_astuple(m) for m in self.modules.values()],
+                                 "builtin": self.builtin_paths,
+                                 "builtin_modinfo": self.builtin_modinfo}, self.kver, confs)
+            if confs:
+                return index
+            self._index = index
         return self._index
 
     def match(self, modalias: str) -> list[str]:
@@ -378,7 +383,7 @@ class ModuleTree:
     def closure(self, names: Iterable[str], config_dirs: Iterable[Path] = ()) -> set[str]:
         """`names` plus every dependency and softdep provider, transitively
         (softdeps from modprobe.d files in `config_dirs` too)."""
-        extra: list[tuple[object, tuple[str, ...]]] = []
+        extra: list[tuple[str, tuple[str, ...]]] = []
         confs = _config_files(config_dirs)
         if confs:
             idx = self.index()
@@ -398,7 +403,7 @@ class ModuleTree:
             todo.extend(self.modules[n].depends)
             todo.extend(self.softdep_providers.get(n, ()))
             for pat, provs in extra:
-                if fnmatch.fnmatchcase(n, pat):  # type: ignore[arg-type]
+                if fnmatch.fnmatchcase(n, pat):
                     todo.extend(provs)
         return out
 
@@ -480,13 +485,13 @@ def _astuple(m: Module) -> tuple:
     return (m.name, m.path, m.depends, m.aliases, m.softdeps, m.firmware)
 
 
-def _full_index(data: dict, kver: str) -> ModuleIndex:
+def _full_index(data: dict, kver: str, confs: list[tuple[str, str]] | None = None) -> ModuleIndex:
     mods = data["modules"]
     return ModuleIndex.build(
         kver, [(m[0], m[1], m[2]) for m in mods], [(a, m[0]) for m in mods for a in m[3]],
         [modname(p) for p in data["builtin"]],
         [(v, m) for m, k, v in data["builtin_modinfo"] if k == "alias"],
-        [("modules.softdep", "".join(f"softdep {m[0]} {v}\n" for m in mods for v in m[4]))])
+        [("modules.softdep", "".join(f"softdep {m[0]} {v}\n" for m in mods for v in m[4]))] + (confs or []))
 
 
 def _config_files(dirs: Iterable[Path]) -> list[tuple[str, str]]:

@@ -458,3 +458,17 @@ def test_cli_pcimap(packed: tuple[Path, set[str]], capsys: pytest.CaptureFixture
     assert "not a PCI modalias" in capsys.readouterr().err
     assert main(["modalias", "usb:x"]) == 1
     assert "--moddir" in capsys.readouterr().err
+
+
+def test_cli_modprobe_d_config(depmod_dir: Path, small_tree: Path, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "modprobe.d"
+    conf.mkdir()
+    (conf / "local.conf").write_text("alias my-disk ahci\noptions ahci mobile_lpm_policy=1\n")
+    for moddir in (depmod_dir, small_tree):
+        assert main(["modalias", "--moddir", str(moddir), "--config", str(conf), "--cache", str(tmp_path / "c"),
+                     "--show-depends", "my-disk"]) == 0
+        last = capsys.readouterr().out.splitlines()[-1]
+        assert last.startswith("insmod /") and "/ahci.ko" in last and last.endswith(" mobile_lpm_policy=1"), last
+    assert main(["modalias", "--moddir", str(tmp_path / "nowhere"), "x"]) == 1
+    assert "is not a directory" in capsys.readouterr().err
