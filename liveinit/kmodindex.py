@@ -16,6 +16,7 @@ than compiling a regex per pattern at boot)."""
 from __future__ import annotations
 
 import marshal
+import os
 
 FORMAT = 1
 # Version 2 writes no object references: equal indexes give equal bytes.
@@ -565,7 +566,6 @@ class ModuleIndex:
             binfo = []
         config = [("modules.softdep", read("modules.softdep"))]
         seen = {"modules.softdep"}
-        import os
         for d in config_dirs:
             try:
                 names = sorted(os.listdir(d))

@@ -334,8 +334,11 @@ class ModuleTree:
         """The module file."""
         m = self.modules.get(modname(name))
         if m is None:
+            if modname(name) in self.builtin:
+                raise CommandError(f"{name} is built into kernel {self.kver}: there is no module file",
+                                   hint="built-in drivers need no packing")
             raise CommandError(f"module {name} is not in {self.moddir}",
-                               hint="builtin" if modname(name) in self.builtin else "check the name")
+                               hint="`liveinit modalias --moddir DIR NAME` shows what a name resolves to")
         return self.moddir / m.path
 
     def select(self, names: Iterable[str] = (), globs: Iterable[str] = (),
