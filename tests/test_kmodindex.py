@@ -289,3 +289,30 @@ def test_build_drops_patterns_glibc_refuses() -> None:
 def test_parse_builtin_modinfo_roundtrip(items: list[tuple[str, str, str]]) -> None:
     data = b"".join(f"{m}.{k}={v}".encode() + b"\0" for m, k, v in items)
     assert K.parse_builtin_modinfo(data) == [(m.replace("-", "_"), k, v) for m, k, v in items]
+
+
+_alias_pattern = st.one_of(
+    pci_alias(),
+    st.lists(st.one_of(st.sampled_from(list("ab:-_0F")), st.just("*"), st.just("?"), _py_bracket),
+             max_size=8).map(lambda t: "x" + "".join(t)),
+    st.lists(st.sampled_from(list("ab:-0F*")), max_size=30).map(lambda t: "usb:v1234p" + "".join(t)),
+)
+_modalias = st.one_of(
+    pci_device().map(lambda d: K.pci_modalias(*d)),
+    st.text(alphabet="ab:-_0F", max_size=10).map(lambda t: "x" + t),
+    st.text(alphabet="ab:-0F", max_size=30).map(lambda t: "usb:v1234p" + t),
+    st.text(alphabet="pci:v0F", max_size=20),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_alias_pattern, st.sampled_from(["m1", "m2", "m3", "m4"])), max_size=12),
+       st.lists(_modalias, min_size=1, max_size=6))
+def test_bucketed_index_equals_brute_force_fnmatch(aliases: list[tuple[str, str]], probes: list[str]) -> None:
+    """Prefix buckets, the exact table and the PCI map give what matching every pattern gives."""
+    ix = ModuleIndex.build("k", [(m, f"{m}.ko", ()) for m in ("m1", "m2", "m3", "m4")], aliases)
+    for s in probes:
+        want = {m for p, m in aliases
+                if K.normalize_alias(p) is not None and libc_fnmatch(K.normalize_alias(p), K.normalize_alias(s))}
+        assert set(ix.match_aliases(s)) == want, s
+        assert set(ModuleIndex.loads(ix.dumps()).match_aliases(s)) == want, s
