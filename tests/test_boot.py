@@ -490,3 +490,39 @@ def test_forced_union_the_kernel_lacks_ends_in_the_emergency_shell(kernel, tmp_p
     assert rep.emergency_shell
     assert "Kernel panic" not in res.console
     assert [s for s, _ in rep.timings.stages_ms] == ["early", "cmdline", "coldplug", "findroot"]
+
+
+@pytest.fixture(scope="module")
+def demo(kernel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The demo ISO and an ext4 disk (label plainroot) holding the same root."""
+    from packer import image
+    from packer.demoroot import build_demo_root
+
+    work = tmp_path_factory.mktemp("boot-paths")
+    root = build_demo_root(work / "root")
+    iso = image.build_image(root, work / "demo.iso", kernel).iso
+    disk = work / "plain.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "plainroot", "-d", str(root), str(disk), "64M"],
+                   check=True)
+    return iso, disk
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.parametrize("cmdline, root, writable, line", [
+    ("toram", "overlay", "yes", "toram: /run/liveinit/medium unmounted, the medium can be removed"),
+    ("union=bind", "squashfs", "yes", "(squashfs) + tmpfs via bind"),
+    ("union=none", "squashfs", "no", "(squashfs) read-only (union=none)"),
+    ("root=LABEL=plainroot", "ext4", "no", "root: /dev/vdb (ext4) ro"),
+    ("root=LABEL=plainroot liveinit.union=overlay", "overlay", "yes", "root: /dev/vdb (ext4) + tmpfs via overlay"),
+])
+def test_stacking_paths_under_a_real_kernel(demo, cmdline: str, root: str, writable: str,
+                                            line: str) -> None:
+    from qemu import lab as qlab
+
+    iso, disk = demo
+    res = qlab.boot("virtio-blk", image=iso, cmdline=cmdline, timeout=240,
+                    disks=(disk,) if "plainroot" in cmdline else ())
+    assert res.success, res.console[-3000:]
+    assert (res.demo["root"], res.demo["writable"], res.demo["init"]) == (root, writable, "1")
+    assert line in res.console
