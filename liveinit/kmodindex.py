@@ -578,7 +578,8 @@ class ModuleIndex:
                 with open(str(d) + "/" + fn, "rb") as f:
                     config.append((fn, f.read().decode("utf-8", "replace")))
         kver = moddir.rpartition("/")[2]
-        return cls.build(kver, deps, parse_alias(read("modules.alias")), parse_builtin(read("modules.builtin")),
+        return cls.build(kver, deps, parse_alias(read("modules.alias")),
+                         parse_builtin(read("modules.builtin")),
                          [(v, m) for m, k, v in binfo if k == "alias"], config)
 
     def to_dict(self) -> dict:

@@ -43,7 +43,8 @@ def _pcimap_matches(entries: list[tuple], modalias: str) -> list[str]:
     ids = parse_pci_modalias(modalias)
     if ids is None:
         raise CommandError(f"{modalias} is not a PCI modalias",
-                           hint="expected pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X, as in /sys/bus/pci/devices/*/modalias")
+                           hint="expected pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X, "
+                                "as in /sys/bus/pci/devices/*/modalias")
     out: list[str] = []
     for e in entries:
         if pci_match_entry(e, *ids) and e[6] not in out:

@@ -28,6 +28,8 @@ DEFAULT_KMOD_CACHE = DEFAULT_CACHE / "kmod"
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 FIRMWARE_ROOT = Path("/lib/firmware")
 FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
+PCIMAP_HEADER = ("# pci module         vendor     device     subvendor  subdevice  class      class_mask"
+                 " driver_data\n")
 # marshal version 2 writes no object references, so equal data gives equal
 # bytes whatever path built it (reproducible images and cache files).
 MARSHAL_VERSION = 2
@@ -115,7 +117,8 @@ def _module_bytes(path: Path) -> bytes:
             raise CommandError(f"{path} is zstd-compressed and the zstd program is missing",
                                hint="install zstd (apt-get install zstd)") from None
         except subprocess.CalledProcessError as e:
-            raise CommandError(f"cannot decompress {path}: {e.stderr.decode(errors='replace').strip()}") from None
+            err = e.stderr.decode(errors="replace").strip()
+            raise CommandError(f"cannot decompress {path}: {err}") from None
     raise CommandError(f"{path} is not a kernel module")
 
 
@@ -285,7 +288,8 @@ class ModuleTree:
             rel, kv = infos[n]
             modules.append((n, rel, tuple(full[n]), tuple(aliases.get(n, ())), tuple(softdeps.get(n, ())),
                             tuple(v for k, v in kv if k == "firmware")))
-        builtin = [line.strip() for line in (self._read("modules.builtin") or "").splitlines() if line.strip()]
+        builtin_text = self._read("modules.builtin") or ""
+        builtin = [line.strip() for line in builtin_text.splitlines() if line.strip()]
         try:
             binfo = parse_builtin_modinfo((self.moddir / "modules.builtin.modinfo").read_bytes())
         except OSError:
@@ -460,7 +464,8 @@ class ModuleTree:
                 pre += [x for x in p if x not in pre]
                 post += [x for x in q if x not in post]
             if pre or post:
-                body = (f" pre: {' '.join(pre)}" if pre else "") + (f" post: {' '.join(post)}" if post else "")
+                body = f" pre: {' '.join(pre)}" if pre else ""
+                body += f" post: {' '.join(post)}" if post else ""
                 soft_lines.append(f"softdep {m.name}{body}\n")
         pcimap, unrepresentable = pcimap_lines(alias_pairs)
         binfo = b"".join(f"{m}.{k}={v}".encode() + b"\0" for m, k, v in self.builtin_modinfo if k == "alias")
@@ -516,7 +521,7 @@ def _config_files(dirs: Iterable[Path]) -> list[tuple[str, str]]:
 def pcimap_lines(alias_pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
     """modules.pcimap lines (header first) for the `pci:` aliases, and the
     (alias, module) pairs the map cannot represent."""
-    lines = ["# pci module         vendor     device     subvendor  subdevice  class      class_mask driver_data\n"]
+    lines = [PCIMAP_HEADER]
     bad = []
     for pattern, mod in alias_pairs:
         if not pattern.startswith("pci:"):

@@ -35,14 +35,10 @@ _token = st.one_of(_literal, _literal, _literal, st.just("*"), st.just("?"), _br
 patterns = st.lists(_token, max_size=10).map("".join)
 subjects = st.text(alphabet=CHARS + "[]!^*?", max_size=14)
 # The subset where Python's fnmatch agrees with glibc: no escapes, no ^, no classes.
-_py_bracket = st.tuples(st.sampled_from(["", "!"]), st.lists(st.one_of(_literal.filter(lambda c: c != "-"), _range),
-                                                             min_size=1, max_size=3)).map(
+_py_member = st.one_of(_literal.filter(lambda c: c != "-"), _range)
+_py_bracket = st.tuples(st.sampled_from(["", "!"]), st.lists(_py_member, min_size=1, max_size=3)).map(
     lambda t: "[" + t[0] + "".join(t[1]) + "]")
 py_patterns = st.lists(st.one_of(_literal, st.just("*"), st.just("?"), _py_bracket), max_size=10).map("".join)
-
-
-def pattern_example(pat: str, draw_ch: st.DrawFn) -> str:  # pragma: no cover - helper for hypothesis
-    return pat
 
 
 @st.composite
@@ -89,7 +85,8 @@ def test_matcher_examples_from_modules_alias() -> None:
     assert not K.fnmatch(pat, "usb:v152Dp0567d0118dc00dsc00dp00ic08isc06ip50in00")
     assert K.fnmatch("acpi*:PNP0303:*", "acpi:PNP0303:")
     assert K.fnmatch("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01")
-    assert not K.fnmatch("pci:v*d*sv*sd*bc01sc06i01*", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i00")
+    ide = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i00"
+    assert not K.fnmatch("pci:v*d*sv*sd*bc01sc06i01*", ide)
 
 
 def test_glibc_corner_cases() -> None:
@@ -116,8 +113,9 @@ names = st.text(alphabet="abcxyz019_-", min_size=1, max_size=8)
 def test_parse_dep_roundtrip(entries: list[tuple[str, list[str]]]) -> None:
     text = "".join(f"kernel/d/{n}.ko: {' '.join(f'kernel/e/{d}.ko' for d in deps)}\n" for n, deps in entries)
     got = K.parse_dep(text)
-    assert [(g[0], g[1], g[2]) for g in got] == [
-        (n.replace("-", "_"), f"kernel/d/{n}.ko", tuple(d.replace("-", "_") for d in deps)) for n, deps in entries]
+    def norm(n: str) -> str:
+        return n.replace("-", "_")
+    assert got == [(norm(n), f"kernel/d/{n}.ko", tuple(norm(d) for d in deps)) for n, deps in entries]
 
 
 @settings(max_examples=300, deadline=None)
@@ -138,7 +136,8 @@ def test_parse_config() -> None:
     text = ("# c\noptions snd-pcsp index=-2\nblacklist pcspkr\nsoftdep uhci-hcd pre: ehci-hcd\n"
             "alias my-alias ext4\ninstall foo /bin/true\nbogus line\noptions x a=1 \\\n b=2\n")
     assert K.parse_config(text) == [
-        ("options", "snd_pcsp", "index=-2"), ("blacklist", "pcspkr"), ("softdep", "uhci_hcd", "pre: ehci-hcd"),
+        ("options", "snd_pcsp", "index=-2"), ("blacklist", "pcspkr"),
+        ("softdep", "uhci_hcd", "pre: ehci-hcd"),
         ("alias", "my_alias", "ext4"), ("install", "foo", "/bin/true"), ("options", "x", "a=1  b=2")]
 
 
@@ -146,7 +145,8 @@ def test_parse_builtin_modinfo_and_pcimap() -> None:
     data = b"hmac.alias=crypto-hmac\0hmac.license=GPL\0sha256_generic.alias=sha256\0"
     assert K.parse_builtin_modinfo(data) == [("hmac", "alias", "crypto-hmac"), ("hmac", "license", "GPL"),
                                              ("sha256_generic", "alias", "sha256")]
-    text = ("# pci module         vendor     device     subvendor  subdevice  class      class_mask driver_data\n"
+    text = ("# pci module         vendor     device     subvendor  subdevice  class      class_mask"
+            " driver_data\n"
             "ahci                 0xffffffff 0xffffffff 0xffffffff 0xffffffff 0x00010601 0x00ffffff 0x0\n")
     assert K.parse_pcimap(text) == [(K.PCI_ANY, K.PCI_ANY, K.PCI_ANY, K.PCI_ANY, 0x010601, 0xFFFFFF, "ahci")]
 
@@ -247,7 +247,8 @@ def test_match_pci_pcimap_and_leftovers() -> None:
 
 
 def test_options_blacklist_and_config_softdep() -> None:
-    ix = small_index([("zz.conf", "options ext4 a=1\noptions ext4 b=2\nblacklist c\nsoftdep mbcache pre: crc16\n")])
+    conf = "options ext4 a=1\noptions ext4 b=2\nblacklist c\nsoftdep mbcache pre: crc16\n"
+    ix = small_index([("zz.conf", conf)])
     assert ix.options("ext4") == "a=1 b=2" and ix.options("jbd2") == ""
     assert ix.is_blacklisted("c") and not ix.is_blacklisted("a")
     assert ix.softdeps_of("mbcache") == (("crc16",), ())
@@ -313,6 +314,7 @@ def test_bucketed_index_equals_brute_force_fnmatch(aliases: list[tuple[str, str]
     ix = ModuleIndex.build("k", [(m, f"{m}.ko", ()) for m in ("m1", "m2", "m3", "m4")], aliases)
     for s in probes:
         want = {m for p, m in aliases
-                if K.normalize_alias(p) is not None and libc_fnmatch(K.normalize_alias(p), K.normalize_alias(s))}
+                if K.normalize_alias(p) is not None
+                and libc_fnmatch(K.normalize_alias(p), K.normalize_alias(s))}
         assert set(ix.match_aliases(s)) == want, s
         assert set(ModuleIndex.loads(ix.dumps()).match_aliases(s)) == want, s
