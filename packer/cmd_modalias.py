@@ -9,6 +9,7 @@ Exit status 1 when some modalias matched nothing."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from packer.cli import CommandError
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--moddir", type=Path, help="module directory (/lib/modules/KVER or a packed copy)")
+    parser.add_argument("--moddir", type=Path,
+                        help="module directory (default /lib/modules/$(uname -r); or a packed copy)")
     parser.add_argument("--show-depends", action="store_true",
                         help="print the insmod lines of the load order instead of the names")
     parser.add_argument("--pcimap", type=Path, metavar="FILE",
@@ -62,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
         index = None
     else:
         if args.moddir is None:
-            raise CommandError("no module directory given", hint="pass --moddir DIR or --pcimap FILE")
+            running = Path("/lib/modules") / os.uname().release
+            if not running.is_dir():
+                raise CommandError(f"no module directory given and {running} does not exist",
+                                   hint="pass --moddir DIR or --pcimap FILE")
+            args.moddir = running
         index = open_index(args.moddir, args.config, args.cache)
         results = {a: index.lookup(a) for a in args.modalias}
     status = 0
