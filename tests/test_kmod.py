@@ -93,6 +93,10 @@ def modaliases(depmod_dir: Path) -> list[str]:
                 s = instantiate(p, rng)
                 i = rng.randrange(len(s))
                 out.append(s[:i] + rng.choice("0F_a-") + s[i + 1:])  # near misses
+    # builtin modules and their aliases (modules.builtin, modules.builtin.modinfo)
+    out += K.parse_builtin((depmod_dir / "modules.builtin").read_text())
+    out += [v for _m, k, v in K.parse_builtin_modinfo((depmod_dir / "modules.builtin.modinfo").read_bytes())
+            if k == "alias"]
     for _ in range(40):  # well-formed PCI functions of every class
         out.append(K.pci_modalias(rng.choice([0x8086, 0x1AF4, 0x1000, 0x10DE, 0x1B36, 0x1022]),
                                   rng.randrange(0x10000), rng.choice([0x1AF4, 0x8086, 0]),
