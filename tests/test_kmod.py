@@ -480,3 +480,14 @@ def test_cli_modprobe_d_config(depmod_dir: Path, small_tree: Path, tmp_path: Pat
         assert last.endswith(" mobile_lpm_policy=1"), last
     assert main(["modalias", "--moddir", str(tmp_path / "nowhere"), "x"]) == 1
     assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_load_order_of_every_packed_module_equals_modprobe(packed: tuple[Path, set[str]], depmod_root: Path,
+                                                          depmod_dir: Path, kernel: KernelTree) -> None:
+    names = sorted(packed[1])
+    expected = modprobe(depmod_root, kernel.version, ["--show-depends"], names)
+    from_text = ModuleIndex.from_moddir(str(depmod_dir))
+    for name, lines in zip(names, expected):
+        want = list(dict.fromkeys(K.modname(line.split()[1]) for line in lines if line.startswith("insmod ")))
+        assert from_text.load_order(name) == want, name
