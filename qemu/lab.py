@@ -315,8 +315,10 @@ def _watch(proc: subprocess.Popen[bytes], log: Path, succ: re.Pattern[str], time
                 if echo is not None:
                     echo.write(new)
                     echo.flush()
+                # A prompt ("login: ") has no newline yet: look at the partial line too.
+                partial = buf.decode(errors="replace")
                 if not reason:
-                    if succ.search(new) or succ.search(text[-4096:]):
+                    if succ.search(new) or succ.search(text[-4096:] + partial):
                         reason = "success line seen"
                         settle_until = time.monotonic() + (AFTER_SUCCESS_S if wait_exit else 0.2)
                     elif FAILED_RE.search(new) or SHELL_RE.search(new) or PANIC_RE.search(new):

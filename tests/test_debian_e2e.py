@@ -5,6 +5,7 @@ login prompt on ttyS0). The debootstrap tree is cached under
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,8 +22,9 @@ SUITE = "bookworm"
 MIRROR = os.environ.get("LIVEINIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 ROOT_CACHE = DEFAULT_CACHE / "debian-root"
 COMPLETE = ".liveinit-complete"
-# A login prompt on the serial console means getty started, i.e. multi-user.
-MULTI_USER = r"login:|Reached target .*Multi-User System"
+# A login prompt on the serial console: getty started, the multi-user target is reached.
+LOGIN_PROMPT = r"(?m)^\S+ login: *$"
+MULTI_USER = re.compile(r"Reached target .*Multi-User System")
 BOOT_TIMEOUT_S = 600
 
 
@@ -47,9 +49,12 @@ def test_debian_live_reaches_multi_user(kernel: KernelTree, tmp_path: Path) -> N
     assert (root / "sbin" / "init").readlink().name == "systemd"
     res_img = image.build_image(root, tmp_path / "debian-live.iso", kernel, all_root=False,
                                 label="DEBIAN_LIVE")
-    res = lab.boot("virtio-blk", image=res_img.iso, timeout=BOOT_TIMEOUT_S, success=MULTI_USER,
+    res = lab.boot("virtio-blk", image=res_img.iso, timeout=BOOT_TIMEOUT_S, success=LOGIN_PROMPT,
                    poweroff=False, memory=1024)
     assert res.success, f"{res.reason}\n{res.console[-5000:]}"
     assert res.report.init == "/sbin/init"
-    assert "systemd" in res.console
+    console = res.console
+    assert MULTI_USER.search(console), "no 'Reached target Multi-User System' before the login prompt"
+    assert "Welcome to" in console and "Debian GNU/Linux 12" in console
     assert res.report.failure is None
+    assert res.timings.handover_ms is not None
