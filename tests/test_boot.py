@@ -526,3 +526,27 @@ def test_stacking_paths_under_a_real_kernel(demo, cmdline: str, root: str, writa
     assert res.success, res.console[-3000:]
     assert (res.demo["root"], res.demo["writable"], res.demo["init"]) == (root, writable, "1")
     assert line in res.console
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_persistence_image_file_keeps_the_write(demo, tmp_path: Path) -> None:
+    """liveinit.persistence=LABEL=store:/rw.img: an ext4 image file on an ext4
+    filesystem, loop-mounted read-write; the second boot sees the first's write."""
+    from qemu import lab as qlab
+
+    iso, _ = demo
+    store = tmp_path / "store"
+    store.mkdir()
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(store / "rw.img"), "24M"], check=True)
+    disk = tmp_path / "store.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "store", "-d", str(store), str(disk), "48M"],
+                   check=True)
+    arg = "liveinit.persistence=LABEL=store:/rw.img"
+    first = qlab.boot("virtio-blk", image=iso, cmdline=arg, disks=(disk,), timeout=240)
+    assert first.success, first.console[-3000:]
+    assert "persistence: /rw.img (ext4) holds the writable layer" in first.console
+    assert first.demo["persisted"] == "no"
+    second = qlab.boot("virtio-blk", image=iso, cmdline=arg, disks=(disk,), timeout=240)
+    assert second.success, second.console[-3000:]
+    assert (second.demo["root"], second.demo["persisted"]) == ("overlay", "yes")
