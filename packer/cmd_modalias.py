@@ -36,7 +36,11 @@ def open_index(moddir: Path, config: list[Path] | None = None, cache: Path | Non
     if not moddir.is_dir():
         raise CommandError(f"{moddir} is not a directory", hint="pass --moddir /lib/modules/KVER")
     if (moddir / "modules.dep").is_file() or ((moddir / INDEX_NAME).is_file() and not config):
-        return ModuleIndex.from_moddir(str(moddir), tuple(str(c) for c in config or ()))
+        try:
+            return ModuleIndex.from_moddir(str(moddir), tuple(str(c) for c in config or ()))
+        except (ValueError, EOFError, TypeError, KeyError) as e:
+            raise CommandError(f"{moddir / INDEX_NAME} is not a readable module index: {e}",
+                               hint="rebuild it with `liveinit pack`, or delete it to use modules.dep") from None
     from packer.kmod import ModuleTree
     return ModuleTree(moddir, cache=cache).index(config or ())
 

@@ -491,3 +491,9 @@ def test_load_order_of_every_packed_module_equals_modprobe(packed: tuple[Path, s
     for name, lines in zip(names, expected):
         want = list(dict.fromkeys(K.modname(line.split()[1]) for line in lines if line.startswith("insmod ")))
         assert from_text.load_order(name) == want, name
+
+
+def test_cli_corrupt_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / K.INDEX_NAME).write_bytes(b"not marshal")
+    assert main(["modalias", "--moddir", str(tmp_path), "fs-ext4"]) == 1
+    assert "not a readable module index" in capsys.readouterr().err
