@@ -314,10 +314,13 @@ def _stack_union(m, cfg, lower: str, loader, log, forced: bool) -> tuple[str, st
             why = "not supported by this kernel" if e.errno == errno.ENODEV else str(e)
             tried.append(f"{method}: {why}")
             log.debug(f"union {method} failed: {e}")
-    raise BootFailure(
-        "cannot stack a writable layer over the image: " + "; ".join(tried),
-        "the kernel lacks overlayfs (and aufs, unionfs) or its module is not in the "
-        "initramfs; pack the `overlay` module, or boot read-only with union=none")
+    if len(chain) == 1:
+        hint = (f"union={cfg.union} allows only that method: remove it to let liveinit use "
+                "overlayfs (or the next method that works), or boot read-only with union=none")
+    else:
+        hint = ("the kernel lacks overlayfs (and aufs, unionfs) or its module is not in the "
+                "initramfs; pack the `overlay` module, or boot read-only with union=none")
+    raise BootFailure("cannot stack a writable layer over the image: " + "; ".join(tried), hint)
 
 
 class _Undo:

@@ -550,3 +550,73 @@ def test_persistence_image_file_keeps_the_write(demo, tmp_path: Path) -> None:
     second = qlab.boot("virtio-blk", image=iso, cmdline=arg, disks=(disk,), timeout=240)
     assert second.success, second.console[-3000:]
     assert (second.demo["root"], second.demo["persisted"]) == ("overlay", "yes")
+
+
+def _drive_console(iso: Path, cmdline: str, script: list[tuple[str, str]], until: str,
+                   work: Path, timeout: float = 240) -> str:
+    """Boot with the serial console on a socket; when `wait` text appears, type
+    `send`; stop once `until` is seen after the script ran. Returns the console."""
+    import socket
+    import time
+
+    from qemu import lab as qlab
+
+    sock = work / "serial.sock"
+    cmd = qlab.command(qlab.get_profile("virtio-blk"), iso, work, work / "unused.log",
+                       cmdline=f"{qlab.LAB_CMDLINE} {qlab.DEMO_POWEROFF} {cmdline}")
+    cmd[cmd.index("-serial") + 1] = f"unix:{sock},server=on,wait=on"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(sock))
+        s.settimeout(0.5)
+        buf, steps, mark = b"", list(script), 0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(65536)
+                if not data:
+                    break
+                buf += data
+            except socket.timeout:
+                pass
+            if steps and steps[0][0].encode() in buf[mark:]:
+                mark = buf.index(steps[0][0].encode(), mark) + 1
+                time.sleep(1.0)   # let the shell print its prompt
+                s.sendall(steps.pop(0)[1].encode())
+            if not steps and until.encode() in buf[mark:]:
+                break
+        s.close()
+        return buf.decode(errors="replace")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_break_point_shell_on_the_console_then_the_boot_goes_on(demo, tmp_path: Path) -> None:
+    iso, _ = demo
+    out = _drive_console(iso, "rd.break=pre-mount",
+                         [("break before stack: shell", "echo SHELL-$((6*7)); ls /run/liveinit; exit\n")],
+                         "LIVEINIT-DEMO-OK", tmp_path)
+    assert "SHELL-42" in out and "medium" in out   # a real shell, before stack ran
+    assert out.index("break before stack: shell") < out.index("liveinit: stage stack")
+    assert "LIVEINIT-DEMO-OK" in out
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_leaving_the_emergency_shell_retries_the_stage(demo, tmp_path: Path) -> None:
+    iso, _ = demo
+    out = _drive_console(iso, "union=aufs", [("liveinit: emergency shell", "echo IN-SHELL; exit\n")],
+                         "liveinit: emergency shell", tmp_path)
+    assert "IN-SHELL" in out
+    retry = out.index("liveinit: retrying stage stack")
+    # the retry starts clean (the failed attempt's mounts are gone) and fails the same way
+    assert "liveinit: FAILED: cannot stack a writable layer over the image: aufs" in out[retry:]
+    assert "Device or resource busy" not in out
+    assert "Kernel panic" not in out

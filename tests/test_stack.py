@@ -196,6 +196,7 @@ def test_forced_union_is_the_only_one_tried(tmp_path: Path, monkeypatch, method:
     assert exc.value.message.startswith("cannot stack a writable layer over the image: "
                                         f"{method}: not supported by this kernel")
     assert "overlay" not in [c[3] for c in e.mounts()]
+    assert exc.value.hint.startswith(f"union={method} allows only that method")
 
 
 def test_no_union_at_all_fails_with_every_reason(tmp_path: Path, monkeypatch) -> None:
