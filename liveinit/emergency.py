@@ -49,9 +49,16 @@ def run_shell(m, banner: str) -> None:
             _spawn(path, argv)
             return
     import code
-    env = {"m": m, "os": os}
-    code.interact(banner=banner + "\n(Python prompt: no shell in the image; Ctrl-D to continue)",
-                  local=env, exitmsg="")
+
+    def leave() -> None:
+        raise SystemExit   # -S: no site, so no exit()/quit() builtins
+
+    env = {"m": m, "os": os, "exit": leave, "quit": leave}
+    try:
+        code.interact(banner=banner + "\n(Python prompt: no shell in the image; "
+                      "exit() or Ctrl-D to continue)", local=env, exitmsg="")
+    except SystemExit:
+        pass
 
 
 def _spawn(path: str, argv: list[str]) -> None:

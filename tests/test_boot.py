@@ -390,9 +390,15 @@ def test_shell_prefers_busybox(tmp_path: Path, monkeypatch) -> None:
 def test_shell_falls_back_to_python(tmp_path: Path, monkeypatch) -> None:
     import code
     seen = []
-    monkeypatch.setattr(code, "interact", lambda **kw: seen.append(kw["banner"]))
-    emergency.run_shell(Machine(str(tmp_path), FakeSyscalls()), "liveinit: why")
-    assert seen and seen[0].startswith("liveinit: why\n(Python prompt")
+    def interact(banner, local, exitmsg):
+        seen.append(banner)
+        local["exit"]()
+
+    monkeypatch.setattr(code, "interact", interact)
+    out = io.StringIO()
+    emergency.shell(Machine(str(tmp_path), FakeSyscalls()), Log(out=out), "stage x failed")
+    assert seen and seen[0].startswith("liveinit: stage x failed\n(Python prompt")
+    assert "the shell failed" not in out.getvalue()
 
 
 def test_a_shell_that_cannot_start_does_not_kill_pid1(tmp_path: Path, monkeypatch) -> None:
