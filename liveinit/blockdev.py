@@ -7,7 +7,7 @@ superblock. Nodes are created with mknod when devtmpfs has not made them yet."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from liveinit.plain import Plain
 
 CLASS_BLOCK = "/sys/class/block"
 SYS_BLOCK = "/sys/block"
@@ -16,17 +16,21 @@ SECTOR = 512
 SKIP_PREFIXES = ("ram",)
 
 
-@dataclass(frozen=True)
-class BlockDevice:
+class BlockDevice(Plain):
+    """A disk or partition: name, major, minor, size (bytes), removable, readonly,
+    partition, disk (the parent disk's name, itself for a disk), partno (0 for a disk)."""
+
+    __slots__ = ("name", "major", "minor", "size", "removable", "readonly", "partition",
+                 "disk", "partno")
     name: str
     major: int
     minor: int
-    size: int        # bytes
+    size: int
     removable: bool
     readonly: bool
     partition: bool
-    disk: str        # parent disk name (itself for a disk)
-    partno: int      # 0 for a disk
+    disk: str
+    partno: int
 
     @property
     def optical(self) -> bool:

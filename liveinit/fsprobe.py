@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import struct
 from binascii import crc32
-from dataclasses import dataclass
+
+from liveinit.plain import Plain
 
 SECTOR = 512
 HEAD_SIZE = 69632          # one read covers MBR, GPT header, ext, vfat, iso VDs, btrfs
@@ -44,9 +45,10 @@ class ProbeError(OSError):
     """The device or file could not be opened or read."""
 
 
-@dataclass(frozen=True)
-class Partition:
+class Partition(Plain):
     """One entry of a partition table; start and size in 512-byte sectors."""
+
+    __slots__ = ("number", "start", "size", "type", "uuid", "name", "flags")
     number: int
     start: int
     size: int
@@ -56,9 +58,10 @@ class Partition:
     flags: int       # dos boot indicator or gpt attributes
 
 
-@dataclass(frozen=True)
-class PartitionTable:
+class PartitionTable(Plain):
     """A disk's partition table as blkid reports it."""
+
+    __slots__ = ("type", "uuid", "partitions")
     type: str        # "dos" | "gpt"
     uuid: str        # PTUUID ("" when none)
     partitions: tuple[Partition, ...]

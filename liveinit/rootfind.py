@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-
 from liveinit import blockdev
+from liveinit.plain import Plain
 
 MEDIUM = "/run/liveinit/medium"
 ISO_MOUNT = "/run/liveinit/iso"
@@ -29,8 +28,11 @@ BY_LINKS = {"/dev/disk/by-uuid/": "uuid", "/dev/disk/by-label/": "label",
 KEYS = {"uuid": "UUID", "label": "LABEL", "partuuid": "PARTUUID", "partlabel": "PARTLABEL"}
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(Plain):
+    """The root device or live medium: device (/dev node), fstype, identity (fsprobe
+    keys), how (found by what), medium (mount point, live) and image (file on it, live)."""
+
+    __slots__ = ("device", "fstype", "identity", "how", "medium", "image")
     device: str
     fstype: str
     identity: dict
