@@ -235,14 +235,13 @@ def accel(cache: Path = ACCEL_CACHE) -> list[str]:
 
 
 def _prepare_image(prof: Profile, image: Path, work: Path) -> Path:
-    """The file QEMU attaches: the image itself, or a padded writable copy for SD cards."""
+    """The file QEMU attaches: the image itself, or for SD cards a copy padded
+    to a power of two (QEMU refuses other sizes)."""
     if not prof.storage.power_of_two:
         return image
     copy = work / ("medium" + image.suffix)
     shutil.copyfile(image, copy)
-    size = copy.stat().st_size
-    if prof.storage.power_of_two:
-        os.truncate(copy, 1 << max(size - 1, 1).bit_length())
+    os.truncate(copy, 1 << max(copy.stat().st_size - 1, 1).bit_length())
     return copy
 
 
