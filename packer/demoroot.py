@@ -77,8 +77,12 @@ def build_demo_root(dest: Path, busybox: Path = BUSYBOX, force: bool = False) ->
         raise CommandError(f"{busybox} is dynamically linked; the demo root needs a static busybox",
                            hint="apt-get install busybox-static")
     if dest.exists() and any(dest.iterdir()):
-        if not force:
-            raise CommandError(f"{dest} exists and is not empty", hint="pass --force to replace it")
+        # A previous demo root is rebuilt (./run-demo runs twice); anything else is the user's.
+        previous = dest / "etc" / "os-release"
+        ours = previous.is_file() and "ID=liveinit-demo" in previous.read_text(errors="replace")
+        if not (force or ours):
+            raise CommandError(f"{dest} exists, is not empty and is not a demo root",
+                               hint="pass --force to replace it, or choose another directory")
         shutil.rmtree(dest)
     for d in DIRS:
         (dest / d).mkdir(parents=True, exist_ok=True)

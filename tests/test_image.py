@@ -135,11 +135,16 @@ def test_demo_init_prints_the_contract_line(demo_root: Path) -> None:
     assert "liveinit.demo=poweroff" in INIT_SCRIPT and "poweroff -f" in INIT_SCRIPT
 
 
-def test_demo_root_refuses_a_non_empty_dir(tmp_path: Path) -> None:
+def test_demo_root_refuses_a_foreign_dir_but_rebuilds_its_own(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("keep me")
-    with pytest.raises(CommandError):
+    with pytest.raises(CommandError, match="not a demo root"):
         build_demo_root(tmp_path)
     assert (tmp_path / "x").read_text() == "keep me"
+    again = tmp_path / "demo"
+    build_demo_root(again)
+    (again / "leftover").write_text("from the last run")
+    build_demo_root(again)
+    assert not (again / "leftover").exists() and (again / "sbin/init").exists()
 
 
 # ---- squashfs ----------------------------------------------------------------
