@@ -183,10 +183,14 @@ def main_bench(args: argparse.Namespace) -> int:
     image_rows = sizes(run)
     boot_all(run, args.rounds)
     scale_rows = scale(args.scale)
+    from bench.bootcost import measure as bootcost
+    from packer.kernelpkg import fetch_kernel
+    costs = bootcost(fetch_kernel().vmlinuz, run.out)
     from bench.report import write_report
     report = write_report(run, image_rows, read_tsv(run.out / "raw" / "boots.tsv"),
                           stage_breakdown(run.out / "bootlogs", "liveinit"),
-                          stage_breakdown(run.out / "bootlogs", "liveinit-live"), scale_rows, machine_facts())
+                          stage_breakdown(run.out / "bootlogs", "liveinit-live"), scale_rows, costs,
+                          machine_facts())
     Path(args.report).write_text(report)
     print(report)
     return 0

@@ -37,7 +37,7 @@ def _min(v: list[float]) -> float | None:
 
 def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[str, str]],
                  disk_stages: dict[str, float], live_stages: dict[str, float],
-                 scale_rows: list[dict[str, float]], machine: str) -> str:
+                 scale_rows: list[dict[str, float]], costs: dict[str, float], machine: str) -> str:
     """Render the whole report; every ratio is liveinit / peer from this one run."""
     L: list[str] = ["# Benchmarks: liveinit beside initramfs-tools, dracut and hand-made images", ""]
     L += [f"Machine: {machine}.", "",
@@ -115,6 +115,16 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
     for k in sorted(set(disk_stages) | set(live_stages), key=lambda s: (s.startswith("total"), s)):
         L.append(f"| {k} | {disk_stages.get(k, float('nan')):.0f} | {live_stages.get(k, float('nan')):.0f} |")
     L.append("")
+
+    if costs:
+        base = costs.get("interpreter start (-c pass)", 0.0)
+        L += ["## What Python costs at boot (QEMU TCG, inside the benchmark VM, min of 3)", "",
+              "Why the runtime uses neither psutil nor pyudev at boot (they are packed here only to be timed; "
+              "the host side uses them): each command is a fresh interpreter, so subtract the first row.", "",
+              "| what | ms | ms over a bare interpreter |", "|---|---|---|"]
+        for k, v in costs.items():
+            L.append(f"| {k} | {v * 1000:.0f} | {(v - base) * 1000:.0f} |")
+        L.append("")
 
     if scale_rows:
         L += ["## Probing cost against simulated sysfs trees (native, outside QEMU)", "",
