@@ -1,0 +1,72 @@
+"""The benchmark report: ratios and target verdicts from one run's raw rows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.cmd_bench import first_line_ts, stage_breakdown
+from bench.report import write_report
+
+
+@dataclass
+class FakeRun:
+    out: Path
+    gen: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _boot(name: str, run_init: float, marker: float, status: str = "ok") -> dict[str, str]:
+    return {"name": name, "run": "1", "unpack_start": "1.0", "freeing_initrd": "1.5", "run_init": str(run_init),
+            "marker_uptime": str(marker), "marker_kmsg": str(marker), "in_initramfs": f"{marker - run_init:.3f}",
+            "wall_s": "9.0", "status": status}
+
+
+def _image(name: str, mib: float, modules: int) -> dict[str, str]:
+    return {"name": name, "compressed_bytes": str(int(mib * 1048576)), "uncompressed_cpio_bytes": str(int(mib * 3 * 1048576)),
+            "files": "100", "modules": str(modules)}
+
+
+def test_ratios_and_verdicts(tmp_path: Path) -> None:
+    run = FakeRun(tmp_path, gen={"liveinit": [0.5, 0.6], "itools-most": [20.0, 21.0], "dracut-generic": [30.0]})
+    images = {"liveinit": _image("liveinit", 9.0, 200), "itools-most": _image("itools-most", 28.5, 746),
+              "dracut-generic": _image("dracut-generic", 40.0, 800)}
+    boots = [_boot("liveinit", 2.0, 3.0), _boot("liveinit", 2.0, 3.5), _boot("baseline", 2.0, 2.8),
+             _boot("itools-most", 5.0, 11.5), _boot("dracut-generic", 5.0, 20.0, status="FAIL(rc=124)"),
+             _boot("dracut-generic", 5.0, 17.0)]
+    scale = [{"devices": 10.0, "blockdevs": 2.0, "coldplug_ms": 1.0, "rootsearch_ms": 0.5},
+             {"devices": 1000.0, "blockdevs": 200.0, "coldplug_ms": 90.0, "rootsearch_ms": 40.0}]
+    text = write_report(run, images, boots, {"coldplug": 300.0}, {}, scale, {"interpreter start (-c pass)": 0.07,
+                        "psutil import + virtual_memory()": 0.31}, "test machine")
+    assert "| universal pack under 1 s warm | 0.50 s | met |" in text
+    assert "| pack at least 20x faster than itools-most | 40.0x | met |" in text
+    assert "size at most 1/3 of itools-most | 0.32" in text and "| met |" in text
+    # in initramfs: liveinit 1.0 s min vs baseline 0.8 s -> 1.25x, met; itools 6.5 s -> 6.5x, met;
+    # dracut's failed boot is not counted: 12 s -> 12x, met
+    assert "at most 2x the hand-made lower bound | 1.25x (1.00 s vs 0.80 s) | met |" in text
+    assert "at least 5x faster than itools-most | 6.5x | met |" in text
+    assert "at least 10x faster than dracut-generic | 12.0x | met |" in text
+    assert "| dracut-generic | 1/2 |" in text
+    assert "| psutil import + virtual_memory() | 310 | 240 |" in text
+    assert "probing cost linear in devices (max/min ms per device) | 1.11 | met |" in text
+
+
+def test_missed_targets_say_so(tmp_path: Path) -> None:
+    run = FakeRun(tmp_path, gen={"liveinit": [1.5], "itools-most": [20.0]})
+    images = {"liveinit": _image("liveinit", 12.6, 219), "itools-most": _image("itools-most", 28.5, 746)}
+    boots = [_boot("liveinit", 2.0, 6.0), _boot("baseline", 2.0, 2.8), _boot("itools-most", 5.0, 11.5)]
+    text = write_report(run, images, boots, {}, {}, [], {}, "m")
+    assert "| universal pack under 1 s warm | 1.50 s | MISSED |" in text
+    assert "| pack at least 20x faster than itools-most | 13.3x | MISSED |" in text
+    assert "size at most 1/3 of itools-most | 0.44" in text
+    assert "at most 2x the hand-made lower bound | 5.00x (4.00 s vs 0.80 s) | MISSED |" in text
+
+
+def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
+    d = tmp_path / "round1"
+    d.mkdir()
+    (d / "liveinit.boot1.log").write_text(
+        "[    2.000000] Run /init as init process\n[    2.300000] liveinit: stage early 20 ms\n"
+        "liveinit: stage coldplug 400 ms\nliveinit: starting /sbin/init after 900.5 ms\n")
+    got = stage_breakdown(tmp_path, "liveinit")
+    assert round(got["python+imports"]) == 300
+    assert got["coldplug"] == 400 and got["total (runtime)"] == 900.5
+    assert first_line_ts("x\n[ 1.5] hello\n", "hello") == 1.5
