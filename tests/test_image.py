@@ -271,6 +271,8 @@ def test_firmware_boots_the_iso(handmade_iso: Path, profile: str) -> None:
     assert HANDMADE_MARK in res.console            # the initramfs ran
     assert res.timings.run_init is not None        # the kernel handed over to /init
     assert res.demo["root"] == "overlay" and res.demo["writable"] == "yes"
+    assert ("GNU GRUB" if profile.startswith("uefi") else "ISOLINUX") in res.console
+    assert image.MENU[0].title in res.console
 
 
 # ---- the commands ----------------------------------------------------------------
@@ -289,3 +291,15 @@ def test_cli_demo_root_and_image(tmp_path: Path, fake_initrd: Path, kernel: Kern
                  "--initrd", str(fake_initrd)]) == 1
     err = capsys.readouterr().err
     assert "missing is not a directory" in err and "hint:" in err
+
+
+@pytest.mark.slow
+def test_packed_initramfs_carries_the_media_identity(demo_root: Path, kernel: KernelTree, tmp_path: Path) -> None:
+    """The identity contract without booting: the ISO's live/liveinit.id is baked into /init."""
+    from packer.cpio import read_archive
+    res = image.build_image(demo_root, tmp_path / "real.iso", kernel, identity="contract-id-42")
+    rd = image.extract(res.iso, image.INITRD_PATH, tmp_path / "initrd.img").read_bytes()
+    entries = {e.name: e for seg in read_archive(rd) for e in seg.entries}
+    init = entries.get("init") or entries["./init"]
+    assert b"contract-id-42" in init.data
+    assert image.extract(res.iso, image.IDENTITY_PATH, tmp_path / "id").read_text() == "contract-id-42\n"

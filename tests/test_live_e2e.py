@@ -67,6 +67,15 @@ def test_firmware_boots(demo_iso: image.ImageResult, profile: str) -> None:
     res = lab.boot(profile, image=demo_iso.iso, timeout=BOOT_TIMEOUT_S)
     assert "-kernel" not in res.command
     _assert_live_boot(res)
+    # the ISO's own loader and menu started the kernel
+    assert ("GNU GRUB" if profile.startswith("uefi") else "ISOLINUX") in res.console
+    assert image.MENU[0].title in res.console
+
+
+def test_toram_copies_the_image_and_boots(demo_iso: image.ImageResult) -> None:
+    res = lab.boot("virtio-blk", image=demo_iso.iso, cmdline="toram", timeout=BOOT_TIMEOUT_S)
+    _assert_live_boot(res)
+    assert "liveinit: toram: copying" in res.console
 
 
 def test_second_boot_has_forgotten_the_write(demo_iso: image.ImageResult) -> None:
