@@ -122,3 +122,13 @@ def test_persistence_partition_keeps_the_write(demo_iso: image.ImageResult, tmp_
     listing = subprocess.run(["debugfs", "-R", "ls -p /liveinit-rw/upper" + str(Path(STAMP).parent), str(part)],
                              capture_output=True, text=True).stdout
     assert Path(STAMP).name in listing
+
+
+def test_break_entry_opens_a_shell_before_the_search(demo_iso: image.ImageResult) -> None:
+    """The menu's `liveinit.break=findroot` stops before the medium search with a shell."""
+    entry = next(e for e in image.MENU if "liveinit.break=findroot" in e.extra)
+    res = lab.boot("ide-cd", image=demo_iso.iso, cmdline=entry.extra, poweroff=False,
+                   success=r"liveinit: break before findroot: shell", timeout=BOOT_TIMEOUT_S)
+    assert res.success, f"{res.reason}\n{res.console[-3000:]}"
+    assert "findroot" not in res.timings.stages and "coldplug" in res.timings.stages
+    assert not res.demo
