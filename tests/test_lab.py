@@ -4,6 +4,7 @@ promise that no QEMU process outlives a boot."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -210,7 +211,6 @@ def test_accel_env_override_and_cache(monkeypatch: pytest.MonkeyPatch, tmp_path:
     cache = tmp_path / "accel.json"
     monkeypatch.setattr(lab, "_qemu_version", lambda: "QEMU test")
     monkeypatch.setattr(lab, "kvm_works", lambda *a, **k: pytest.fail("probe must not run on a cache hit"))
-    import os
     cache.write_text(json.dumps({"key": f"QEMU test / {os.uname().release}", "kvm": True}))
     assert lab.accel(cache)[:2] == ["-accel", "kvm"]
     cache.write_text(json.dumps({"key": "other", "kvm": True}))
