@@ -8,6 +8,7 @@ loaded by alias, only when named explicitly, as modprobe does. A module that
 fails is recorded in `failed` and logged; it never stops the boot."""
 from __future__ import annotations
 
+import _thread
 import os
 
 EEXIST = 17
@@ -41,6 +42,11 @@ class ModuleLoader:
         self.blacklist.update(index.blacklist)  # modprobe.d of the image
         self._alias_cache: dict[str, list[str]] = {}
         self._pci_cache: dict[tuple, list[str]] = {}
+        # Threads may load at once (coldplug.start): the dicts above are only ever
+        # updated by single operations, and a module being inserted by one thread
+        # is waited for, not inserted again, by the others (`_inflight`).
+        self._inflight: dict[str, object] = {}  # module -> lock held while inserting it
+        self.background = None  # the Coldplug running in the background, if any
 
     # -- public -------------------------------------------------------------
 
@@ -142,6 +148,23 @@ class ModuleLoader:
             return True
         if mod in self.failed:
             return False
+        mine = _thread.allocate_lock()
+        with mine:
+            held = self._inflight.setdefault(mod, mine)   # atomic: one thread wins
+            if held is not mine:
+                with held:     # another thread is inserting it: wait for its result
+                    pass
+                return mod in self.loaded or mod in self.present
+            try:
+                if mod in self.loaded or mod in self.present:
+                    return True      # finished by another thread just before we got here
+                if mod in self.failed:
+                    return False
+                return self._insert(mod, reason)
+            finally:
+                del self._inflight[mod]
+
+    def _insert(self, mod: str, reason: str) -> bool:
         rel = self._relpath(mod)
         if rel is None:
             return self._fail(mod, "not in the image's module index")

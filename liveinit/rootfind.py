@@ -6,7 +6,14 @@ still works), and the only sleep is `listener.poll` up to the deadline
 (`rootdelay=`). Without root= (or with `live:auto`) every block device is a
 candidate, optical and removable first; the medium whose live/liveinit.id
 equals the identity baked into /init wins, so several live sticks in one
-machine do not confuse the boot."""
+machine do not confuse the boot.
+
+When coldplug runs in the background (`coldplug.start`), the search starts
+at once and takes the root the moment its device appears; `find_root` joins
+coldplug before it returns, so the boot goes on with every driver loaded. A
+medium with another identity is taken once nothing more can appear: coldplug
+has ended and uevents have been quiet for QUIET seconds; with USB or MMC
+storage about (slow to show their disks) it waits SETTLE seconds instead."""
 from __future__ import annotations
 
 import os
@@ -19,7 +26,10 @@ ISO_MOUNT = "/run/liveinit/iso"
 ID_FILE = "/live/liveinit.id"
 MS_RDONLY = 1
 POLL_MAX = 1.0      # rescan at least this often even without events
-SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger
+SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger...
+QUIET = 0.3         # ...or only until coldplug is done and uevents stop this long (no slow bus)
+SLOW_BUS = ("usb_storage", "uas", "mmc_block")   # their disks show up seconds after the bus device
+COLDPLUG_JOIN = 60.0    # longest wait for background module loads once the root is found
 # Content that is never a mountable medium.
 NOT_FS = frozenset(("swap", "LVM2_member", "crypto_LUKS", "linux_raid_member", "zfs_member",
                     "bcache", "ddf_raid_member", "isw_raid_member", "BitLocker"))
@@ -54,7 +64,9 @@ class _Search:
         self.ids: dict[tuple, dict] = {}     # (name, major, minor, size) -> fsprobe keys
         self.devices: dict[str, blockdev.BlockDevice] = {}
         self.tried: set[tuple] = set()
-        self.coldplug = None
+        self.coldplug = getattr(loader, "background", None)   # coldplug.start's, if running
+        self.last_event = time.monotonic()
+        self.poll_max = POLL_MAX
 
     # -- devices ------------------------------------------------------------
 
@@ -90,13 +102,15 @@ class _Search:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self.events(min(left, POLL_MAX))
+            self.events(min(left, self.poll_max))
 
     def events(self, timeout: float) -> list:
         if self.listener is None:
             time.sleep(min(timeout, 0.25))
             return []
         evs = self.listener.poll(timeout)
+        if evs:
+            self.last_event = time.monotonic()
         for ev in evs:
             if ev.get("ACTION") == "add" and ev.get("MODALIAS"):
                 if self.coldplug is None:
@@ -128,8 +142,23 @@ class _Search:
 
     # -- the failure message ------------------------------------------------
 
+    def settled(self) -> bool:
+        """No more devices are expected: coldplug is over and uevents are quiet (no slow bus)."""
+        cp = self.coldplug
+        if cp is not None and getattr(cp, "running", False):
+            return False
+        if any(self.loader.is_present(n) for n in SLOW_BUS if hasattr(self.loader, "is_present")):
+            return False
+        return time.monotonic() - self.last_event >= QUIET
+
+    def finish_coldplug(self) -> None:
+        """Join a background coldplug (its modules belong to this boot's record)."""
+        from liveinit import coldplug
+        coldplug.finish(self.loader, self.log, COLDPLUG_JOIN)
+
     def failure(self, what: str, hint: str):
         from liveinit.emergency import BootFailure
+        self.finish_coldplug()
         lines = [what]
         self.scan()
         if self.devices:
@@ -203,8 +232,17 @@ def _identity(search: _Search, mountpoint: str) -> str | None:
 
 
 def find_root(m, cfg, settings, loader, listener, log) -> Found:
-    """Find the root device or the live medium; raises emergency.BootFailure."""
+    """Find the root device or the live medium; raises emergency.BootFailure.
+
+    A background coldplug (`coldplug.start`) is joined before this returns."""
     search = _Search(m, cfg, settings, loader, listener, log)
+    found = _find(search)
+    search.finish_coldplug()
+    return found
+
+
+def _find(search: _Search) -> Found:
+    m, cfg, loader, log = search.m, search.cfg, search.loader, search.log
     deadline = time.monotonic() + cfg.rootdelay
     if cfg.findiso:
         return _findiso(search, deadline)
@@ -278,12 +316,13 @@ def _search_live(search: _Search, deadline: float) -> Found:
             search.umount(MEDIUM)
             if not fallback:
                 fallback_since[0] = time.monotonic()
+                search.poll_max = QUIET / 2   # look at settled() often from now on
             fallback.append((d, info, fstype, ident))
-        if fallback and time.monotonic() - fallback_since[0] >= SETTLE:
+        if fallback and (search.settled() or time.monotonic() - fallback_since[0] >= SETTLE):
             return "fallback"
         return None
 
-    # With a stranger in hand, attempt() waits only SETTLE more seconds for the real one.
+    # With a stranger in hand, attempt() waits at most SETTLE more seconds for the real one.
     r = search.wait(attempt, deadline)
     if isinstance(r, Found):
         return r

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import threading
 from pathlib import Path
 
 from fakes import FakeSyscalls
@@ -321,11 +322,15 @@ class GrowingSyscalls(FakeSyscalls):
     def __init__(self, root: str, on_load=None, **kw) -> None:
         super().__init__(root=root, **kw)
         self.on_load = on_load
+        # Coldplug loads from several threads; the kernel makes each load atomic
+        # for the others, so the fake does too (the tree it grows is not thread-safe).
+        self.lock = threading.Lock()
 
     def finit_module(self, fd: int, params: str = "", flags: int = 0) -> bool:
-        fresh = super().finit_module(fd, params, flags)
-        if self.on_load is not None:
-            self.on_load(self.modules[-1] if fresh else None, set(self.modules))
+        with self.lock:
+            fresh = super().finit_module(fd, params, flags)
+            if self.on_load is not None:
+                self.on_load(self.modules[-1] if fresh else None, set(self.modules))
         return fresh
 
 
