@@ -25,9 +25,14 @@ def summary(result: object) -> str:
     total = sum(result.times.get(p, 0.0) for p in PHASES)
     parts = ", ".join(f"{k} {human(v)}" for k, v in sorted(result.sizes.items(), key=lambda kv: -kv[1]))
     times = ", ".join(f"{p} {result.times.get(p, 0.0) * 1000:.0f}" for p in PHASES)
+    segs = [f"  segment {s.name}: {human(s.compressed)} ({human(s.uncompressed)}, {s.entries} entries, "
+            f"{s.codec}, {'cached' if s.cached else f'{s.seconds:.1f} s'})" for s in result.segments]
+    if result.microcode:
+        segs.insert(0, f"  segment microcode: {human(result.microcode)} (uncompressed)")
     return "\n".join([
         f"{result.output}: {human(result.compressed)} ({human(result.uncompressed)} uncompressed, "
         f"{result.entries} entries)",
+        *segs,
         f"  kernel {result.kver}: {len(result.modules)} modules, {result.firmware} firmware files",
         f"  identity {result.identity}",
         f"  content: {parts}",

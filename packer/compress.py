@@ -5,8 +5,14 @@ must use a CRC32 (or no) integrity check, since the kernel's XZ embedded
 decoder rejects CRC64/SHA-256, and lz4 must be the *legacy* frame (`lz4 -l`),
 not the modern LZ4 frame. gzip and xz come from the standard library (fixed
 header, no timestamp or name); zstd and lz4 have no stdlib module in 3.11
-and go through their command-line tools, single-threaded so that the output
-depends only on the input and the level."""
+and go through their command-line tools. zstd runs multi-threaded (-T0):
+its output does not depend on the number of threads, only on the input and
+the level (checked by tests/test_compress.py).
+
+xz can add the x86 BCJ filter (`x86=True`), which the kernel's decoder
+supports (CONFIG_XZ_DEC_X86): it makes linked x86 code (executables, shared
+libraries) ~8% smaller, but kernel modules *larger* (their call sites hold
+zeros waiting for relocation, which the filter turns into noise)."""
 from __future__ import annotations
 
 import gzip
@@ -14,6 +20,7 @@ import lzma
 import shutil
 import subprocess
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from packer.cli import CommandError
@@ -49,6 +56,26 @@ LZ4_LEGACY_MAX_CHUNK = LZ4_LEGACY_CHUNK + LZ4_LEGACY_CHUNK // 255 + 16  # LZ4_co
 
 class CompressionError(CommandError):
     """Compressed data that cannot be produced or read."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A compression method with its settings (what a segment is compressed with)."""
+
+    method: str
+    level: int | None = None          # None: the method's default
+    extreme: bool = False             # xz only: -e (slower, sometimes smaller)
+    x86: bool = False                 # xz only: the x86 BCJ filter before LZMA2
+
+    def __str__(self) -> str:
+        if self.method == "none":
+            return "none"
+        lvl = DEFAULT_LEVELS[self.method] if self.level is None else self.level
+        return f"{self.method} -{lvl}{'e' if self.extreme else ''}{' +x86' if self.x86 else ''}"
+
+    def compress(self, data: bytes) -> bytes:
+        """`data` compressed with this codec (see compress())."""
+        return compress(data, self.method, self.level, extreme=self.extreme, x86=self.x86)
 
 
 def detect(data: bytes) -> str | None:
@@ -98,21 +125,28 @@ def _run_tool(argv: list[str], data: bytes, what: str) -> bytes:
     return proc.stdout
 
 
-def compress(data: bytes, method: str, level: int | None = None) -> bytes:
-    """Compress `data` with `method` so that the kernel can unpack it, deterministically."""
+def compress(data: bytes, method: str, level: int | None = None, *, extreme: bool = False,
+             x86: bool = False) -> bytes:
+    """Compress `data` with `method` so that the kernel can unpack it, deterministically.
+
+    `extreme` and `x86` apply to xz only (xz -e, and the x86 BCJ filter)."""
     if method == "none":
         return bytes(data)
     if method not in METHODS:
         raise CompressionError(f"unknown compression {method!r}", hint=f"choose one of {', '.join(METHODS)}")
+    if (extreme or x86) and method != "xz":
+        raise CompressionError(f"{method} has no {'x86 filter' if x86 else 'extreme mode'}",
+                               hint="only xz has -e and the x86 BCJ filter")
     lvl = _level(method, level)
     if method == "gzip":
         # mtime=0: no timestamp and no file name in the header.
         return gzip.compress(data, compresslevel=lvl, mtime=0)
     if method == "xz":
-        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
-                             filters=[{"id": lzma.FILTER_LZMA2, "preset": lvl}])
+        chain: list[dict[str, int]] = [{"id": lzma.FILTER_X86}] if x86 else []
+        chain.append({"id": lzma.FILTER_LZMA2, "preset": lvl | (lzma.PRESET_EXTREME if extreme else 0)})
+        return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=chain)
     if method == "zstd":
-        return _run_tool([_tool("zstd"), "-q", "-c", f"-{lvl}", "-T1", "--no-progress"], data,
+        return _run_tool([_tool("zstd"), "-q", "-c", f"-{lvl}", "-T0", "--no-progress"], data,
                          "zstd compression")
     return _run_tool([_tool("lz4"), "-q", "-c", "-l", f"-{lvl}"], data, "lz4 compression")
 

@@ -8,12 +8,16 @@ Defaults, and why:
 - `kver`/`moddir`: the running kernel when the host has /lib/modules/$(uname -r),
   else the Debian test kernel from `packer.kernelpkg.fetch_kernel()` (CI hosts
   and containers often have no modules of their own).
-- `compress`: zstd (fast to pack and to unpack, well supported since 5.9).
+- `compress`: auto, a codec per segment (packer/segments.py: xz -9 for the
+  big stable kernel and python segments, cached; zstd -19 for the small
+  runtime segment). Any other method applies to every segment.
 - `groups`: the universal set, every storage, usb, cdrom, fs, live and keyboard
   driver; `--host-only` replaces it by the running machine's drivers.
 - `python`: /usr/bin/python3 (resolved to e.g. python3.11, which the image embeds).
-- `busybox`: on when the host has /bin/busybox (busybox-static), for the
-  emergency shell; without it the shell is a Python REPL.
+- `busybox`: off: the universal image must stay under a third of
+  initramfs-tools' (9.5 MiB) and busybox costs 0.53 MiB of it; the emergency
+  shell is then the runtime's Python REPL. `--busybox` packs the host's
+  static /bin/busybox (busybox-static) for a real shell.
 - `source-date-epoch`: $SOURCE_DATE_EPOCH, else 0: every mtime is clamped to it.
 - `packages`: none; third-party packages the runtime imports are added anyway.
 
@@ -72,9 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
             "if /lib/modules/$(uname -r) exists, else the fetched test kernel)", metavar="VERSION"),
     Setting("moddir", "path", None, "module directory lib/modules/KVER to pack from "
             "(default: /lib/modules/KVER or the fetched test kernel's)", metavar="DIR"),
-    Setting("compress", "choice", "zstd", "archive compression", choices=COMPRESSIONS),
-    Setting("compress-level", "int", None, "compressor level (default: the method's own)",
-            metavar="N"),
+    Setting("compress", "choice", "auto", "compression of every segment; auto: xz -9 for the kernel "
+            "and python segments (cached), zstd -19 for the runtime one", choices=("auto", *COMPRESSIONS)),
+    Setting("compress-level", "int", None, "compressor level for an explicit --compress method "
+            "(default: the method's own)", metavar="N"),
     Setting("groups", "list", UNIVERSAL_GROUPS, "module groups to pack (comma-separated; "
             "ignored with --host-only)", metavar="GROUP,..."),
     Setting("modules", "list", (), "extra modules: names or globs (e.g. 'nvme*', "
@@ -84,8 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binaries", "list", (), "extra executables, packed with their ELF closure", metavar="PATH"),
     Setting("skeleton", "path", DEFAULT_SKELETON, "directory copied as the image's static skeleton",
             metavar="DIR"),
-    Setting("busybox", "bool", True, "pack the host's static /bin/busybox for the emergency shell "
-            "(when present)"),
+    Setting("busybox", "bool", False, "pack the host's static /bin/busybox for the emergency shell "
+            "(when present; adds ~0.5 MiB)"),
     Setting("cmdline", "str", "", "default kernel command line baked into /init "
             "(the boot loader's cmdline overrides it)", metavar="TEXT"),
     Setting("identity", "str", None, "identity string of the live medium (default: derived from "
@@ -104,7 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("microcode", "bool", True, "prepend the host's CPU microcode as an early segment"),
     Setting("source-date-epoch", "int", None, "clamp every mtime to this (default: "
             "$SOURCE_DATE_EPOCH, else 0)", metavar="SECONDS"),
-    Setting("cache", "path", None, "cache directory for compiled pycs and module info "
+    Setting("cache", "path", None, "cache directory for compiled pycs, module info and compressed "
+            "segments "
             "(default: $LIVEINIT_CACHE or /var/cache/liveinit)", metavar="DIR"),
 )
 
@@ -116,7 +122,7 @@ class PackConfig:
     output: Path = DEFAULT_OUTPUT
     kver: str | None = None
     moddir: Path | None = None
-    compress: str = "zstd"
+    compress: str = "auto"
     compress_level: int | None = None
     groups: tuple[str, ...] = UNIVERSAL_GROUPS
     modules: tuple[str, ...] = ()
@@ -124,7 +130,7 @@ class PackConfig:
     files: tuple[str, ...] = ()
     binaries: tuple[str, ...] = ()
     skeleton: Path = DEFAULT_SKELETON
-    busybox: bool = True
+    busybox: bool = False
     cmdline: str = ""
     identity: str | None = None
     python: Path = DEFAULT_PYTHON

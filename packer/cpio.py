@@ -22,7 +22,7 @@ import os
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable, Sequence
 
 from packer.cli import CommandError
 from packer.compress import (CPIO_MAGICS, CompressionError, compress, decompress_stream, describe_unknown,
@@ -235,6 +235,29 @@ class ArchiveBuilder:
                 else:
                     raise ArchiveError(f"cannot add {path}: special files are not copied from the host",
                                        hint="describe device nodes with add_device() / add_fifo()")
+
+    # -- splitting --------------------------------------------------------
+
+    def split(self, segment_of: Callable[[str], str], order: Sequence[str]) -> dict[str, ArchiveBuilder]:
+        """The entries partitioned into one builder per segment, in `order`.
+
+        `segment_of(name)` names each entry's segment. Every segment also
+        gets the directories above its entries, with the same modes: the
+        kernel's unpacker does not create missing parents, and a later
+        segment re-applies a directory's mode. Empty segments are left out."""
+        out = {name: ArchiveBuilder() for name in order}
+        for name, node in self._nodes.items():
+            seg = segment_of(name)
+            if seg not in out:
+                raise ArchiveError(f"{name!r} is assigned to unknown segment {seg!r}",
+                                   hint=f"segments are {', '.join(order)}")
+            nodes = out[seg]._nodes
+            nodes[name] = node
+            parts = name.split("/")
+            for i in range(1, len(parts)):
+                parent = "/".join(parts[:i])
+                nodes.setdefault(parent, self._nodes[parent])
+        return {name: b for name, b in out.items() if len(b)}
 
     # -- writing ----------------------------------------------------------
 
@@ -450,6 +473,31 @@ def read_archive(data: bytes) -> list[Segment]:
     if not segments:
         raise ArchiveError("the image is empty (no cpio archive in it)")
     return segments
+
+
+def segment_bytes(data: bytes) -> list[tuple[str, bytes]]:
+    """(compression, uncompressed cpio bytes) of every segment, in order (for
+    feeding other tools, which read one archive at a time)."""
+    out: list[tuple[str, bytes]] = []
+    pos, n = 0, len(data)
+    while True:
+        while pos < n and data[pos] == 0:
+            pos += 1
+        if pos >= n:
+            return out
+        method = detect(data[pos:pos + 8])
+        if method == "none":
+            end = _uncompressed_end(data, pos)
+            out.append(("none", data[pos:end]))
+        elif method is None:
+            raise ArchiveError(f"unrecognised data at offset {pos}: {describe_unknown(data[pos:pos + 8])}")
+        else:
+            try:
+                _, plain, end = decompress_stream(data, pos)
+            except CompressionError as e:
+                raise ArchiveError(str(e), hint=e.hint or "the image is corrupt or truncated") from None
+            out.append((method, plain))
+        pos = end
 
 
 def flatten(segments: list[Segment]) -> dict[str, Entry]:

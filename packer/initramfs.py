@@ -1,5 +1,6 @@
 """Assemble the initramfs: skeleton, /dev nodes, /init, modules, ELF closure,
-the embedded Python, then one deterministic archive, compressed.
+the embedded Python, then deterministic archive segments, compressed (and
+cached) one by one: see packer/segments.py for the cut and the cache.
 
 Phases (timed, in the summary): modules, python, elf, archive, compress.
 Every input path is placed at its host path with a symlink-free parent, and
@@ -17,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packer import pyruntime
+from packer import pyruntime, segments
 from packer.cli import CommandError
 from packer.config import DEFAULT_BUSYBOX, PackConfig
 from packer.progress import Reporter
@@ -34,6 +35,16 @@ SKELETON_SKIP = frozenset({"README.md"})
 GLOB_CHARS = frozenset("*?[")
 IMAGE_MODDIR = "lib/modules"
 MODPROBE_D = "etc/modprobe.d/"
+# GNU env for /init's shebang (pyruntime.shebang: no entropy stall at start-up).
+ENV_PROGRAM = Path("/usr/bin/env")
+
+# Which segment each kind of content goes to (the size summary counts parts).
+PART_SEGMENT = {
+    "modules": segments.KERNEL, "firmware": segments.KERNEL,
+    "python": segments.PYTHON, "libs": segments.PYTHON, "busybox": segments.PYTHON, "env": segments.PYTHON,
+    "modindex": segments.RUNTIME, "runtime": segments.RUNTIME, "skeleton": segments.RUNTIME,
+    "files": segments.RUNTIME, "binaries": segments.RUNTIME, "init": segments.RUNTIME,
+}
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,12 @@ class PackResult:
     entries: int
     modules: tuple[str, ...]
     firmware: int
-    uncompressed: int
+    uncompressed: int                  # all segments' cpio bytes (microcode excluded)
     compressed: int                    # size of the written file (microcode included)
     times: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)   # uncompressed bytes per part
+    segments: tuple[segments.SegmentInfo, ...] = ()      # in image order
+    microcode: int = 0                 # bytes of the early uncompressed segment
 
 
 def resolve_kernel(cfg: PackConfig) -> tuple[str, Path]:
@@ -85,6 +98,7 @@ class _Image:
         self.ar = ArchiveBuilder()
         self.links: dict[str, str] = {}
         self.sizes: dict[str, int] = {}
+        self.where: dict[str, str] = {}        # entry -> segment (default: runtime)
         for top in MERGED_USR:
             p = Path("/") / top
             if p.is_symlink():
@@ -109,7 +123,20 @@ class _Image:
         if name in self.ar and not replace:
             return
         self.ar.add_file(name, src=src, data=data, mode=mode)
+        self.where[name] = PART_SEGMENT[part]
         self._count(part, len(data) if data is not None else os.stat(src).st_size)  # type: ignore[arg-type]
+
+    def symlink(self, name: str, target: str, part: str) -> None:
+        """A symlink in `part`'s segment (the first one added for a name wins)."""
+        name = self.canon(name)
+        if name not in self.ar:
+            self.ar.add_symlink(name, target)
+            self.where[name] = PART_SEGMENT[part]
+
+    def dir(self, name: str, part: str, mode: int = 0o755) -> None:
+        name = self.canon(name)
+        self.ar.add_dir(name, mode)
+        self.where.setdefault(name, PART_SEGMENT[part])
 
     def host_path(self, path: Path, part: str) -> None:
         """A host file at its own path: every symlink of its chain, then the real file."""
@@ -119,20 +146,37 @@ class _Image:
             if name in self.ar:
                 continue
             if p.is_symlink():
-                self.ar.add_symlink(self.canon(name), os.readlink(p))
+                self.symlink(name, os.readlink(p), part)
             elif p.is_dir():
-                self.ar.add_dir(self.canon(name))
+                self.dir(name, part)
             else:
                 self.file(name, part, src=p)
 
 
-def render_init(python: str, settings: dict[str, object]) -> bytes:
-    """The /init script: ONE shebang argument (the kernel passes the rest as one)."""
+def render_init(python: str, settings: dict[str, object], env: str | None = None) -> bytes:
+    """The /init script: ONE shebang argument (the kernel passes the rest as one).
+
+    With `env` (GNU env in the image) the interpreter starts with a fixed
+    hash seed and an empty environment (pyruntime.shebang); /init then
+    takes the seed out again, so that the real init and everything it
+    starts hash randomly as usual, and puts back the two variables the
+    kernel always gives init (init/main.c: HOME=/ TERM=linux).
+
+    Why a fixed seed is safe here: hash randomization defends a process
+    that puts many attacker-chosen strings in a dict (hash flooding). PID 1
+    of the initramfs hashes a few dozen keys it chose itself (module names,
+    sysfs attributes, cmdline words, filesystem labels) for a few seconds,
+    then execs the real init, which gets a fresh random seed."""
     body = ",\n".join(f"    {k!r}: {settings[k]!r}" for k in sorted(settings))
-    return f'''#!{python} -IS
+    env_fix = "" if env is None else f'''import os
+os.environ.pop("{pyruntime.HASHSEED_VAR}", None)
+os.environ.setdefault("HOME", "/")
+os.environ.setdefault("TERM", "linux")
+'''
+    return f'''{pyruntime.shebang(python, env)}
 """liveinit /init, generated by `liveinit pack`: the Python runtime as PID 1."""
 import sys
-sys.path.insert(0, "/{pyruntime.IMAGE_LIBDIR}")
+{env_fix}sys.path.insert(0, "/{pyruntime.IMAGE_LIBDIR}")
 SETTINGS = {{
 {body},
 }}
@@ -195,7 +239,7 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
         tree.write_index(out, mods, config_dirs=[conf])
         for p in sorted(out.rglob("*")):
             if p.is_file():
-                img.file(f"{dest}/{p.relative_to(out)}", "modules", data=p.read_bytes(), mode=0o644)
+                img.file(f"{dest}/{p.relative_to(out)}", "modindex", data=p.read_bytes(), mode=0o644)
     fw = tree.firmware(mods) if cfg.firmware else []
     for p in fw:
         img.host_path(Path(p), "firmware")
@@ -226,6 +270,17 @@ def _add_skeleton(img: _Image, skel: Path) -> None:
                 img.file(rel, "skeleton", src=p)
 
 
+def env_program(path: Path = ENV_PROGRAM) -> Path | None:
+    """`path` if it is an env that understands `-S -i` (GNU coreutils >= 8.30), else None."""
+    if not path.is_file():
+        return None
+    try:
+        proc = subprocess.run([str(path), "-S -i", "true"], capture_output=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return path if proc.returncode == 0 else None
+
+
 def _busybox_applets(busybox: Path) -> list[str]:
     out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=False)
     return sorted(a for a in out.stdout.split() if a not in BUSYBOX_SKIP)
@@ -243,10 +298,12 @@ def derive_identity(kver: str, mods: tuple[str, ...], runtime: pyruntime.PyRunti
 
 def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     """The whole pack: returns what was written to cfg.output."""
-    from packer.compress import compress, microcode_entries
+    from packer.compress import microcode_entries
     from packer.cpio import ArchiveBuilder
     from packer.elf import resolve
+    from packer.kernelpkg import DEFAULT_CACHE
     rep = rep or Reporter(quiet=True)
+    codecs = segments.codecs(cfg.compress, cfg.compress_level)   # bad flags fail before any work
     img = _Image()
     for name, mode in BASE_DIRS:
         img.ar.add_dir(name, mode)
@@ -265,34 +322,38 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         rep.debug(f"python: {rt.interpreter.path} {rt.interpreter.version}, {len(rt.modules)} modules traced, "
                   f"packages: {', '.join(rt.packages) or 'none'}")
         for f in rt.files:
-            img.file(f.name, "python", src=f.src, data=f.data, mode=f.mode)
+            img.file(f.name, "runtime" if f.kind == "runtime" else "python", src=f.src, data=f.data, mode=f.mode)
         for d in rt.dirs:
-            img.ar.add_dir(img.canon(d))
+            img.dir(d, "runtime" if d == pyruntime.IMAGE_LIBDIR else "python")
         for name, target in rt.symlinks:
-            if img.canon(name) not in img.ar:
-                img.ar.add_symlink(img.canon(name), target)
+            img.symlink(name, target, "python")
 
     with rep.phase("elf"):
         busybox = DEFAULT_BUSYBOX if cfg.busybox and DEFAULT_BUSYBOX.exists() else None
+        env = env_program()
+        if env is None:
+            rep.debug(f"no GNU env at {ENV_PROGRAM}: /init starts Python -IS (waits for entropy at boot)")
         extra = [Path(b) for b in cfg.binaries]
         for b in extra:
             if not b.exists():
                 raise CommandError(f"--binaries {b}: no such file", hint="give the path of an executable")
-        closure = resolve([*rt.elf, *extra, *([busybox] if busybox else [])])
+        closure = resolve([*rt.elf, *extra, *([busybox] if busybox else []), *([env] if env else [])])
         for p in [*closure.files, *rt.libraries]:
             img.host_path(p, "libs")
         for b in extra:
             img.host_path(b, "binaries")
+        if env is not None:
+            img.host_path(env, "env")           # before busybox: its env applet has no -S
+        env_name = "/" + img.canon(str(env).lstrip("/")) if env else None
         if busybox is not None:
             img.host_path(busybox, "busybox")
             real = "/" + img.canon(str(busybox).lstrip("/"))
             for applet in _busybox_applets(busybox):
-                if img.canon(applet) not in img.ar:
-                    img.ar.add_symlink(img.canon(applet), real)
+                img.symlink(applet, real, "busybox")
         if rt.packages:
             libs = [str(p) for p in (*closure.libraries, *rt.libraries)]
-            img.file(pyruntime.IMAGE_LDCONFIG, "python", data=pyruntime.ldconfig_script(rt.interpreter, libs),
-                     mode=0o755)
+            img.file(pyruntime.IMAGE_LDCONFIG, "runtime",
+                     data=pyruntime.ldconfig_script(rt.interpreter, libs, env_name), mode=0o755)
         for src, dest in cfg.extra_files():
             if not src.is_file():
                 raise CommandError(f"--files {src}: no such file", hint="use SRC[:DEST] with an existing SRC")
@@ -305,13 +366,21 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
             "moddir": f"/{IMAGE_MODDIR}/{kver}", "index": f"/{IMAGE_MODDIR}/{kver}/liveinit.index",
             "busybox": str(DEFAULT_BUSYBOX) if busybox else None,
         }
-        img.ar.add_file("init", data=render_init("/" + str(rt.interpreter.path).lstrip("/"), settings),
-                        mode=0o755)
-        buf = io.BytesIO()
-        img.ar.write(buf, mtime=cfg.epoch)
-        raw = buf.getvalue()
+        img.file("init", "init", data=render_init("/" + str(rt.interpreter.path).lstrip("/"), settings,
+                                                  env_name), mode=0o755, replace=True)
+        parts: list[tuple[str, bytes, int, segments.Codec]] = []
+        for name, builder in img.ar.split(lambda n: img.where.get(n, segments.RUNTIME),
+                                          segments.ORDER).items():
+            buf = io.BytesIO()
+            builder.write(buf, mtime=cfg.epoch)
+            parts.append((name, buf.getvalue(), len(builder), codecs[name]))
 
     with rep.phase("compress"):
+        cache = segments.SegmentCache(cfg.cache or DEFAULT_CACHE)
+        done = segments.compress_all(parts, cache)
+        for _blob, info in done:
+            rep.debug(f"segment {info.name}: {info.entries} entries, {info.uncompressed} -> {info.compressed} "
+                      f"bytes, {info.codec}, " + ("cached" if info.cached else f"{info.seconds:.2f} s"))
         early = b""
         if cfg.microcode:
             entries = microcode_entries()
@@ -322,7 +391,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
                 ebuf = io.BytesIO()
                 mc.write(ebuf, mtime=cfg.epoch)
                 early = ebuf.getvalue()
-        blob = early + compress(raw, cfg.compress, cfg.compress_level)
+        blob = early + b"".join(b for b, _info in done)
         out = Path(cfg.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
@@ -330,5 +399,6 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         os.replace(tmp, out)
 
     return PackResult(output=out, kver=kver, identity=identity, entries=len(img.ar), modules=mods,
-                      firmware=nfw, uncompressed=len(raw), compressed=len(blob), times=dict(rep.times),
-                      sizes=dict(img.sizes))
+                      firmware=nfw, uncompressed=sum(len(p[1]) for p in parts), compressed=len(blob),
+                      times=dict(rep.times), sizes=dict(img.sizes),
+                      segments=tuple(info for _b, info in done), microcode=len(early))

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from liveinit.kmodindex import ModuleIndex
-from packer import cli, initramfs
+from packer import cli, initramfs, pyruntime
 from packer.cli import CommandError
 from packer.config import PackConfig
-from packer.cpio import Entry, read_archive
+from packer.cpio import Entry, read_archive, segment_bytes
 from packer.kernelpkg import KernelTree
 from packer.progress import Reporter
 
@@ -25,6 +25,14 @@ PY = "/usr/bin/python3.11"
 
 def _entries(img: Path) -> dict[str, Entry]:
     return {e.name: e for seg in read_archive(img.read_bytes()) for e in seg.entries}
+
+
+def _extract(img: Path, root: Path) -> None:
+    """Unpack every segment in order into `root` with bsdtar, as the kernel would."""
+    for i, (_method, raw) in enumerate(segment_bytes(img.read_bytes())):
+        f = root.parent / f"{root.name}.seg{i}.cpio"
+        f.write_bytes(raw)
+        subprocess.run(["bsdtar", "-xpf", str(f), "-C", str(root)], check=True)   # makes /dev/null
 
 
 def _pack(tmp: Path, kernel: KernelTree, name: str = "initrd.img", **kw: object) -> initramfs.PackResult:
@@ -86,7 +94,8 @@ def test_dev_nodes_and_base_directories(image: dict[str, Entry]) -> None:
 def test_init_entry(image: dict[str, Entry], packed: initramfs.PackResult) -> None:
     e = image["init"]
     assert stat.S_ISREG(e.mode) and stat.S_IMODE(e.mode) == 0o755
-    assert e.data.startswith(f"#!{PY} -IS\n".encode())
+    assert e.data.startswith(f"#!/usr/bin/env -S -i PYTHONHASHSEED=0 {PY} -sSP\n".encode())
+    assert stat.S_ISREG(image["usr/bin/env"].mode)
     assert repr(packed.identity).encode() in e.data and repr(packed.kver).encode() in e.data
 
 
@@ -100,14 +109,21 @@ def test_python_is_sourceless_with_its_landmarks(image: dict[str, Entry]) -> Non
         assert image[top].target == os.readlink(Path("/") / top)
 
 
-def test_skeleton_busybox_and_ldso(image: dict[str, Entry]) -> None:
+def test_skeleton_and_ldso(image: dict[str, Entry]) -> None:
     assert image["etc/passwd"].data.startswith(b"root:x:0:0:")
     assert "README.md" not in image and "etc/modprobe.d/.keep" not in image
-    assert image["usr/bin/sh"].target == "/usr/bin/busybox"
-    assert stat.S_ISREG(image["usr/bin/busybox"].mode)
-    assert "init" in image and image["init"].target is None     # busybox never shadows /init
+    assert "usr/bin/busybox" not in image                       # off by default (size budget)
     assert "usr/lib/x86_64-linux-gnu/libc.so.6" in image
     assert image["usr/lib64/ld-linux-x86-64.so.2"].target is not None
+
+
+@pytest.mark.slow
+def test_busybox_applets_never_shadow_init_or_env(tmp_path: Path, kernel: KernelTree) -> None:
+    img = _entries(_pack(tmp_path, kernel, busybox=True).output)
+    assert img["usr/bin/sh"].target == "/usr/bin/busybox"
+    assert stat.S_ISREG(img["usr/bin/busybox"].mode)
+    assert "init" in img and img["init"].target is None         # busybox never shadows /init
+    assert img["usr/bin/env"].target is None                    # GNU env (-S) for the shebang
 
 
 def test_modules_and_their_index_agree(image: dict[str, Entry], packed: initramfs.PackResult) -> None:
@@ -130,13 +146,18 @@ def test_modules_and_their_index_agree(image: dict[str, Entry], packed: initramf
 
 def test_gnu_cpio_and_bsdtar_list_the_same_names(packed: initramfs.PackResult, tmp_path: Path,
                                                  image: dict[str, Entry]) -> None:
-    from packer.compress import decompress
-    raw = tmp_path / "raw.cpio"
-    raw.write_bytes(decompress(packed.output.read_bytes()))
-    gnu = subprocess.run(["cpio", "-t", "--quiet", "-F", str(raw)], capture_output=True, text=True, check=True)
-    bsd = subprocess.run(["bsdtar", "-tf", str(raw)], capture_output=True, text=True, check=True)
-    assert set(gnu.stdout.split("\n")) - {""} == set(image)
-    assert {n.rstrip("/") for n in bsd.stdout.split("\n")} - {""} == set(image)
+    gnu_names: set[str] = set()
+    bsd_names: set[str] = set()
+    for i, (_method, data) in enumerate(segment_bytes(packed.output.read_bytes())):
+        raw = tmp_path / f"raw{i}.cpio"
+        raw.write_bytes(data)
+        gnu = subprocess.run(["cpio", "-t", "--quiet", "-F", str(raw)], capture_output=True, text=True,
+                             check=True)
+        bsd = subprocess.run(["bsdtar", "-tf", str(raw)], capture_output=True, text=True, check=True)
+        gnu_names |= set(gnu.stdout.split("\n")) - {""}
+        bsd_names |= {n.rstrip("/") for n in bsd.stdout.split("\n")} - {""}
+    assert gnu_names == set(image)
+    assert bsd_names == set(image)
 
 
 # -- reproducibility -----------------------------------------------------------------------
@@ -159,12 +180,9 @@ def test_mtimes_are_clamped(tmp_path: Path, kernel: KernelTree) -> None:
 
 @pytest.mark.slow
 def test_every_runtime_module_imports_inside_the_image(packed: initramfs.PackResult, tmp_path: Path) -> None:
-    from packer.compress import decompress
     root = tmp_path / "root"
     root.mkdir()
-    raw = tmp_path / "raw.cpio"
-    raw.write_bytes(decompress(packed.output.read_bytes()))
-    subprocess.run(["bsdtar", "-xpf", str(raw), "-C", str(root)], check=True)
+    _extract(packed.output, root)
     mods = sorted(p.stem for p in (root / "usr/lib/liveinit/liveinit").glob("*.pyc"))
     code = ("import sys; sys.path.insert(0, '/usr/lib/liveinit')\n"
             + "".join(f"import liveinit.{m}\n" for m in mods if m != "__init__")
@@ -217,7 +235,9 @@ def test_command_line_prints_the_summary(tmp_path: Path, kernel: KernelTree,
     assert rc == 0 and out.exists()
     assert f"{out}:" in text and "modules" in text and "uncompressed" in text
     for phase in ("modules", "python", "elf", "archive", "compress"):
-        assert f"{phase} " in text.split("time:")[1]
+        assert f"{phase} " in text.split("\n  time: ")[1]
+    for seg in ("kernel", "python", "runtime"):                 # per-segment sizes and codecs
+        assert f"  segment {seg}: " in text and "gzip -1" in text
     rc = cli.main(["pack", "-q", "-o", str(out), "--moddir", str(kernel.moddir), "--compress", "none",
                    "--no-microcode", "--groups", "live"])
     assert rc == 0 and capsys.readouterr().out == ""
@@ -263,13 +283,13 @@ def test_microcode_goes_first_uncompressed(tmp_path: Path, kernel: KernelTree,
                         lambda host_root=Path("/"): [("kernel/x86/microcode/GenuineIntel.bin", blob)])
     res = _pack(tmp_path, kernel, microcode=True, groups=("live",), compress="gzip", compress_level=1)
     segs = read_archive(res.output.read_bytes())
-    assert [s.compression for s in segs] == ["none", "gzip"]
+    assert [s.compression for s in segs] == ["none", "gzip", "gzip", "gzip"]
     early = {e.name: e for e in segs[0].entries}
     assert early["kernel/x86/microcode/GenuineIntel.bin"].data == blob
-    assert "init" in {e.name for e in segs[1].entries}
+    assert "init" in {e.name for e in segs[-1].entries}
     off = _pack(tmp_path, kernel, "off.img", microcode=False, groups=("live",), compress="gzip",
                 compress_level=1)
-    assert [s.compression for s in read_archive(off.output.read_bytes())] == ["gzip"]
+    assert [s.compression for s in read_archive(off.output.read_bytes())] == ["gzip"] * 3
 
 
 @pytest.mark.slow
@@ -284,7 +304,7 @@ def test_third_party_packages_work_inside_the_image(tmp_path: Path, kernel: Kern
     assert stat.S_IMODE(ldconfig.mode) == 0o755 and b"libudev.so.1 (libc6,x86-64)" in ldconfig.data
     root = tmp_path / "root"
     root.mkdir()
-    subprocess.run(["bsdtar", "-xpf", str(res.output), "-C", str(root)], check=True)   # makes /dev/null
+    _extract(res.output, root)
     code = ("import sys; sys.path.insert(0, '/usr/lib/liveinit')\n"
             "import ctypes.util, psutil, pyudev\n"
             "pyudev.Context()\n"
