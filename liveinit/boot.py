@@ -208,7 +208,7 @@ class Boot:
 
     def read_cmdline(self) -> None:
         self.text = self.m.read("/proc/cmdline") or ""
-        self.cfg = cfg = cmdline.parse(self.text, self.defaults)
+        self.cfg = cfg = cmdline.parse(self.text, self.defaults, self.settings.get("argv"))
         self.log.quiet = cfg.quiet
         self.log.verbose = cfg.debug
         for err in cfg.errors:
@@ -359,6 +359,9 @@ def main(settings: dict) -> None:
     pid1 = os.getpid() == 1
     try:
         if pid1:
+            import sys
+            # /init's argv: what the kernel passes on to init (see cmdline.parse).
+            settings = dict(settings, argv=tuple(sys.argv[1:]))
             import signal
             signal.signal(signal.SIGCHLD, _reap)
         Boot(Machine("/"), settings, t0, log).run()

@@ -7,7 +7,7 @@ initramfs-tools spellings users already know are accepted too (docs/CMDLINE.md).
 default is used, so a typo on the boot prompt still boots (and says so)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from liveinit.plain import Plain
 
 SPACE = " \t\n\v\f\r"          # the kernel's isspace()
 DEFAULT_ROOTDELAY = 30.0        # seconds to wait for the root / live medium
@@ -34,41 +34,45 @@ BREAK_BARE = {"rd.break": "handover", "break": "findroot", "liveinit.break": "ha
 # Dotted names that are not `module.param` options.
 NOT_MODULES = ("rd", "liveinit", "systemd", "udev", "plymouth", "vconsole",
                "locale", "modprobe", "iso-scan", "live", "boot")
+# `liveinit.NAME` for the kernel's and the other generators' own names: the
+# word is read as if written without the prefix.
+LIVEINIT_PLAIN = ("root", "rootfstype", "rootflags", "rootdelay", "rootwait", "init", "ro", "rw",
+                  "findiso", "quiet")
+# `liveinit.NAME` parameters read under that full name below.
+LIVEINIT_OWN = ("image", "union", "toram", "persistence", "overlay_size", "overlay-size",
+                "modules", "blacklist", "break", "debug",
+                "demo")   # read by the demo root's init, not by the runtime
 ROOT_PREFIXES = (("UUID=", "uuid"), ("LABEL=", "label"), ("CDLABEL=", "label"),
                  ("PARTUUID=", "partuuid"), ("PARTLABEL=", "partlabel"))
 TRUE = ("", "1", "y", "yes", "true", "on")
 FALSE = ("0", "n", "no", "false", "off")
 
 
-@dataclass(frozen=True)
-class RootSpec:
-    kind: str    # "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno"
-    value: str   # "" for auto; "/dev/sda1", the UUID, the label, "8:1"...
-    live: bool   # the device holds a live image
+class RootSpec(Plain):
+    """kind: "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno";
+    value: "" for auto, "/dev/sda1", the UUID, the label, "8:1"...;
+    live: the device holds a live image."""
+
+    __slots__ = ("kind", "value", "live")
 
 
-@dataclass(frozen=True)
-class BootConfig:
-    root: RootSpec = RootSpec("auto", "", True)
-    rootfstype: str | None = None
-    rootflags: str = ""
-    readonly: bool = True
-    rootdelay: float = DEFAULT_ROOTDELAY
-    init: str | None = None
-    init_args: tuple[str, ...] = ()
-    live_image: str = DEFAULT_IMAGE
-    union: str = "overlay"
-    toram: bool = False
-    findiso: str | None = None
-    persistence: str | None = None
-    overlay_size: str = DEFAULT_OVERLAY_SIZE
-    modules_early: tuple[str, ...] = ()
-    blacklist: frozenset[str] = frozenset()
-    module_options: dict = field(default_factory=dict)
-    break_at: frozenset[str] = frozenset()
-    debug: bool = False
-    quiet: bool = False
-    errors: tuple[str, ...] = ()
+AUTO = RootSpec("auto", "", True)
+
+
+class BootConfig(Plain):
+    """Everything the command line says, defaults filled in (docs/CMDLINE.md)."""
+
+    __slots__ = ("root", "rootfstype", "rootflags", "readonly", "rootdelay", "init", "init_args",
+                 "live_image", "union", "toram", "findiso", "persistence", "overlay_size",
+                 "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "errors")
+    _defaults = {
+        "root": AUTO, "rootfstype": None, "rootflags": "", "readonly": True,
+        "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": DEFAULT_IMAGE,
+        "union": "overlay", "toram": False, "findiso": None, "persistence": None,
+        "overlay_size": DEFAULT_OVERLAY_SIZE, "modules_early": (), "blacklist": frozenset(),
+        "break_at": frozenset(), "debug": False, "quiet": False, "errors": (),
+    }
+    _factories = {"module_options": dict}
 
 
 def _split(text: str) -> tuple[list[str], bool]:
@@ -120,7 +124,7 @@ def parse_root(spec: str) -> RootSpec | None:
         live = True
         spec = spec[5:]
         if spec in ("", "auto"):
-            return RootSpec("auto", "", True)
+            return AUTO
     for prefix, kind in ROOT_PREFIXES:
         if spec.upper().startswith(prefix) and spec[len(prefix) - 1] == "=":
             value = spec[len(prefix):]
@@ -199,6 +203,14 @@ def _add_break(st: _State, key: str, value: str | None) -> None:
 def _word(st: _State, word: str, source: str) -> None:
     key, eq, value = word.partition("=")
     val: str | None = value if eq else None
+    if key.startswith("liveinit."):
+        name = key[9:]
+        if name in LIVEINIT_PLAIN:
+            word, key = word[9:], name
+        elif name not in LIVEINIT_OWN:
+            # A typo here (liveinit.persistance=) must not silently drop a wish.
+            st.errors.append(f"{key}: unknown liveinit parameter (see docs/CMDLINE.md); ignored")
+            return
     v = st.v
     if key == "root" and val is not None:
         spec = parse_root(val)
@@ -206,7 +218,7 @@ def _word(st: _State, word: str, source: str) -> None:
             st.errors.append(f"root={val}: not a device spec (use /dev/NAME, UUID=, LABEL=, "
                              "PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto); "
                              "searching for the live medium instead")
-            spec = RootSpec("auto", "", True)
+            spec = AUTO
         v["root"] = spec
         st.root_given = True
     elif key == "rootfstype" and val:
@@ -299,9 +311,14 @@ def _word(st: _State, word: str, source: str) -> None:
         st.init_args.append(word)
 
 
-def parse(text: str, defaults: str = "") -> BootConfig:
+def parse(text: str, defaults: str = "", init_argv: list[str] | tuple[str, ...] | None = None) -> BootConfig:
     """A BootConfig from `defaults` (the image's baked cmdline) then `text`
-    (/proc/cmdline), the later word winning. Never raises."""
+    (/proc/cmdline), the later word winning. Never raises.
+
+    `init_argv`: the arguments the kernel gave PID 1. The kernel passes init
+    only the words it did not consume itself (and those after `--`), which
+    no parser outside the kernel can tell apart from its own parameters
+    (`nomodeset`, `noapic`): at boot that list wins over the guess made here."""
     st = _State()
     cmd_args: list[str] = []
     default_args: list[str] = []
@@ -333,10 +350,12 @@ def parse(text: str, defaults: str = "") -> BootConfig:
         st.live = True
     if st.persist_on and "persistence" not in v:
         v["persistence"] = "LABEL=" + st.persist_label
-    root: RootSpec = v.get("root", RootSpec("auto", "", True))
+    root: RootSpec = v.get("root", AUTO)
     if st.live and not root.live:
         root = RootSpec(root.kind, root.value, True)
     v["root"] = root
+    if init_argv is not None:
+        cmd_args = list(init_argv)
     return BootConfig(
         init_args=tuple(cmd_args or default_args),
         modules_early=tuple(st.modules),

@@ -284,3 +284,41 @@ def test_unterminated_quote_is_reported() -> None:
 def test_kernel_params_are_ignored() -> None:
     cfg = parse("BOOT_IMAGE=/vmlinuz console=ttyS0,115200 initrd=/initrd.img")
     assert cfg == parse("")
+
+
+@pytest.mark.parametrize("word, field, value", [
+    ("liveinit.root=LABEL=X", "root", RootSpec("label", "X", False)),
+    ("liveinit.rootfstype=xfs", "rootfstype", "xfs"),
+    ("liveinit.rootflags=noatime", "rootflags", "noatime"),
+    ("liveinit.rootdelay=7", "rootdelay", 7.0),
+    ("liveinit.init=/bin/bash", "init", "/bin/bash"),
+    ("liveinit.findiso=/a.iso", "findiso", "/a.iso"),
+    ("liveinit.rw", "readonly", False),
+    ("liveinit.quiet", "quiet", True),
+    ("liveinit.image=/x.sfs", "live_image", "/x.sfs"),
+    ("liveinit.union=bind", "union", "bind"),
+    ("liveinit.toram", "toram", True),
+    ("liveinit.persistence=LABEL=p", "persistence", "LABEL=p"),
+    ("liveinit.overlay-size=1g", "overlay_size", "1g"),
+    ("liveinit.debug", "debug", True),
+])
+def test_every_parameter_has_a_liveinit_spelling(word: str, field: str, value: object) -> None:
+    cfg = parse(word)
+    assert getattr(cfg, field) == value
+    assert cfg.errors == ()
+
+
+def test_unknown_liveinit_parameter_is_reported_not_silently_dropped() -> None:
+    cfg = parse("liveinit.persistance=LABEL=x quiet")
+    assert cfg.persistence is None and cfg.quiet
+    assert any("liveinit.persistance" in e and "unknown" in e for e in cfg.errors)
+    assert parse("liveinit.demo=poweroff").errors == ()   # the demo root's own parameter
+
+
+def test_kernel_given_init_arguments_win_over_the_guess() -> None:
+    # The kernel consumed `nomodeset` itself and passed only `single` to init.
+    cfg = parse("nomodeset single", init_argv=("single",))
+    assert cfg.init_args == ("single",)
+    assert parse("nomodeset single", init_argv=()).init_args == ()
+    # the image's baked `-- args` still apply when the kernel passed nothing
+    assert parse("", defaults="-- emergency", init_argv=()).init_args == ("emergency",)
