@@ -64,6 +64,16 @@ def run(args: argparse.Namespace) -> int:
             entries = parse_pcimap(args.pcimap.read_text())
         except OSError as e:
             raise CommandError(f"cannot read {args.pcimap}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise CommandError(f"{args.pcimap} is not a text file, so not a modules.pcimap",
+                               hint="pass the modules.pcimap that `liveinit pack` writes") from None
+        if not entries:
+            raise CommandError(f"{args.pcimap} holds no pcimap entry (module vendor device subvendor "
+                               "subdevice class class_mask driver_data)",
+                               hint="pass the modules.pcimap that `liveinit pack` writes")
+        if args.show_depends:
+            raise CommandError("--show-depends needs the module index, not a pcimap",
+                               hint="use --moddir DIR with --show-depends")
         results = {a: _pcimap_matches(entries, a) for a in args.modalias}
         index = None
     else:

@@ -45,7 +45,10 @@ def _current_package() -> str:
         out = subprocess.run(["apt-cache", "depends", META_PACKAGE], capture_output=True, text=True).stdout
         m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
     if not m:
-        raise RuntimeError(f"cannot tell which kernel {META_PACKAGE} depends on: is apt configured?")
+        from packer.cli import CommandError
+        raise CommandError(f"cannot tell which kernel {META_PACKAGE} depends on",
+                           hint="run `apt-get update` (Debian's package lists are needed once), "
+                                "or pass an unpacked kernel (--kernel-root / --moddir)")
     return m.group(1)
 
 
@@ -66,12 +69,19 @@ def fetch_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None) -> Ker
     dl.mkdir(parents=True, exist_ok=True)
     debs = list(dl.glob(f"{package}_*.deb"))
     if not debs:
-        subprocess.run(["apt-get", "download", "-q", package], cwd=dl, check=True,
-                       stdout=subprocess.DEVNULL)
+        _tool(["apt-get", "download", "-q", package], dl, f"download {package}")
         debs = list(dl.glob(f"{package}_*.deb"))
-    subprocess.run(["dpkg", "-x", str(debs[0]), str(tree.root)], check=True)
+    _tool(["dpkg", "-x", str(debs[0]), str(tree.root)], dl, f"unpack {debs[0].name}")
     stamp.touch()
     return tree
+
+
+def _tool(cmd: list[str], cwd: Path, what: str) -> None:
+    r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        from packer.cli import CommandError
+        raise CommandError(f"cannot {what}: {r.stderr.strip() or f'exit {r.returncode}'}",
+                           hint="check network access to Debian's mirror and run `apt-get update`")
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:

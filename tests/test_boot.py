@@ -411,8 +411,10 @@ def test_a_shell_that_cannot_start_does_not_kill_pid1(tmp_path: Path, monkeypatc
     assert "the shell failed: FileNotFoundError: [Errno 2] gone" in out.getvalue()
 
 
-def test_real_shell_spawn_waits_for_the_child() -> None:
-    emergency._spawn("/bin/true", ["true"])   # returns once the child is gone
+def test_real_shell_spawn_waits_for_the_child(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    emergency._spawn("/bin/sh", ["sh", "-c", f"sleep 0.3; touch {done}"])
+    assert done.exists()   # returned only once the child had finished
 
 
 # -- import cost --------------------------------------------------------------------------------
