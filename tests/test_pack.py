@@ -79,6 +79,54 @@ def test_init_without_the_runtime_reports_and_opens_a_shell(tmp_path: Path) -> N
     assert proc.returncode == 0                # the shell read EOF and exited
 
 
+def test_init_shebang_fixes_the_hash_seed_and_isolates_python() -> None:
+    assert initramfs.render_init(PY, {}, "/usr/bin/env").decode().splitlines()[0] == \
+        f"#!/usr/bin/env -S -i PYTHONHASHSEED=0 {PY} -sSP"
+    assert initramfs.env_program() == Path("/usr/bin/env")      # GNU env with -S on this host
+    assert initramfs.env_program(Path("/bin/busybox")) is None  # busybox env has no -S
+
+
+# What the runtime sees at its first line: run by the host kernel's shebang
+# handling, inside a chroot of the real image, with a fake liveinit.boot.
+_PROBE = """import os, sys
+def main(settings):
+    print(repr({"flags": [sys.flags.hash_randomization, sys.flags.no_user_site, sys.flags.safe_path,
+                          sys.flags.inspect, sys.flags.verbose, sys.flags.optimize, sys.flags.no_site],
+                "path": sys.path, "env": dict(os.environ), "hash": hash("liveinit"),
+                "argv": sys.argv, "settings": settings}))
+"""
+
+
+@pytest.mark.slow
+def test_init_starts_without_entropy_and_ignores_python_variables(packed: initramfs.PackResult,
+                                                                  tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    _extract(packed.output, root)
+    boot = root / "usr/lib/liveinit/liveinit"
+    (boot / "boot.pyc").unlink()
+    (boot / "boot.py").write_text(_PROBE)
+    # What a kernel command line could smuggle in: all ignored, as with -I.
+    env = {"HOME": "/", "TERM": "linux", "PYTHONPATH": "/evil", "PYTHONHOME": "/nonexistent",
+           "PYTHONINSPECT": "1", "PYTHONVERBOSE": "1", "PYTHONOPTIMIZE": "2", "PYTHONHASHSEED": "random",
+           "PYTHONUSERBASE": "/evil", "PYTHONSTARTUP": "/evil.py", "FOO": "bar"}
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    runs = [subprocess.run([chroot, str(root), "/init", "single"], capture_output=True, text=True, env=env,
+                           stdin=subprocess.DEVNULL, timeout=60) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    seen = [ast.literal_eval(proc.stdout.strip().splitlines()[-1]) for proc in runs]
+    first = seen[0]
+    assert first["flags"] == [0, 1, True, 0, 0, 0, 1]   # fixed seed; -s -P -S; no PYTHON* honoured
+    assert seen[1]["hash"] == first["hash"]              # hash randomization off: no urandom read
+    assert first["path"][0] == "/usr/lib/liveinit" and "/evil" not in first["path"]
+    assert not any(p == "/" or p.endswith("/init") for p in first["path"])   # no script dir
+    # The real init inherits no PYTHONHASHSEED, and the kernel's HOME/TERM.
+    assert first["env"] == {"HOME": "/", "TERM": "linux"}     # FOO=bar is dropped too (env -i)
+    assert first["argv"] == ["/init", "single"]
+    assert first["settings"]["kver"] == packed.kver
+
+
 # -- layout ---------------------------------------------------------------------------------
 
 def test_dev_nodes_and_base_directories(image: dict[str, Entry]) -> None:
