@@ -169,3 +169,35 @@ def test_microcode_makes_an_early_segment_the_kernel_can_find(tmp_path: Path) ->
     assert b"kernel/x86/microcode/GenuineIntel.bin\0" in early
     ucode = [e for e in segs[0].entries if e.name == "kernel/x86/microcode/GenuineIntel.bin"]
     assert ucode and ucode[0].data == b"\x01\x00\x00\x00" + b"U" * 60
+
+
+def test_xz_x86_filter_and_extreme_mode_round_trip_through_xz(tmp_path: Path) -> None:
+    elf = Path("/usr/bin/env").read_bytes()
+    plain = compress(elf, "xz", 9)
+    bcj = C.Codec("xz", 9, extreme=True, x86=True).compress(elf)
+    assert len(bcj) < len(plain)                        # the filter pays on linked x86 code
+    assert decompress(bcj) == elf
+    f = tmp_path / "env.xz"
+    f.write_bytes(bcj)
+    assert subprocess.run(["xz", "-dc", str(f)], capture_output=True, check=True).stdout == elf
+    listing = subprocess.run(["xz", "--robot", "--list", "-vv", str(f)], capture_output=True, text=True,
+                             check=True).stdout
+    block = next(line.split("\t") for line in listing.splitlines() if line.startswith("block\t"))
+    assert "CRC32" in block and block[-1].startswith("--x86 --lzma2")   # what the kernel decodes
+
+
+def test_codec_names_and_refusals() -> None:
+    assert str(C.Codec("xz", 9, extreme=True, x86=True)) == "xz -9e +x86"
+    assert str(C.Codec("zstd")) == "zstd -10" and str(C.Codec("none")) == "none"
+    with pytest.raises(CompressionError, match="x86"):
+        compress(SAMPLE, "zstd", x86=True)
+
+
+def test_zstd_output_does_not_depend_on_the_thread_count() -> None:
+    data = SAMPLE * 20
+    ours = compress(data, "zstd", 19)                   # -T0: as many threads as cores
+    for threads in ("-T1", "-T2", "-T3"):
+        other = subprocess.run(["zstd", "-q", "-c", "-19", threads], input=data, capture_output=True,
+                               check=True).stdout
+        assert other == ours, threads
+    assert decompress(ours) == data
