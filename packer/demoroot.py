@@ -1,8 +1,13 @@
 """The small embedded demo root: static busybox and an /sbin/init that reports.
 
-The init prints one line the boot lab waits for:
+The init prints what the initramfs left behind, then the line the boot lab
+waits for:
 
+    LIVEINIT-DEMO-MODULES record=<yes|no> modules=<a,b,c>
     LIVEINIT-DEMO-OK uptime=<s> root=<fstype of /> writable=<yes|no> persisted=<yes|no> init=<pid>
+
+(`modules` is the first column of /proc/modules, sorted; `record` says
+whether the runtime's boot record /run/liveinit/boot.json is there)
 
 then powers off when the kernel cmdline has `liveinit.demo=poweroff` (the lab's
 default) or opens a shell on the console."""
@@ -14,9 +19,12 @@ import subprocess
 from pathlib import Path
 
 from packer.cli import CommandError
+from packer.elf import resolve
 
 BUSYBOX = Path("/bin/busybox")
 SUCCESS_MARKER = "LIVEINIT-DEMO-OK"
+MODULES_MARKER = "LIVEINIT-DEMO-MODULES"
+BOOT_RECORD = "/run/liveinit/boot.json"
 # A file written on every boot; finding it at the next boot means the
 # writable layer persisted (persistence partition), not a tmpfs.
 KMSG_MARK = "liveinit-demo: init running"
@@ -45,6 +53,10 @@ persisted=no
 writable=no
 mkdir -p {os.path.dirname(STAMP)} 2>/dev/null && echo "$$ $(date +%s)" > {STAMP} 2>/dev/null && sync && writable=yes
 fstype=$(awk '$2 == "/" {{ t = $3 }} END {{ print t }}' /proc/mounts)
+record=no
+[ -f {BOOT_RECORD} ] && record=yes
+mods=$(awk '{{ print $1 }}' /proc/modules | sort | awk '{{ printf "%s%s", s, $1; s = "," }}')
+echo "{MODULES_MARKER} record=$record modules=$mods"
 read up _idle < /proc/uptime
 echo "{SUCCESS_MARKER} uptime=$up root=$fstype writable=$writable persisted=$persisted init=$$"
 case " $(cat /proc/cmdline) " in
@@ -65,8 +77,10 @@ def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
 
 
 def _is_static(binary: Path) -> bool:
-    """A static ELF has no PT_INTERP; a cheap byte check is enough here."""
-    return b"ld-linux" not in binary.read_bytes()[:65536]
+    """A static ELF needs no interpreter and no library (its closure is empty);
+    raises packer.elf's NotElfError for a script or other non-ELF file."""
+    closure = resolve([binary.absolute()])
+    return closure.interpreter is None and not closure.libraries
 
 
 def build_demo_root(dest: Path, busybox: Path = BUSYBOX, force: bool = False) -> Path:

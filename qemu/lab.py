@@ -43,6 +43,7 @@ SHELL_RE = re.compile(r"liveinit: emergency shell")
 PANIC_RE = re.compile(r"Kernel panic - not syncing: ?(.*)")
 DEMO_RE = re.compile(r"LIVEINIT-DEMO-OK((?: [\w.-]+=\S*)+)")
 DEMO_KMSG_RE = re.compile(r"^\[\s*(\d+\.\d+)\] liveinit-demo: init running", re.M)
+DEMO_MODULES_RE = re.compile(r"LIVEINIT-DEMO-MODULES record=(yes|no) modules=([\w,-]*)")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,10 @@ class ConsoleReport:
     init: str | None             # the init liveinit started
     demo: dict[str, str] = field(default_factory=dict)   # key=value pairs of the demo line
     timings: Timings = Timings()
+    # The demo init's LIVEINIT-DEMO-MODULES line: the modules loaded when the
+    # real init started (sorted), and whether /run/liveinit/boot.json was there.
+    modules: tuple[str, ...] | None = None
+    boot_record: bool | None = None
 
 
 def parse_console(text: str, success: str | re.Pattern[str] = DEFAULT_SUCCESS) -> ConsoleReport:
@@ -112,10 +117,13 @@ def parse_console(text: str, success: str | re.Pattern[str] = DEFAULT_SUCCESS) -
         init_started=float(kmsg.group(1)) if kmsg else None,
         uptime=uptime,
     )
+    mods = DEMO_MODULES_RE.search(text)
     return ConsoleReport(success=bool(succ.search(text)), failure=failure,
                          hint=hint.group(1).strip() if hint else None,
                          emergency_shell=bool(SHELL_RE.search(text)),
-                         init=starting.group(1) if starting else None, demo=demo, timings=timings)
+                         init=starting.group(1) if starting else None, demo=demo, timings=timings,
+                         modules=tuple(filter(None, mods.group(2).split(","))) if mods else None,
+                         boot_record=(mods.group(1) == "yes") if mods else None)
 
 
 @dataclass(frozen=True)
@@ -125,11 +133,12 @@ class BootResult:
     profile: str
     success: bool
     reason: str                  # "success line seen", "FAILED: ...", "timeout after 120 s", "qemu exited (rc 0)"
-    log_path: Path
+    log_path: Path | None        # the console log when one was asked for (log_path=), else None
     wall_s: float
     accel: str
     command: tuple[str, ...]
     report: ConsoleReport
+    console: str = ""            # the whole serial console, as read at the end
 
     @property
     def timings(self) -> Timings:
@@ -138,10 +147,6 @@ class BootResult:
     @property
     def demo(self) -> dict[str, str]:
         return self.report.demo
-
-    @property
-    def console(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def summary(self) -> str:
         """One line: verdict, profile, times."""
@@ -335,53 +340,55 @@ def _watch(proc: subprocess.Popen[bytes], log: Path, succ: re.Pattern[str], time
 
 def boot(profile: str, kernel: KernelTree | Path | None = None, initrd: Path | None = None,
          image: Path | None = None, cmdline: str = "", timeout: float = DEFAULT_TIMEOUT_S, *,
-         success: str = DEFAULT_SUCCESS, poweroff: bool = True, disks: tuple[Path, ...] = (),
-         memory: int = DEFAULT_MEMORY_MIB, log_path: Path | None = None, echo: TextIO | None = None,
-         interactive: bool = False, lab_cmdline: str = LAB_CMDLINE) -> BootResult:
+         success: str | re.Pattern[str] = DEFAULT_SUCCESS, poweroff: bool = True,
+         disks: tuple[Path, ...] = (), memory: int = DEFAULT_MEMORY_MIB, log_path: Path | None = None,
+         echo: TextIO | None = None, interactive: bool = False,
+         lab_cmdline: str = LAB_CMDLINE) -> BootResult:
     """Boot `image` (and/or `kernel`+`initrd`) on `profile` and report.
 
     Direct boots use `lab_cmdline` + `liveinit.demo=poweroff` (unless
     `poweroff` is False) + `cmdline`; firmware boots use the image's own
-    boot menu default. `disks` are extra writable virtio disks (persistence)."""
+    boot menu default. `disks` are extra writable virtio disks (persistence).
+    The console is kept in `log_path` when given; the scratch directory
+    (extracted kernel, OVMF vars, SD copy, the log otherwise) is always removed:
+    `BootResult.console` holds the text."""
     prof = get_profile(profile)
-    succ = re.compile(success)
+    succ = re.compile(success) if isinstance(success, str) else success
     work = Path(tempfile.mkdtemp(prefix=f"liveinit-boot-{prof.name.replace('+', '-')}-"))
-    log = Path(log_path) if log_path else work / "console.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.unlink(missing_ok=True)
-    full_cmdline = " ".join(filter(None, (lab_cmdline, DEMO_POWEROFF if poweroff else "", cmdline)))
-    acc = accel()
-    cmd = command(prof, image, work, log, kernel=kernel, initrd=initrd, cmdline=full_cmdline,
-                  memory=memory, disks=disks, accel_args=acc, interactive=interactive)
-    start = time.monotonic()
-    proc: subprocess.Popen[bytes] | None = None
     try:
-        if interactive:
-            proc = subprocess.Popen(cmd)
-            proc.wait()
-            reason = f"qemu exited (rc {proc.returncode})"
-        else:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=(work / "qemu.stderr").open("wb"), start_new_session=True)
-            reason = _watch(proc, log, succ, timeout, echo, wait_exit=poweroff and prof.direct)
-            if proc.poll() is not None and proc.returncode not in (0, None) and not reason.startswith("success"):
-                err = (work / "qemu.stderr").read_text(errors="replace").strip()
-                if err:
-                    reason += f": {err.splitlines()[-1]}"
+        log = Path(log_path) if log_path else work / "console.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+        full_cmdline = " ".join(filter(None, (lab_cmdline, DEMO_POWEROFF if poweroff else "", cmdline)))
+        acc = accel()
+        cmd = command(prof, image, work, log, kernel=kernel, initrd=initrd, cmdline=full_cmdline,
+                      memory=memory, disks=disks, accel_args=acc, interactive=interactive)
+        start = time.monotonic()
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            if interactive:
+                proc = subprocess.Popen(cmd)
+                proc.wait()
+                reason = f"qemu exited (rc {proc.returncode})"
+            else:
+                with (work / "qemu.stderr").open("wb") as stderr:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=stderr, start_new_session=True)
+                reason = _watch(proc, log, succ, timeout, echo, wait_exit=poweroff and prof.direct)
+                if proc.poll() is not None and proc.returncode not in (0, None) and not reason.startswith("success"):
+                    err = (work / "qemu.stderr").read_text(errors="replace").strip()
+                    if err:
+                        reason += f": {err.splitlines()[-1]}"
+        finally:
+            if proc is not None:
+                kill_tree(proc.pid)
+        wall = time.monotonic() - start
+        text = log.read_text(errors="replace") if log.exists() else ""
     finally:
-        if proc is not None:
-            kill_tree(proc.pid)
-    wall = time.monotonic() - start
-    text = log.read_text(errors="replace") if log.exists() else ""
+        shutil.rmtree(work, ignore_errors=True)
     report = parse_console(text, succ)
     ok = report.success and report.failure is None
     if report.success and interactive:
         reason = "success line seen"
-    if log_path:
-        shutil.rmtree(work, ignore_errors=True)
-    else:  # keep only the console log
-        for p in work.iterdir():
-            if p != log:
-                p.unlink(missing_ok=True)
-    return BootResult(profile=prof.name, success=ok, reason=reason, log_path=log, wall_s=round(wall, 2),
-                      accel=acc[1], command=tuple(cmd), report=report)
+    return BootResult(profile=prof.name, success=ok, reason=reason, log_path=Path(log_path) if log_path else None,
+                      wall_s=round(wall, 2), accel=acc[1], command=tuple(cmd), report=report, console=text)

@@ -1,8 +1,10 @@
 """End to end: the demo ISO, with the real liveinit initramfs, boots with no
 root= on every storage profile (direct kernel boot) and through the firmware
-(SeaBIOS CD, SeaBIOS USB disk, OVMF UEFI); the real init finds an overlay
-root it can write to; a second boot has forgotten the write (tmpfs), unless a
-persistence partition (ext4, by label) carries it across boots.
+(SeaBIOS CD, SeaBIOS USB disk, OVMF CD, OVMF USB disk); the real init finds an
+overlay root it can write to and the runtime's boot record; only the storage
+drivers of the hardware the VM has are loaded; a second boot has forgotten the
+write (tmpfs), unless a persistence partition (ext4, by label) carries it
+across boots.
 
 One ISO is built per session; each boot takes 10-40 s under TCG."""
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from packer import image
+from packer.cpio import flatten, read_archive
 from packer.demoroot import STAMP, build_demo_root
 from packer.kernelpkg import KernelTree
 from qemu import lab, profiles
@@ -21,8 +24,44 @@ from qemu import lab, profiles
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 
 BOOT_TIMEOUT_S = 240
-FIRMWARE_PROFILES = ("bios-cd", "bios-usb", "uefi-cd")
+FIRMWARE_PROFILES = ("bios-cd", "bios-usb", "uefi-cd", "uefi-usb")
 PERSIST_LABEL = "LIVEPERSIST"
+
+# What the guest sees, as the modaliases its devices announce (QEMU 7.2's PCI
+# ids: `info pci` in the monitor; subsystem 1af4:1100 on every QEMU device).
+# modprobe --resolve-alias on the depmod'd tree turns them into the drivers
+# that may legitimately load; everything else in the image must stay out.
+def _pci(vendor: int, device: int, cls: int) -> str:
+    return (f"pci:v{vendor:08X}d{device:08X}sv00001AF4sd00001100"
+            f"bc{cls >> 16:02X}sc{(cls >> 8) & 0xff:02X}i{cls & 0xff:02X}")
+
+
+USB_STICK = "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00"   # QEMU usb-storage, bulk-only
+SCSI_DISK, SCSI_CD = "scsi:t-0x00", "scsi:t-0x05"
+MACHINE_DEVICES = {
+    "pc": (_pci(0x8086, 0x7010, 0x010180),),    # PIIX3 IDE: on every i440fx machine
+    "q35": (_pci(0x8086, 0x2922, 0x010601),),   # ICH9 AHCI (00:1f.2): on every q35 machine
+}
+LAB_DEVICES = (_pci(0x1AF4, 0x1005, 0x00FF00), "virtio:d00000004v00001AF4")   # virtio-rng-pci
+STORAGE_DEVICES: dict[str, tuple[str, ...]] = {
+    "virtio-blk": (_pci(0x1AF4, 0x1001, 0x010000), "virtio:d00000002v00001AF4"),
+    "virtio-scsi": (_pci(0x1AF4, 0x1004, 0x010000), "virtio:d00000008v00001AF4", SCSI_CD),
+    "ide-cd": (SCSI_CD,),
+    "ahci-cd": (SCSI_CD,),
+    "ahci-disk": (SCSI_DISK,),
+    "usb-xhci": (_pci(0x1B36, 0x000D, 0x0C0330), USB_STICK, SCSI_DISK),
+    "usb-ehci": (_pci(0x8086, 0x24CD, 0x0C0320), USB_STICK, SCSI_DISK),
+    "nvme": (_pci(0x8086, 0x5845, 0x010802),),
+    "scsi-lsi": (_pci(0x1000, 0x0012, 0x010000), SCSI_DISK),
+    "sd-card": (_pci(0x1B36, 0x0007, 0x080501), "mmc:block"),
+}
+# What the runtime loads for the medium itself, whatever the hardware.
+LIVE_MODULES = ("loop", "isofs", "squashfs", "overlay")
+# The image's storage drivers: controllers, transports and their upper layers.
+STORAGE_DIRS = ("kernel/drivers/ata/", "kernel/drivers/scsi/", "kernel/drivers/nvme/", "kernel/drivers/usb/",
+                "kernel/drivers/mmc/", "kernel/drivers/message/", "kernel/drivers/block/",
+                "kernel/drivers/virtio/", "kernel/drivers/cdrom/", "kernel/drivers/misc/cardreader/",
+                "kernel/drivers/pcmcia/")
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +69,44 @@ def demo_iso(kernel: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> im
     """The demo live ISO, built once: demo root + liveinit initramfs (packer) + hybrid ISO."""
     work = tmp_path_factory.mktemp("live-e2e")
     root = build_demo_root(work / "root")
-    return image.build_image(root, work / "liveinit-demo.iso", kernel)
+    return image.build_image(root, work / "liveinit-demo.iso", kernel, all_root=True)
+
+
+@pytest.fixture(scope="session")
+def image_storage_drivers(demo_iso: image.ImageResult, tmp_path_factory: pytest.TempPathFactory) -> frozenset[str]:
+    """Module names of every storage driver the universal initramfs on the ISO carries."""
+    rd = image.extract(demo_iso.iso, image.INITRD_PATH, tmp_path_factory.mktemp("rd") / "initrd.img")
+    names = set()
+    for path in flatten(read_archive(rd.read_bytes())):
+        rel = path[path.index("/kernel/") + 1:] if "modules/" in path and "/kernel/" in path else ""
+        if ".ko" in rel and rel.startswith(STORAGE_DIRS):
+            names.add(Path(rel).name.split(".ko")[0].replace("-", "_"))
+    return frozenset(names)
+
+
+def _modprobe(depmod_root: Path, kver: str, *args: str) -> list[str]:
+    return subprocess.run(["modprobe", "-d", str(depmod_root), "-S", kver, *args], capture_output=True,
+                          text=True).stdout.split()
+
+
+def allowed_drivers(prof: profiles.Profile, depmod_root: Path, kver: str) -> set[str]:
+    """kmod's answer: the modules matching the VM's devices, with their dependencies."""
+    aliases = (*MACHINE_DEVICES[prof.storage.machine], *LAB_DEVICES, *STORAGE_DEVICES[prof.storage.name])
+    names = {m for a in aliases for m in _modprobe(depmod_root, kver, "--resolve-alias", a)}
+    names |= set(LIVE_MODULES)
+    deps = _modprobe(depmod_root, kver, "--show-depends", "-a", *sorted(names))
+    return names | {Path(w).name.split(".ko")[0].replace("-", "_") for w in deps if ".ko" in w}
+
+
+def _assert_only_present_hardware(res: lab.BootResult, storage_drivers: frozenset[str], depmod_root: Path,
+                                  kver: str) -> None:
+    prof = profiles.profile(res.profile)
+    loaded = set(res.report.modules or ())
+    missing = set(prof.storage.drivers) - loaded
+    assert not missing, f"{res.profile}: the medium's drivers {sorted(missing)} are not loaded: {sorted(loaded)}"
+    foreign = (loaded & storage_drivers) - allowed_drivers(prof, depmod_root, kver)
+    assert not foreign, (f"{res.profile}: drivers for hardware the VM does not have were loaded: "
+                         f"{sorted(foreign)} (all loaded: {sorted(loaded)})")
 
 
 def _record(res: lab.BootResult) -> None:
@@ -40,7 +116,8 @@ def _record(res: lab.BootResult) -> None:
         t = res.timings
         with open(table, "a") as f:
             f.write(f"{res.profile}\t{'ok' if res.success else 'FAIL: ' + res.reason}\t{t.run_init}\t"
-                    f"{t.in_initramfs}\t{t.handover_ms}\t{dict(t.stages_ms)}\t{res.wall_s}\n")
+                    f"{t.in_initramfs}\t{t.handover_ms}\t{dict(t.stages_ms)}\t{res.wall_s}\t"
+                    f"{','.join(res.report.modules or ())}\n")
 
 
 def _assert_live_boot(res: lab.BootResult) -> None:
@@ -51,22 +128,54 @@ def _assert_live_boot(res: lab.BootResult) -> None:
     assert res.demo["writable"] == "yes", res.demo
     assert res.demo["init"] == "1", "the real init must run as PID 1"
     assert res.timings.run_init is not None and res.timings.in_initramfs is not None
+    assert res.report.modules, "the demo init did not report the loaded modules"
+    assert res.report.boot_record is True, "no /run/liveinit/boot.json (the runtime's boot record) in the new root"
+
+
+def test_every_storage_profile_has_a_device_model() -> None:
+    assert set(STORAGE_DEVICES) == set(profiles.STORAGES)
+    assert {s.machine for s in profiles.STORAGES.values()} <= set(MACHINE_DEVICES)
+
+
+def test_the_driver_oracle_separates_the_profiles(depmod_root: Path, kernel: KernelTree) -> None:
+    """Without booting: kmod's view of each VM needs the profile's own chain and
+    excludes the other controllers (so the boot check below can fail)."""
+    for name, storage in profiles.STORAGES.items():
+        allowed = allowed_drivers(profiles.profile(name), depmod_root, kernel.version)
+        assert set(storage.drivers) <= allowed, (name, sorted(allowed))
+        for other in ("mpt3sas", "megaraid_sas", "mptspi", "aacraid", "hpsa"):
+            assert other not in allowed, (name, other)
+    nvme = allowed_drivers(profiles.profile("nvme"), depmod_root, kernel.version)
+    assert not {"usb_storage", "xhci_hcd", "ata_piix", "sym53c8xx", "virtio_blk", "mmc_block"} & nvme
+    assert "ata_piix" in allowed_drivers(profiles.profile("ide-cd"), depmod_root, kernel.version)
+
+
+def test_the_image_carries_every_storage_driver(image_storage_drivers: frozenset[str]) -> None:
+    """The universal image has the drivers a wrong probe would load (else 'not loaded' proves nothing)."""
+    for m in ("ahci", "ata_piix", "nvme", "usb_storage", "uas", "xhci_pci", "ehci_pci", "mpt3sas",
+              "megaraid_sas", "sym53c8xx", "virtio_blk", "virtio_scsi", "sdhci_pci", "mmc_block", "sd_mod"):
+        assert m in image_storage_drivers, m
+    assert len(image_storage_drivers) > 100
 
 
 @pytest.mark.parametrize("profile", list(profiles.STORAGES))
-def test_boots_on_every_storage(demo_iso: image.ImageResult, profile: str) -> None:
+def test_boots_on_every_storage(demo_iso: image.ImageResult, image_storage_drivers: frozenset[str],
+                                depmod_root: Path, kernel: KernelTree, profile: str) -> None:
     res = lab.boot(profile, image=demo_iso.iso, timeout=BOOT_TIMEOUT_S)
     assert "root=" not in res.command[res.command.index("-append") + 1]
     _assert_live_boot(res)
+    _assert_only_present_hardware(res, image_storage_drivers, depmod_root, kernel.version)
     assert res.demo["persisted"] == "no"
     assert "findroot" in res.timings.stages
 
 
 @pytest.mark.parametrize("profile", FIRMWARE_PROFILES)
-def test_firmware_boots(demo_iso: image.ImageResult, profile: str) -> None:
+def test_firmware_boots(demo_iso: image.ImageResult, image_storage_drivers: frozenset[str],
+                        depmod_root: Path, kernel: KernelTree, profile: str) -> None:
     res = lab.boot(profile, image=demo_iso.iso, timeout=BOOT_TIMEOUT_S)
     assert "-kernel" not in res.command
     _assert_live_boot(res)
+    _assert_only_present_hardware(res, image_storage_drivers, depmod_root, kernel.version)
     # the ISO's own loader and menu started the kernel
     assert ("GNU GRUB" if profile.startswith("uefi") else "ISOLINUX") in res.console
     assert image.MENU[0].title in res.console
