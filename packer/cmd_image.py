@@ -17,20 +17,22 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
         return
     parser.add_argument("root", type=Path, help="root filesystem tree to put on the medium")
     parser.add_argument("-o", "--output", type=Path, required=True, help="ISO file to write")
-    parser.add_argument("--initrd", type=Path, help="prebuilt initramfs (default: pack one with "
-                        "the liveinit packer, carrying the medium's identity)")
+    parser.add_argument("--initrd", type=Path, help="prebuilt initramfs; the medium gets the identity "
+                        "its /init carries (default: pack one with the liveinit packer)")
     parser.add_argument("--kernel-root", type=Path, help="unpacked kernel package (boot/vmlinuz-KVER, "
                         "lib/modules/KVER); default: the fetched Debian test kernel")
-    parser.add_argument("--identity", help="identity string of the medium (default: derived from "
-                        "the squashfs and the kernel version)")
+    parser.add_argument("--identity", help="identity string of the medium (default: the one in "
+                        "--initrd's /init, else derived from the squashfs and the kernel version); "
+                        "required for an --initrd that is not a liveinit initramfs")
     parser.add_argument("--compression", choices=image.COMPRESSIONS, default="zstd",
                         help="squashfs compression (default zstd)")
     parser.add_argument("--label", default=image.DEFAULT_LABEL, help="ISO volume label")
     parser.add_argument("--cmdline", default="", help="extra kernel parameters for every menu entry")
     parser.add_argument("--console", default=image.DEFAULT_CONSOLE,
                         help=f"console parameters (default {image.DEFAULT_CONSOLE!r})")
-    parser.add_argument("--keep-owners", action="store_true",
-                        help="keep file owners in the squashfs (default: everything owned by root)")
+    parser.add_argument("--all-root", action="store_true",
+                        help="make every file in the squashfs owned by root (for a tree built by an "
+                             "unprivileged user; default: keep owners, groups and setuid/setgid bits as in ROOT)")
 
 
 def _kernel(root: Path | None) -> "image.KernelTree":
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = image.build_image(args.root, args.output, _kernel(args.kernel_root), initrd=args.initrd,
                                identity=args.identity, compression=args.compression, label=args.label,
-                               cmdline=args.cmdline, console=args.console, all_root=not args.keep_owners)
+                               cmdline=args.cmdline, console=args.console, all_root=args.all_root)
     if not args.quiet:
         print(f"{result.iso}: {result.iso_size / 2**20:.1f} MiB (squashfs {result.squashfs_size / 2**20:.1f} MiB)"
               f" label={result.label} identity={result.identity}")

@@ -9,8 +9,10 @@ partition image for UEFI. Everything is built without root (mtools, xorriso)
 and reproducibly: timestamps come from SOURCE_DATE_EPOCH (default 0)."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -90,6 +92,8 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
 
 def source_date_epoch() -> int:
     """$SOURCE_DATE_EPOCH as an int, 0 when unset."""
+    # The same parsing as packer.config._env_epoch, which is private (engineer
+    # S owns config.py): switch to config's function once it has a public name.
     raw = os.environ.get("SOURCE_DATE_EPOCH", "") or "0"
     try:
         return int(raw)
@@ -103,9 +107,13 @@ def _env(epoch: int) -> dict[str, str]:
 
 
 def build_squashfs(root: Path, output: Path, compression: str = "zstd",
-                   excludes: tuple[str, ...] = DEFAULT_EXCLUDES, all_root: bool = True,
+                   excludes: tuple[str, ...] = DEFAULT_EXCLUDES, all_root: bool = False,
                    epoch: int | None = None) -> Path:
-    """mksquashfs `root` into `output`, reproducibly (same tree -> same bytes)."""
+    """mksquashfs `root` into `output`, reproducibly (same tree -> same bytes).
+
+    Owners and groups are kept (setgid-shadow tools, /var/mail, the journal
+    need theirs); `all_root` makes every file root's, for a tree built by an
+    unprivileged user whose uid means nothing on the live system."""
     if compression not in COMPRESSIONS:
         raise CommandError(f"unknown squashfs compression {compression!r}",
                            hint="choose one of " + ", ".join(COMPRESSIONS))
@@ -132,6 +140,69 @@ def default_identity(squashfs: Path, kernel_version: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return "liveinit-" + h.hexdigest()[:16]
+
+
+INIT_SETTINGS = "SETTINGS"
+# Fallback when /init is not parseable Python: the identity literal render_init writes.
+_IDENTITY_RE = re.compile(r"""["']identity["']\s*:\s*(["'])((?:(?!\1).)*)\1""")
+
+
+def _init_settings_identity(init: str) -> str | None:
+    """The identity in a liveinit /init: `SETTINGS = {..., 'identity': ID, ...}`
+    (packer.initramfs.render_init) read as a literal, never executed."""
+    try:
+        tree = ast.parse(init)
+    except SyntaxError:
+        m = _IDENTITY_RE.search(init)
+        return m.group(2) if m else None
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == INIT_SETTINGS
+                                                 for t in node.targets)):
+            try:
+                settings = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            ident = settings.get("identity") if isinstance(settings, dict) else None
+            return ident if isinstance(ident, str) and ident else None
+    return None
+
+
+def initrd_identity(initrd: Path) -> tuple[str | None, str]:
+    """(the identity baked into a liveinit initramfs' /init, or None; why not).
+
+    Reads every segment (plain or compressed cpio) like the kernel unpacks
+    them: the last /init wins."""
+    from packer.cpio import flatten, read_archive
+    try:
+        tree = flatten(read_archive(Path(initrd).read_bytes()))
+    except CommandError as e:   # ArchiveError, CompressionError
+        return None, f"it is not an initramfs this packer can read ({e})"
+    init = tree.get("init") or tree.get("./init")
+    if init is None or init.kind != "file":
+        return None, "it has no /init file"
+    ident = _init_settings_identity(init.data.decode("utf-8", errors="replace"))
+    if ident is None:
+        return None, "its /init carries no liveinit identity (not a liveinit initramfs)"
+    return ident, ""
+
+
+def identity_for_initrd(initrd: Path, requested: str | None) -> str:
+    """The identity to write on a medium whose initramfs is `initrd`: the one
+    its /init looks for. `requested` (--identity) must agree with it, and is
+    required when the initramfs carries none."""
+    carried, why = initrd_identity(initrd)
+    if carried is None:
+        if requested is None:
+            raise CommandError(f"cannot tell which medium {initrd} looks for: {why}",
+                               hint="pass --identity ID with the identity that initramfs searches for "
+                                    "(or pack a liveinit one: `liveinit pack --identity ID`)")
+        return requested
+    if requested is not None and requested != carried:
+        raise CommandError(f"--identity {requested!r} conflicts with the identity {carried!r} baked into "
+                           f"{initrd}'s /init: the runtime would not recognise its own medium",
+                           hint=f"drop --identity (the medium then gets {carried!r}), or repack the "
+                                "initramfs with `liveinit pack --identity ID`")
+    return carried
 
 
 def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str = "") -> Path:
@@ -227,12 +298,15 @@ def build_iso(tree: Path, output: Path, label: str, epoch: int) -> Path:
 
 def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | None = None,
                 identity: str | None = None, compression: str = "zstd", label: str = DEFAULT_LABEL,
-                cmdline: str = "", console: str = DEFAULT_CONSOLE, all_root: bool = True,
+                cmdline: str = "", console: str = DEFAULT_CONSOLE, all_root: bool = False,
                 workdir: Path | None = None) -> ImageResult:
     """Build a bootable hybrid live ISO of `root` at `output`.
 
-    `initrd`: a prebuilt initramfs (it must carry `identity`); None packs one
-    with the liveinit packer. `cmdline` is appended to every menu entry."""
+    `initrd`: a prebuilt initramfs; the medium gets the identity its /init
+    carries (`identity`, if given, must match; it is required for an
+    initramfs that carries none). None packs one with the liveinit packer,
+    with `identity` or one derived from the squashfs and kernel.
+    `cmdline` is appended to every menu entry. `all_root`: see build_squashfs."""
     root, output = Path(root), Path(output)
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory", hint="pass the root filesystem tree to put on the medium")
@@ -240,6 +314,10 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
         raise CommandError(f"kernel image {kernel.vmlinuz} not found", hint="run `liveinit fetch-kernel`")
     if not label or len(label) > 32 or not all(c.isalnum() or c in "_-" for c in label):
         raise CommandError(f"bad volume label {label!r}", hint="use up to 32 letters, digits, '_' or '-'")
+    if initrd is not None:
+        if not Path(initrd).is_file():
+            raise CommandError(f"initramfs {initrd} not found", hint="check the --initrd path")
+        identity = identity_for_initrd(Path(initrd), identity)
     epoch = source_date_epoch()
     with tempfile.TemporaryDirectory(prefix="liveinit-image-", dir=workdir) as tmp:
         work = Path(tmp)
@@ -249,8 +327,6 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
         (tree / IDENTITY_PATH).write_text(identity + "\n")
         if initrd is None:
             initrd = pack_initramfs(kernel, work / "initrd.img", identity)
-        elif not Path(initrd).is_file():
-            raise CommandError(f"initramfs {initrd} not found", hint="check the --initrd path")
         _copy(kernel.vmlinuz, tree / KERNEL_PATH)
         _copy(Path(initrd), tree / INITRD_PATH)
         full_cmdline = " ".join(filter(None, (console, cmdline)))

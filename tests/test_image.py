@@ -5,6 +5,7 @@ independently of the liveinit runtime."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 
 from packer import image
 from packer.cli import CommandError
-from packer.demoroot import INIT_SCRIPT, SUCCESS_MARKER, build_demo_root
+from packer.cpio import ArchiveBuilder, image_bytes
+from packer.demoroot import INIT_SCRIPT, MODULES_MARKER, SUCCESS_MARKER, _is_static, build_demo_root
 from packer.kernelpkg import KernelTree
 from qemu import lab
 
@@ -94,6 +96,19 @@ def sha256(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def liveinit_like_initrd(path: Path, identity: str | None, method: str = "xz") -> Path:
+    """A small initramfs whose /init is what `liveinit pack` writes (render_init itself)."""
+    from packer.initramfs import render_init
+    ar = ArchiveBuilder()
+    settings: dict[str, object] = {"cmdline": "", "kver": "6.1.0-56-amd64"}
+    if identity is not None:
+        settings["identity"] = identity
+    ar.add_file("init", data=render_init("/usr/bin/python3.11", settings), mode=0o755)
+    ar.add_dir("usr/lib/liveinit")
+    path.write_bytes(image_bytes(ar, method))
+    return path
+
+
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_root(tmp_path_factory.mktemp("demo") / "root")
@@ -110,7 +125,7 @@ def fake_initrd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def iso(demo_root: Path, fake_initrd: Path, kernel: KernelTree,
         tmp_path_factory: pytest.TempPathFactory) -> image.ImageResult:
     out = tmp_path_factory.mktemp("iso") / "demo.iso"
-    return image.build_image(demo_root, out, kernel, initrd=fake_initrd, identity="test-identity-1")
+    return image.build_image(demo_root, out, kernel, initrd=fake_initrd, identity="test-identity-1", all_root=True)
 
 
 # ---- demo root ---------------------------------------------------------------
@@ -133,6 +148,47 @@ def test_demo_init_prints_the_contract_line(demo_root: Path) -> None:
     for key in ("uptime=", "root=", "writable=", "persisted=", "init="):
         assert key in line
     assert "liveinit.demo=poweroff" in INIT_SCRIPT and "poweroff -f" in INIT_SCRIPT
+
+
+def test_demo_init_reports_modules_and_the_boot_record(tmp_path: Path) -> None:
+    """Run the init's report lines with busybox on a fake /proc/modules and /run."""
+    lines = INIT_SCRIPT.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("record=no"))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith(f'echo "{MODULES_MARKER} '))
+    snippet = "\n".join(lines[start:end + 1])
+    (tmp_path / "modules").write_text("nvme 49152 2 - Live 0x0\nahci 45056 0 - Live 0x0\n"
+                                      "nvme_core 180224 3 nvme, Live 0x0\n")
+    for has_record in (True, False):
+        run = tmp_path / "run/liveinit"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "boot.json").unlink(missing_ok=True)
+        if has_record:
+            (run / "boot.json").write_text("{}")
+        script = snippet.replace("/proc/modules", str(tmp_path / "modules")).replace(
+            "/run/liveinit/boot.json", str(run / "boot.json"))
+        out = subprocess.run(["/bin/busybox", "sh", "-c", script], capture_output=True, text=True,
+                             check=True, env={"PATH": "/bin:/usr/bin"}).stdout
+        rep = lab.parse_console(out)
+        assert rep.modules == ("ahci", "nvme", "nvme_core")
+        assert rep.boot_record is has_record
+
+
+def test_is_static_uses_the_elf_closure(tmp_path: Path) -> None:
+    assert _is_static(Path("/bin/busybox"))
+    assert not _is_static(Path("/bin/ls"))
+    # A static binary that names ld-linux near its start (here in a note) is still static:
+    # the ELF program headers decide, not a byte grep.
+    src = tmp_path / "st.c"
+    src.write_text('__attribute__((section(".note.mark"), used)) static const char mark[] = '
+                   '"built against ld-linux-x86-64.so.2";\nint main(void) { return 0; }\n')
+    subprocess.run(["gcc", "-static", "-o", str(tmp_path / "st"), str(src)], check=True)
+    assert b"ld-linux" in (tmp_path / "st").read_bytes()[:65536]
+    assert _is_static(tmp_path / "st")
+    script = tmp_path / "busybox"
+    script.write_text("#!/bin/sh\necho ld-linux\n")
+    script.chmod(0o755)
+    with pytest.raises(CommandError, match="not an ELF"):
+        build_demo_root(tmp_path / "r", busybox=script)
 
 
 def test_demo_root_refuses_a_foreign_dir_but_rebuilds_its_own(tmp_path: Path) -> None:
@@ -179,6 +235,105 @@ def test_squashfs_refuses_a_tree_without_init(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     with pytest.raises(CommandError, match="sbin/init"):
         image.build_squashfs(tmp_path, tmp_path / "out.sqfs")
+
+
+def _owner_tree(root: Path) -> Path:
+    """A root with what a debootstrap tree has: a setgid-shadow tool, a user's mail spool."""
+    (root / "sbin").mkdir(parents=True)
+    (root / "sbin/init").write_text("#!/bin/sh\n")
+    (root / "sbin/init").chmod(0o755)
+    (root / "usr/bin").mkdir(parents=True)
+    chage = root / "usr/bin/chage"
+    chage.write_bytes(b"\x7fELF not really")
+    os.chown(chage, 0, 42)
+    chage.chmod(0o2755)
+    (root / "var/mail").mkdir(parents=True)
+    os.chown(root / "var/mail", 0, 8)
+    (root / "var/mail/alice").write_text("mail\n")
+    os.chown(root / "var/mail/alice", 1234, 8)
+    return root
+
+
+def _listing(sqfs: Path) -> dict[str, tuple[str, str]]:
+    """unsquashfs -lln as the oracle: path -> (mode string, uid/gid)."""
+    out = subprocess.run(["unsquashfs", "-lln", "-d", "", str(sqfs)], capture_output=True, text=True,
+                         check=True).stdout
+    return {ln.split()[-1]: (ln.split()[0], ln.split()[1]) for ln in out.splitlines() if ln[:1] in "dl-"}
+
+
+def test_squashfs_keeps_owners_by_default(tmp_path: Path) -> None:
+    root = _owner_tree(tmp_path / "root")
+    kept = _listing(image.build_squashfs(root, tmp_path / "kept.sqfs"))
+    assert kept["/usr/bin/chage"] == ("-rwxr-sr-x", "0/42")        # setgid shadow, not setgid root
+    assert kept["/var/mail/alice"][1] == "1234/8"
+    assert kept["/var/mail"][1] == "0/8"
+    flat = _listing(image.build_squashfs(root, tmp_path / "flat.sqfs", all_root=True))
+    assert flat["/usr/bin/chage"] == ("-rwxr-sr-x", "0/0")
+    assert flat["/var/mail/alice"][1] == "0/0"
+
+
+def test_cli_image_keeps_owners_unless_all_root(tmp_path: Path, fake_initrd: Path, kernel: KernelTree) -> None:
+    from packer.cli import main
+    root = _owner_tree(tmp_path / "root")
+    base = ["image", str(root), "--initrd", str(fake_initrd), "--identity", "owners",
+            "--kernel-root", str(kernel.root)]
+    for extra, owner in (([], "1234/8"), (["--all-root"], "0/0")):
+        iso = tmp_path / f"o{len(extra)}.iso"
+        assert main([*base, "--output", str(iso), *extra]) == 0
+        sqfs = image.extract(iso, image.SQUASHFS_PATH, tmp_path / f"o{len(extra)}.sqfs")
+        assert _listing(sqfs)["/var/mail/alice"][1] == owner
+
+
+# ---- identity of a prebuilt initramfs --------------------------------------------
+
+@pytest.mark.parametrize("method", ["xz", "none"])
+def test_identity_is_read_from_the_initrd(demo_root: Path, kernel: KernelTree, tmp_path: Path,
+                                          method: str) -> None:
+    rd = liveinit_like_initrd(tmp_path / "rd.img", "carried-id-7", method)
+    assert image.initrd_identity(rd) == ("carried-id-7", "")
+    res = image.build_image(demo_root, tmp_path / "a.iso", kernel, initrd=rd)
+    assert res.identity == "carried-id-7"
+    assert image.extract(res.iso, image.IDENTITY_PATH, tmp_path / "id").read_text() == "carried-id-7\n"
+    same = image.build_image(demo_root, tmp_path / "b.iso", kernel, initrd=rd, identity="carried-id-7")
+    assert same.identity == "carried-id-7"
+
+
+def test_identity_conflicting_with_the_initrd_is_refused(demo_root: Path, kernel: KernelTree,
+                                                          tmp_path: Path) -> None:
+    rd = liveinit_like_initrd(tmp_path / "rd.img", "carried-id-7")
+    with pytest.raises(CommandError, match="conflicts with the identity 'carried-id-7'") as e:
+        image.build_image(demo_root, tmp_path / "a.iso", kernel, initrd=rd, identity="other")
+    assert "--identity" in e.value.hint
+    assert not (tmp_path / "a.iso").exists()
+
+
+def test_initrd_without_identity_needs_one(demo_root: Path, kernel: KernelTree, fake_initrd: Path,
+                                           tmp_path: Path) -> None:
+    no_id = liveinit_like_initrd(tmp_path / "noid.img", None)
+    shell = ArchiveBuilder()
+    shell.add_file("init", data=b"#!/bin/sh\nexec /bin/sh\n", mode=0o755)
+    handmade = tmp_path / "handmade.img"
+    handmade.write_bytes(image_bytes(shell, "gzip"))
+    for rd, why in ((no_id, "not a liveinit initramfs"), (handmade, "not a liveinit initramfs"),
+                    (fake_initrd, "not an initramfs this packer can read")):
+        with pytest.raises(CommandError, match=why) as e:
+            image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=rd)
+        assert "--identity" in e.value.hint
+        assert image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=rd,
+                                 identity="given").identity == "given"
+
+
+def test_cli_image_takes_the_identity_of_its_initrd(demo_root: Path, kernel: KernelTree, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from packer.cli import main
+    rd = liveinit_like_initrd(tmp_path / "rd.img", "cli-carried")
+    base = ["image", str(demo_root), "--initrd", str(rd), "--kernel-root", str(kernel.root)]
+    assert main([*base, "--output", str(tmp_path / "a.iso")]) == 0
+    assert "identity=cli-carried" in capsys.readouterr().out
+    assert image.extract(tmp_path / "a.iso", image.IDENTITY_PATH, tmp_path / "id").read_text() == "cli-carried\n"
+    assert main([*base, "--output", str(tmp_path / "b.iso"), "--identity", "wrong"]) == 1
+    err = capsys.readouterr().err
+    assert "conflicts" in err and "hint:" in err and "Traceback" not in err
 
 
 # ---- ISO -----------------------------------------------------------------------
@@ -234,10 +389,12 @@ def test_both_menus_offer_the_same_entries(iso: image.ImageResult, tmp_path: Pat
 
 
 def test_iso_is_reproducible(demo_root: Path, fake_initrd: Path, kernel: KernelTree, tmp_path: Path) -> None:
-    a = image.build_image(demo_root, tmp_path / "a.iso", kernel, initrd=fake_initrd)
-    b = image.build_image(demo_root, tmp_path / "b.iso", kernel, initrd=fake_initrd)
+    a = image.build_image(demo_root, tmp_path / "a.iso", kernel, initrd=fake_initrd, identity="repro")
+    b = image.build_image(demo_root, tmp_path / "b.iso", kernel, initrd=fake_initrd, identity="repro")
     assert sha256(a.iso) == sha256(b.iso)
-    assert a.identity == b.identity and a.identity.startswith("liveinit-")
+    sqfs = image.build_squashfs(demo_root, tmp_path / "c.sqfs")
+    assert image.default_identity(sqfs, kernel.version) == image.default_identity(sqfs, kernel.version)
+    assert image.default_identity(sqfs, kernel.version).startswith("liveinit-")
 
 
 def test_image_errors_are_clear(demo_root: Path, kernel: KernelTree, tmp_path: Path) -> None:
@@ -245,7 +402,7 @@ def test_image_errors_are_clear(demo_root: Path, kernel: KernelTree, tmp_path: P
         image.build_image(tmp_path / "nope", tmp_path / "x.iso", kernel, initrd=tmp_path / "i")
     with pytest.raises(CommandError, match="label"):
         image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=tmp_path / "i", label="bad label!")
-    with pytest.raises(CommandError, match="initramfs"):
+    with pytest.raises(CommandError, match="initramfs .*missing not found"):
         image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=tmp_path / "missing")
 
 
@@ -257,7 +414,7 @@ def handmade_iso(demo_root: Path, kernel: KernelTree, depmod_root: Path,
     work = tmp_path_factory.mktemp("handmade")
     identity = "handmade-test-identity"
     rd = handmade_initramfs(depmod_root, kernel.version, work / "initrd.img", identity)
-    return image.build_image(demo_root, work / "live.iso", kernel, initrd=rd, identity=identity).iso
+    return image.build_image(demo_root, work / "live.iso", kernel, initrd=rd, identity=identity, all_root=True).iso
 
 
 @pytest.mark.slow
