@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,8 +14,24 @@ import psutil
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from packer.cpio import ArchiveBuilder, image_bytes
 from packer.kernelpkg import KernelTree
-from qemu import lab, profiles
+from qemu import cmd_boot, lab, profiles
+
+TINY_MARK = "tiny-initramfs-up"
+
+
+def tiny_initramfs(path: Path, method: str = "gzip") -> Path:
+    """A busybox initramfs whose /init prints a mark and powers off."""
+    ar = ArchiveBuilder()
+    ar.add_file("bin/busybox", src=Path("/bin/busybox"), mode=0o755)
+    ar.add_symlink("bin/sh", "busybox")
+    ar.add_dir("proc")
+    ar.add_file("init", data=f"#!/bin/sh\n/bin/busybox echo {TINY_MARK}\n/bin/busybox poweroff -f\n".encode(),
+                mode=0o755)
+    path.write_bytes(image_bytes(ar, method))
+    return path
+
 
 REQUIRED_STORAGES = {"virtio-blk", "virtio-scsi", "ide-cd", "ahci-cd", "ahci-disk", "usb-xhci", "usb-ehci",
                      "nvme", "scsi-lsi", "sd-card"}
@@ -22,7 +39,7 @@ REQUIRED_STORAGES = {"virtio-blk", "virtio-scsi", "ide-cd", "ahci-cd", "ahci-dis
 
 def test_every_required_profile_exists() -> None:
     assert REQUIRED_STORAGES <= set(profiles.STORAGES)
-    assert {"bios-cd", "bios-usb", "uefi-cd"} <= set(profiles.names())
+    assert {"bios-cd", "bios-usb", "uefi-cd", "uefi-usb"} <= set(profiles.names())
     assert profiles.STORAGES["ide-cd"].machine == "pc"
     assert profiles.STORAGES["ahci-cd"].machine == "q35" and profiles.STORAGES["ahci-disk"].machine == "q35"
 
@@ -143,6 +160,17 @@ def test_parse_sample() -> None:
     assert r.demo == {"uptime": "3.75", "root": "overlay", "writable": "yes", "persisted": "no", "init": "1"}
 
 
+def test_parse_demo_modules_line() -> None:
+    r = lab.parse_console(SAMPLE)
+    assert r.modules is None and r.boot_record is None
+    text = SAMPLE.replace("LIVEINIT-DEMO-OK", "[    3.7] ahci: noise\nLIVEINIT-DEMO-MODULES record=yes "
+                          "modules=ahci,nvme,nvme_core\nLIVEINIT-DEMO-OK")
+    r = lab.parse_console(text)
+    assert r.modules == ("ahci", "nvme", "nvme_core") and r.boot_record is True
+    r = lab.parse_console("LIVEINIT-DEMO-MODULES record=no modules=\n")
+    assert r.modules == () and r.boot_record is False
+
+
 def test_parse_failure() -> None:
     text = ("[ 2.0] Run /init as init process\nliveinit: FAILED: no live medium found\n"
             "liveinit: hint: is the CD attached? try liveinit.debug\nliveinit: emergency shell\n")
@@ -258,3 +286,74 @@ def test_cli_lists_profiles_and_rejects_unknown(capsys: pytest.CaptureFixture[st
     img.write_bytes(b"\0")
     assert main(["boot", str(img), "--profile", "floppy"]) == 1
     assert "unknown profile 'floppy'" in capsys.readouterr().err
+
+
+# ---- the boot command ------------------------------------------------------------
+
+def test_cli_bad_success_regex_is_a_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from packer.cli import main
+    img = tmp_path / "a.iso"
+    img.write_bytes(b"\0" * 4096)
+    assert main(["boot", str(img), "--success", "("]) == 1
+    err = capsys.readouterr().err
+    assert "--success '('" in err and "not a valid regular expression" in err and "Traceback" not in err
+
+
+def test_cli_positional_initramfs_boots_directly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                 kernel: KernelTree, capsys: pytest.CaptureFixture[str]) -> None:
+    from packer.cli import main
+    seen: dict[str, object] = {}
+
+    def fake_boot(profile: str, **kw: object) -> lab.BootResult:
+        seen.update(kw, profile=profile)
+        return lab.BootResult(profile=profile, success=True, reason="success line seen", log_path=None,
+                              wall_s=0.0, accel="tcg", command=(), report=lab.parse_console(SAMPLE))
+
+    monkeypatch.setattr(lab, "boot", fake_boot)
+    for method in ("none", "xz", "zstd"):
+        rd = tiny_initramfs(tmp_path / f"rd.{method}", method)
+        assert cmd_boot.is_initramfs(rd)
+        assert main(["boot", str(rd), "--profile", "nvme"]) == 0
+        assert seen["initrd"] == rd and seen["image"] is None and seen["profile"] == "nvme"
+        assert Path(str(seen["kernel"])) == kernel.vmlinuz
+    iso = tmp_path / "x.iso"
+    iso.write_bytes(b"\x33\xed" + b"\0" * 4094)    # an isohybrid MBR starts like this
+    assert not cmd_boot.is_initramfs(iso)
+    capsys.readouterr()
+    assert main(["boot", str(tmp_path / "rd.xz"), "--profile", "uefi-cd"]) == 1
+    err = capsys.readouterr().err
+    assert "is an initramfs" in err and "uefi-cd" in err and "hint:" in err
+    assert main(["boot", str(tmp_path / "rd.xz"), "--initrd", str(tmp_path / "rd.none")]) == 1
+    assert "only one initramfs" in capsys.readouterr().err
+    assert main(["boot", "--kernel", str(kernel.vmlinuz)]) == 1
+    assert "no initramfs" in capsys.readouterr().err
+
+
+def test_boot_leaves_no_scratch_directory_even_on_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("LIVEINIT_ACCEL", "tcg")
+
+    def broken(*a: object, **kw: object) -> list[str]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lab, "command", broken)
+    with pytest.raises(RuntimeError):
+        lab.boot("virtio-blk", kernel=tmp_path / "k", initrd=tmp_path / "i")
+    assert list(tmp_path.glob("liveinit-boot-*")) == []
+
+
+@pytest.mark.qemu
+def test_cli_boots_an_initramfs_and_cleans_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               kernel: KernelTree, capsys: pytest.CaptureFixture[str]) -> None:
+    """`liveinit boot INITRD`: direct boot with the default kernel; no --log, nothing left in $TMPDIR."""
+    from packer.cli import main
+    rd = tiny_initramfs(tmp_path / "tiny.img")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert main(["-q", "boot", str(rd), "--profile", "virtio-blk", "--success", TINY_MARK, "--timeout", "120"]) == 0
+    assert "boot: OK virtio-blk" in capsys.readouterr().out
+    assert list(scratch.iterdir()) == []
+    res = lab.boot("virtio-blk", kernel=kernel, initrd=rd, success=TINY_MARK, timeout=120)
+    assert res.success and TINY_MARK in res.console and res.log_path is None
+    assert list(scratch.iterdir()) == []
