@@ -50,6 +50,7 @@ UNSUPPORTED_MAGICS: dict[bytes, str] = {
 }
 
 XZ_CHECK_CRC32 = 0x01  # low nibble of the second stream-flags byte
+XZ_PRESET_DICT = tuple(k << 10 for k in (256, 1024, 2048, 4096, 4096, 8192, 8192, 16384, 32768, 65536))
 LZ4_LEGACY_CHUNK = 8 << 20  # uncompressed bytes per legacy block
 LZ4_LEGACY_MAX_CHUNK = LZ4_LEGACY_CHUNK + LZ4_LEGACY_CHUNK // 255 + 16  # LZ4_compressBound
 
@@ -125,6 +126,18 @@ def _run_tool(argv: list[str], data: bytes, what: str) -> bytes:
     return proc.stdout
 
 
+def xz_dict_size(n: int, level: int) -> int:
+    """The LZMA2 dictionary for `n` bytes at preset `level`: the preset's, or
+    less when the data is smaller (as the xz tool does). The kernel allocates
+    the whole dictionary named in the header before unpacking (64 MiB at -9)."""
+    limit = XZ_PRESET_DICT[level]
+    for k in range(12, 31):
+        for size in (1 << k, 3 << (k - 1)):
+            if size >= n:
+                return min(size, limit)
+    return limit
+
+
 def compress(data: bytes, method: str, level: int | None = None, *, extreme: bool = False,
              x86: bool = False) -> bytes:
     """Compress `data` with `method` so that the kernel can unpack it, deterministically.
@@ -143,7 +156,8 @@ def compress(data: bytes, method: str, level: int | None = None, *, extreme: boo
         return gzip.compress(data, compresslevel=lvl, mtime=0)
     if method == "xz":
         chain: list[dict[str, int]] = [{"id": lzma.FILTER_X86}] if x86 else []
-        chain.append({"id": lzma.FILTER_LZMA2, "preset": lvl | (lzma.PRESET_EXTREME if extreme else 0)})
+        chain.append({"id": lzma.FILTER_LZMA2, "preset": lvl | (lzma.PRESET_EXTREME if extreme else 0),
+                      "dict_size": xz_dict_size(len(data), lvl)})
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=chain)
     if method == "zstd":
         return _run_tool([_tool("zstd"), "-q", "-c", f"-{lvl}", "-T0", "--no-progress"], data,

@@ -38,7 +38,7 @@ KERNEL, PYTHON, RUNTIME = "kernel", "python", "runtime"
 ORDER = (KERNEL, PYTHON, RUNTIME)          # unpack order; the small one last
 CACHE_DIR = "segments"
 CACHE_LIMIT = 512 << 20                    # bytes kept in the cache, least recently used dropped
-CACHE_FORMAT = b"liveinit-segment-1"
+CACHE_FORMAT = b"liveinit-segment-2"     # bump when compress() output changes
 
 # Measured (docs/PERFORMANCE-pack.md): xz -9 is the only method that brings
 # the universal image under the size target; the x86 filter saves 8% on

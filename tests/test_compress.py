@@ -184,6 +184,17 @@ def test_xz_x86_filter_and_extreme_mode_round_trip_through_xz(tmp_path: Path) ->
                              check=True).stdout
     block = next(line.split("\t") for line in listing.splitlines() if line.startswith("block\t"))
     assert "CRC32" in block and block[-1].startswith("--x86 --lzma2")   # what the kernel decodes
+    # The dictionary fits the data (the kernel allocates all of it), not the preset's 64 MiB.
+    assert block[-1].endswith("dict=48KiB") and C.xz_dict_size(len(elf), 9) == 48 << 10
+
+
+def test_xz_dictionary_is_the_smallest_lzma2_size_that_holds_the_data() -> None:
+    assert C.xz_dict_size(1, 9) == 4096
+    assert C.xz_dict_size(35_319_808, 9) == 48 << 20       # the kernel segment: 48 MiB, not 64
+    assert C.xz_dict_size(100 << 20, 9) == 64 << 20        # never beyond the preset's
+    assert C.xz_dict_size(100 << 20, 6) == 8 << 20
+    data = SAMPLE * 3
+    assert decompress(compress(data, "xz", 9)) == data
 
 
 def test_codec_names_and_refusals() -> None:
