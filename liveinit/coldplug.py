@@ -17,7 +17,15 @@ virtio_blk need not wait for it. A driver thread walks the bus listings,
 hands each device with something to load to a small pool of threads, and
 walks again as soon as any load ends (a load reveals new devices); it stops
 when a walk finds nothing new and no load is running. Only `_thread` and
-`_queue` are used (`threading` costs ~40 ms of imports under TCG)."""
+`_queue` are used (`threading` costs ~40 ms of imports under TCG).
+
+Root first: when root= names a device whose name gives its bus away
+(/dev/vdX is virtio, /dev/nvmeX NVMe, /dev/mmcblkX MMC/SD), the drivers of
+that bus are loaded first and the others are held back while the root's
+device may still appear (they are released at once if it does not). Once
+the root search has its device it may `stop` the run: nothing more starts,
+the loads under way finish, and what was left is the booted system's
+business (its udev coldplugs every device again)."""
 from __future__ import annotations
 
 import _thread
@@ -27,12 +35,21 @@ import time
 SYSBUS = "/sys/bus"
 MAX_PASSES = 16
 WORKERS = 3         # loads at once; more only adds contention on a 1-2 CPU guest
+HOLD_MAX = 5.0      # longest time other buses wait for the root's bus (root first)
+CLASS_BLOCK = "/sys/class/block/"
+# Device name prefix of root= -> modalias prefixes / PCI class markers of its bus.
+ROOT_BUSES = {
+    "vd": (("virtio:", "pci:v00001AF4"), ()),
+    "nvme": (("nvme:",), ("bc01sc08",)),
+    "mmcblk": (("mmc:", "sdio:"), ("bc08sc05",)),
+}
 
 
 class Coldplug:
     """Remembers the devices already handled, across passes and uevents."""
 
-    __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ms", "_done")
+    __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ms", "_done",
+                 "root_dev", "root_bus", "held", "left", "stopping", "_wake")
 
     def __init__(self, m, loader, log) -> None:
         self.m = m
@@ -44,6 +61,12 @@ class Coldplug:
         self.loaded = 0                 # modules loaded by the background run
         self.ms = 0.0                   # its duration
         self._done = None               # lock held while the background run lasts
+        self.root_dev = ""              # root first: the root's device name (vda)...
+        self.root_bus = None            # ...and (alias prefixes, pci class markers) of its bus
+        self.held: list = []            # jobs held back while the root's bus goes first
+        self.left: list = []            # jobs never started (`stop`)
+        self.stopping = False
+        self._wake = None               # the driver's queue (stop/release wake it)
 
     def run(self) -> int:
         """Pass after pass until nothing new is loaded; returns modules loaded."""
@@ -114,12 +137,41 @@ class Coldplug:
 
     # -- in parallel ----------------------------------------------------------
 
-    def start(self, workers: int = WORKERS) -> None:
-        """Load in the background with up to `workers` threads; `wait()` joins."""
+    def start(self, workers: int = WORKERS, root=None) -> None:
+        """Load in the background with up to `workers` threads; `wait()` joins.
+
+        root: the RootSpec from the command line, for root first (see the module doc)."""
+        if root is not None and root.kind == "path" and not root.live:
+            name = root.value[5:] if root.value.startswith("/dev/") else ""
+            for prefix, bus in ROOT_BUSES.items():
+                if name.startswith(prefix) and "/" not in name:
+                    self.root_dev, self.root_bus = name, bus
+        from _queue import SimpleQueue
+        self._wake = SimpleQueue()
         self._done = _thread.allocate_lock()
         self._done.acquire()
         self.running = True
         _thread.start_new_thread(self._drive, (workers,))
+
+    def stop(self) -> None:
+        """Start nothing more (the root is found); loads under way still finish."""
+        self.stopping = True
+        if self._wake is not None:
+            self._wake.put(0)
+
+    def release(self) -> None:
+        """Let the jobs held back for the root's bus go (the root search needs everything)."""
+        self.root_bus = None
+        if self._wake is not None:
+            self._wake.put(0)
+
+    def _first(self, job) -> bool:
+        """Whether a job may start now: no root first, or it is for the root's bus."""
+        if self.root_bus is None:
+            return True
+        prefixes, classes = self.root_bus
+        alias = job[2]
+        return alias.startswith(prefixes) or (alias.startswith("pci:") and any(c in alias for c in classes))
 
     def wait(self, timeout: float = -1) -> bool:
         """Block until the background run ends (True), or `timeout` seconds pass (False)."""
@@ -138,32 +190,51 @@ class Coldplug:
         return self.loaded
 
     def _drive(self, workers: int) -> None:
-        from _queue import SimpleQueue
+        from _queue import Empty, SimpleQueue
         jobs: SimpleQueue = SimpleQueue()
-        ended: SimpleQueue = SimpleQueue()
+        ended = self._wake           # 1: a load ended; 0: stop() or release()
         t0 = time.monotonic()
         before = len(self.loader.loaded)
         threads = pending = 0
+
+        def dispatch(job) -> None:
+            nonlocal threads, pending
+            if threads < workers:
+                _thread.start_new_thread(self._work, (jobs, ended))
+                threads += 1
+            jobs.put(job)
+            pending += 1
+
         try:
             while True:
-                for bus, name, path in self._unseen():
-                    job = self._job(bus, name, path)
-                    if job is None or all(self.loader.is_present(n) for n in job[0]):
-                        continue
-                    if threads < workers:
-                        _thread.start_new_thread(self._work, (jobs, ended))
-                        threads += 1
-                    jobs.put(job)
-                    pending += 1
-                if not pending:
+                if self.stopping:
+                    self.left, self.held = self.left + self.held, []
+                else:
+                    for bus, name, path in self._unseen():
+                        job = self._job(bus, name, path)
+                        if job is None or all(self.loader.is_present(n) for n in job[0]):
+                            continue
+                        if self._first(job):
+                            dispatch(job)
+                        else:
+                            self.held.append(job)
+                    if self.held and (self.root_bus is None or (
+                            not pending and not os.path.exists(self.m.path(CLASS_BLOCK + self.root_dev)))):
+                        # Released, or the root's bus is done and no root device: everything goes.
+                        self.root_bus = None
+                        for job in self.held:
+                            dispatch(job)
+                        self.held = []
+                if not pending and (not self.held or self.stopping):
                     break
-                ended.get()          # a load ended: it may have revealed devices
-                pending -= 1
+                try:
+                    pending -= ended.get(True, HOLD_MAX)   # a load ended: it may reveal devices
+                except Empty:   # held back for too long: nobody stopped or released us
+                    self.root_bus = None
         except BaseException as e:  # noqa: BLE001 - a bug here must not hang the boot
             self.log.warn(f"coldplug stopped early: {type(e).__name__}: {e}")
             while pending:
-                ended.get()
-                pending -= 1
+                pending -= ended.get()
         finally:
             for _ in range(threads):
                 jobs.put(None)
@@ -202,6 +273,11 @@ class Coldplug:
         alias = ev.get("MODALIAS")
         if not alias or ev.get("DRIVER"):
             return []
+        if self.running:
+            # The background run will find it on its next walk, in order (root
+            # first): wake it rather than load from the caller's thread.
+            self._wake.put(0)
+            return []
         devpath = ev.get("DEVPATH", "")
         bus = ev.get("SUBSYSTEM", "")
         name = devpath.rsplit("/", 1)[-1]
@@ -235,28 +311,39 @@ def coldplug(m, loader, log, workers: int = WORKERS) -> int:
     return n
 
 
-def start(m, loader, log, workers: int = WORKERS) -> Coldplug:
+def start(m, loader, log, workers: int = WORKERS, root=None) -> Coldplug:
     """Begin coldplug in the background so the root search can run meanwhile.
 
     The loader remembers it (`loader.background`): the root search reacts to
-    its devices, knows whether more may come, and `finish` joins it."""
+    its devices, knows whether more may come, and `finish` joins it. `root`
+    (the command line's RootSpec) enables root first."""
     cp = Coldplug(m, loader, log)
     loader.background = cp
-    cp.start(workers)
+    cp.start(workers, root)
     return cp
 
 
-def finish(loader, log, timeout: float = -1) -> int:
-    """Wait for a background coldplug (`start`) and log its summary once; returns modules loaded."""
+def finish(loader, log, timeout: float = -1, stop: bool = False) -> int:
+    """Wait for a background coldplug (`start`) and log its summary once; returns modules loaded.
+
+    stop: start no more loads (the root is found and needs nothing else);
+    otherwise the jobs held back for root first are released and all run."""
     cp = getattr(loader, "background", None)
     if cp is None:
         return 0
+    if stop:
+        cp.stop()
+    else:
+        cp.release()
     if not cp.wait(timeout):
         log.warn(f"coldplug still loading modules after {timeout:g} s; going on")
         return cp.loaded
     loader.background = None
     log.info(f"coldplug: {cp.devices} devices with a modalias, {cp.loaded} modules loaded "
              f"in {cp.ms:.0f} ms (in the background)")
+    if cp.left:
+        log.info("coldplug: left to the booted system: " + "; ".join(
+            f"{', '.join(names)} for {reason}" for names, reason, _ in cp.left))
     return cp.loaded
 
 

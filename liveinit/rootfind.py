@@ -10,7 +10,10 @@ machine do not confuse the boot.
 
 When coldplug runs in the background (`coldplug.start`), the search starts
 at once and takes the root the moment its device appears; `find_root` joins
-coldplug before it returns, so the boot goes on with every driver loaded. A
+coldplug before it returns. A plain root (root=DEVICE, no persistence) needs
+nothing more once its device is there: coldplug is stopped then, the loads
+under way finish and the rest is left to the booted system's udev. A live
+medium may still need devices (persistence), so there coldplug runs to its end. A
 medium with another identity is taken once nothing more can appear: coldplug
 has ended and uevents have been quiet for QUIET seconds; with USB or MMC
 storage about (slow to show their disks) it waits SETTLE seconds instead."""
@@ -151,10 +154,17 @@ class _Search:
             return False
         return time.monotonic() - self.last_event >= QUIET
 
-    def finish_coldplug(self) -> None:
-        """Join a background coldplug (its modules belong to this boot's record)."""
+    def finish_coldplug(self, stop: bool = False) -> None:
+        """Join a background coldplug (its modules belong to this boot's record);
+        stop: start no more loads first (the root needs nothing else)."""
+        if getattr(self.loader, "background", None) is None:
+            return
         from liveinit import coldplug
-        coldplug.finish(self.loader, self.log, COLDPLUG_JOIN)
+        coldplug.finish(self.loader, self.log, COLDPLUG_JOIN, stop)
+
+    def plain_root_needs_nothing_more(self) -> bool:
+        """A plain root's device is there: no later stage searches for devices."""
+        return not self.cfg.persistence and not self.cfg.findiso
 
     def failure(self, what: str, hint: str):
         from liveinit.emergency import BootFailure
@@ -237,7 +247,7 @@ def find_root(m, cfg, settings, loader, listener, log) -> Found:
     A background coldplug (`coldplug.start`) is joined before this returns."""
     search = _Search(m, cfg, settings, loader, listener, log)
     found = _find(search)
-    search.finish_coldplug()
+    search.finish_coldplug(stop=found.medium is None and search.plain_root_needs_nothing_more())
     return found
 
 
@@ -260,6 +270,8 @@ def _find(search: _Search) -> Found:
     fstype = cfg.rootfstype or info.get("TYPE", "")
     nodepath = blockdev.node(m, dev)
     if not spec.live:
+        if search.coldplug is not None and search.plain_root_needs_nothing_more():
+            search.coldplug.stop()   # nothing new starts while the fs module loads
         if fstype:
             loader.load_alias("fs-" + fstype, f"fs-{fstype} for root {text}")
         log.info(f"root {text} is {nodepath} ({fstype or 'unknown type'})")
