@@ -38,7 +38,8 @@ KERNEL, PYTHON, RUNTIME = "kernel", "python", "runtime"
 ORDER = (KERNEL, PYTHON, RUNTIME)          # unpack order; the small one last
 CACHE_DIR = "segments"
 CACHE_LIMIT = 512 << 20                    # bytes kept in the cache, least recently used dropped
-CACHE_FORMAT = b"liveinit-segment-2"     # bump when compress() output changes
+CACHE_FORMAT = b"liveinit-segment-3"     # bump when compress() output or the file format changes
+DIGEST_LEN = 32                            # each file: blob + sha256(blob)
 
 # Measured (docs/PERFORMANCE-pack.md): xz -9 is the only method that brings
 # the universal image under the size target; the x86 filter saves 8% on
@@ -129,14 +130,24 @@ class SegmentCache:
         return self.root / f"{key}.seg"
 
     def get(self, key: str) -> bytes | None:
-        """The cached bytes, or None; a hit refreshes the entry's age."""
+        """The cached bytes, or None; a hit refreshes the entry's age.
+
+        A damaged file (its SHA-256 trailer does not match) is dropped and
+        counts as a miss, so the image is never built from bad bytes."""
         p = self._path(key)
         try:
-            blob = p.read_bytes()
-            os.utime(p)
+            raw = p.read_bytes()
         except OSError:
             return None
-        return blob or None
+        blob, digest = raw[:-DIGEST_LEN], raw[-DIGEST_LEN:]
+        if not blob or hashlib.sha256(blob).digest() != digest:
+            p.unlink(missing_ok=True)
+            return None
+        try:
+            os.utime(p)
+        except OSError:
+            pass
+        return blob
 
     def put(self, key: str, blob: bytes) -> None:
         """Store atomically; a read-only or full cache is not an error, just slower."""
@@ -145,6 +156,7 @@ class SegmentCache:
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
+                f.write(hashlib.sha256(blob).digest())
             os.chmod(tmp, 0o644)
             os.replace(tmp, self._path(key))
             self.prune()

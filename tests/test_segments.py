@@ -83,14 +83,26 @@ def test_codec_settings_are_part_of_the_key(tmp_path: Path) -> None:
     assert [b for b, _ in out] == [b for b, _ in again] and all(i.cached for _, i in again)
 
 
+def test_a_damaged_cache_file_is_a_miss(tmp_path: Path, kernel: KernelTree) -> None:
+    cache = tmp_path / "cache"
+    good = _pack(tmp_path / "good.img", kernel, cache, **FAST).output.read_bytes()
+    for f in (cache / segments.CACHE_DIR).glob("*.seg"):
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF                        # one flipped byte in each
+        f.write_bytes(bytes(data))
+    again = _pack(tmp_path / "again.img", kernel, cache, **FAST)
+    assert not any(s.cached for s in again.segments)
+    assert again.output.read_bytes() == good
+
+
 def test_cache_prunes_least_recently_used(tmp_path: Path) -> None:
     cache = segments.SegmentCache(tmp_path, limit=2500)
     for i, name in enumerate(("old", "mid", "new")):
-        cache.put(name, bytes(1000))
+        cache.put(name, bytes(968))                       # + the 32-byte digest: 1000 on disk
         os.utime(cache.root / f"{name}.seg", (1000 + i, 1000 + i))
     cache.prune()
     assert sorted(p.stem for p in cache.root.glob("*.seg")) == ["mid", "new"]
-    assert cache.get("old") is None and cache.get("new") == bytes(1000)
+    assert cache.get("old") is None and cache.get("new") == bytes(968)
 
 
 def test_unwritable_cache_still_packs(tmp_path: Path) -> None:
