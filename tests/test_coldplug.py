@@ -298,3 +298,115 @@ def test_uevent_listener_opens_a_netlink_socket():
         assert time.perf_counter() - t < 1
     finally:
         listener.close()
+
+
+# -- in parallel, root first -------------------------------------------------------
+
+from liveinit import coldplug as coldplug_mod  # noqa: E402
+from liveinit.cmdline import RootSpec  # noqa: E402
+from sysfs_builder import GrowingSyscalls  # noqa: E402
+from liveinit.machine import Machine  # noqa: E402
+
+
+class SlowSyscalls(GrowingSyscalls):
+    """Loads take `delays[name]` seconds outside any lock (module init probing hardware)."""
+
+    def __init__(self, root: str, on_load, delays: dict[str, float]) -> None:
+        super().__init__(root, on_load)
+        self.delays = delays
+        self.ended: dict[str, float] = {}
+
+    def finit_module(self, fd: int, params: str = "", flags: int = 0) -> bool:
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).split(".ko")[0]
+        time.sleep(self.delays.get(name, 0.0))
+        fresh = super().finit_module(fd, params, flags)
+        self.ended[name] = time.monotonic()
+        return fresh
+
+
+def ide_and_virtio(tmp_path: Path, delays: dict[str, float]):
+    """An AHCI controller walked before a virtio-blk disk whose vda appears with virtio_blk."""
+    index, _ = small_index(tmp_path)
+    b = SysfsBuilder(tmp_path)
+    b.pci(0x8086, 0x2922, 0x010601, slot="0000:00:01.1")
+    vpci = b.pci(0x1AF4, 0x1001, 0x010000, slot="0000:00:04.0")
+
+    def on_load(mod, mods):
+        if mod == "virtio_pci":
+            b.virtio(vpci, 0, 2)
+        elif mod == "virtio_blk":
+            b.disk(None, "vda", 254, 0, 65536)
+
+    sysc = SlowSyscalls(str(tmp_path), on_load, delays)
+    m = Machine(str(tmp_path), sysc)
+    log = quiet_log()
+    return m, sysc, ModuleLoader(m, index, KMOD_DIR, parse(""), log), log
+
+
+def test_a_slow_driver_does_not_delay_another_device(tmp_path):
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {"ahci": 0.6})
+    assert coldplug(m, loader, log, workers=3) == len(loader.loaded)
+    assert {"ahci", "virtio_pci", "virtio_blk"} <= set(loader.loaded)
+    assert sysc.ended["virtio_blk"] < sysc.ended["ahci"]       # loaded while ahci "probed"
+    assert "coldplug: 3 devices with a modalias" in log.out.getvalue()
+
+
+def test_one_worker_is_the_sequential_order(tmp_path):
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {"ahci": 0.2})
+    coldplug(m, loader, log, workers=1)
+    assert sysc.ended["virtio_blk"] > sysc.ended["ahci"]       # pass 2, after all of pass 1
+
+
+def test_each_module_is_inserted_once_across_threads(tmp_path):
+    index, _ = small_index(tmp_path)
+    b = SysfsBuilder(tmp_path)
+    for slot in range(6):   # six virtio devices, one driver
+        b.pci(0x1AF4, 0x1000 + slot, 0x010000, slot=f"0000:00:0{slot}.0")
+    sysc = SlowSyscalls(str(tmp_path), None, {"virtio_pci": 0.2})
+    m = Machine(str(tmp_path), sysc)
+    loader = ModuleLoader(m, index, KMOD_DIR, parse(""), quiet_log())
+    coldplug(m, loader, quiet_log(), workers=3)
+    assert [c[1] for c in sysc.of("finit_module")] == ["virtio_pci"]
+
+
+def test_root_first_holds_other_buses_and_stop_leaves_them(tmp_path):
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {})
+    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vda", False))
+    assert loader.background is cp
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "sys/class/block/vda").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    coldplug_mod.finish(loader, log, 5, stop=True)
+    assert {"virtio_pci", "virtio_blk"} <= set(loader.loaded)
+    assert "ahci" not in loader.loaded and "libata" not in loader.loaded
+    assert [job[0] for job in cp.left] == [["ahci"]]
+    assert "left to the booted system: ahci for pci 0000:00:01.1" in log.out.getvalue()
+    assert loader.background is None and not cp.running
+
+
+def test_root_first_releases_the_rest_when_the_root_is_elsewhere(tmp_path):
+    """root=/dev/vdb but the virtio disk is vda: once virtio is done, everything loads."""
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {})
+    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vdb", False))
+    assert cp.wait(5)
+    assert sysc.ended["ahci"] > sysc.ended["virtio_blk"]
+    assert cp.left == [] and cp.held == []
+
+
+def test_root_first_needs_a_telling_name(tmp_path):
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {})
+    for spec in (RootSpec("path", "/dev/sda1", False), RootSpec("uuid", "x", False),
+                 RootSpec("path", "/dev/vda", True)):
+        cp = Coldplug(m, loader, log)
+        cp.start(1, spec)
+        assert cp.wait(5) and cp.root_bus is None
+
+
+def test_uevent_during_a_background_run_wakes_it_instead_of_loading(tmp_path):
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {"virtio_pci": 0.3})
+    cp = coldplug_mod.start(m, loader, log)
+    ev = {"ACTION": "add", "DEVPATH": "/devices/pci0000:00/0000:00:04.0/virtio0",
+          "SUBSYSTEM": "virtio", "MODALIAS": "virtio:d00000002v00001AF4"}
+    assert cp.handle_event(ev) == []
+    coldplug_mod.finish(loader, log, 5)
+    assert loader.loaded["virtio_blk"].startswith("virtio virtio0")   # the run's walk loaded it

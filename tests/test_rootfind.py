@@ -164,6 +164,31 @@ def test_live_search_takes_a_stranger_when_no_identity_matches(tmp_path, monkeyp
     assert w.sysc.mounts[rootfind.MEDIUM].source == "/dev/sr0"
 
 
+def test_stranger_taken_once_quiet_without_waiting_settle(tmp_path, monkeypatch):
+    """No coldplug running, no slow bus, no uevents: QUIET, not SETTLE, bounds the wait."""
+    monkeypatch.setattr(rootfind, "SETTLE", 30.0)
+    w = World(tmp_path, monkeypatch, "rootdelay=60")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "OLD"}, removable=True,
+           files={IMAGE: "sq", "live/liveinit.id": "someone-else"})
+    t = time.monotonic()
+    found = w.find()
+    assert time.monotonic() - t < rootfind.QUIET + 2
+    assert found.device == "/dev/sr0" and "none matched" in found.how
+
+
+def test_stranger_waits_settle_while_usb_storage_is_in(tmp_path, monkeypatch):
+    """USB sticks show their disk seconds after the bus device: a better match may still come."""
+    monkeypatch.setattr(rootfind, "SETTLE", 1.0)
+    w = World(tmp_path, monkeypatch, "rootdelay=60")
+    w.b.module("usb_storage")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "OLD"}, removable=True,
+           files={IMAGE: "sq", "live/liveinit.id": "someone-else"})
+    t = time.monotonic()
+    found = w.find()
+    assert time.monotonic() - t >= 1.0
+    assert found.device == "/dev/sr0"
+
+
 def test_findiso_loop_mounts_the_iso(tmp_path, monkeypatch):
     w = World(tmp_path, monkeypatch, "findiso=/isos/live.iso rootdelay=1")
     standard(w)
