@@ -158,6 +158,24 @@ def test_the_image_carries_every_storage_driver(image_storage_drivers: frozenset
     assert len(image_storage_drivers) > 100
 
 
+def test_the_check_catches_a_foreign_or_missing_driver(image_storage_drivers: frozenset[str],
+                                                      depmod_root: Path, kernel: KernelTree) -> None:
+    """The boot check itself, on console text: an nvme VM that loaded the USB stack fails it."""
+    def check(mods: str) -> None:
+        text = f"LIVEINIT-DEMO-MODULES record=yes modules={mods}\nLIVEINIT-DEMO-OK init=1\n"
+        res = lab.BootResult(profile="nvme", success=True, reason="", log_path=None, wall_s=0.0, accel="tcg",
+                             command=(), report=lab.parse_console(text), console=text)
+        _assert_only_present_hardware(res, image_storage_drivers, depmod_root, kernel.version)
+
+    check("ahci,libahci,libata,loop,nvme,nvme_core,scsi_mod,virtio_pci")
+    with pytest.raises(AssertionError, match="usb_storage"):
+        check("nvme,nvme_core,usb_storage,xhci_pci,xhci_hcd")
+    with pytest.raises(AssertionError, match="mpt3sas"):
+        check("nvme,nvme_core,mpt3sas")
+    with pytest.raises(AssertionError, match="not loaded"):
+        check("ahci,libahci,libata")
+
+
 @pytest.mark.parametrize("profile", list(profiles.STORAGES))
 def test_boots_on_every_storage(demo_iso: image.ImageResult, image_storage_drivers: frozenset[str],
                                 depmod_root: Path, kernel: KernelTree, profile: str) -> None:
