@@ -330,9 +330,12 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
 
     with rep.phase("elf"):
         busybox = DEFAULT_BUSYBOX if cfg.busybox and DEFAULT_BUSYBOX.exists() else None
-        env = env_program()
+        # -P (no script directory on sys.path) exists from Python 3.11 on.
+        safe_path = tuple(int(x) for x in rt.interpreter.version.split(".")[:2]) >= (3, 11)
+        env = env_program() if safe_path else None
         if env is None:
-            rep.debug(f"no GNU env at {ENV_PROGRAM}: /init starts Python -IS (waits for entropy at boot)")
+            rep.debug(f"no GNU env at {ENV_PROGRAM} or Python < 3.11: /init starts Python -IS "
+                      f"(which waits for entropy at boot)")
         extra = [Path(b) for b in cfg.binaries]
         for b in extra:
             if not b.exists():
