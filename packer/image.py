@@ -91,15 +91,10 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
 
 
 def source_date_epoch() -> int:
-    """$SOURCE_DATE_EPOCH as an int, 0 when unset."""
-    # The same parsing as packer.config._env_epoch, which is private (engineer
-    # S owns config.py): switch to config's function once it has a public name.
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "") or "0"
-    try:
-        return int(raw)
-    except ValueError:
-        raise CommandError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
-                           hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct)")
+    """$SOURCE_DATE_EPOCH as an int, 0 when unset: the packer's own reading of
+    it (packer.config), so an initramfs and its medium never disagree."""
+    from packer.config import PackConfig
+    return PackConfig().epoch
 
 
 def _env(epoch: int) -> dict[str, str]:

@@ -224,6 +224,18 @@ def test_squashfs_is_reproducible_and_excludes_pseudo_fs(demo_root: Path, tmp_pa
     assert "zstd" in subprocess.run(["unsquashfs", "-s", str(a)], capture_output=True, text=True).stdout
 
 
+def test_source_date_epoch_is_the_packers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from packer import config
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert image.source_date_epoch() == 1700000000 == config.PackConfig().epoch
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
+    with pytest.raises(CommandError, match="SOURCE_DATE_EPOCH='soon' is not an integer"):
+        image.source_date_epoch()
+    # one parser: whatever packer.config decides, the medium follows
+    monkeypatch.setattr(config.PackConfig, "epoch", property(lambda self: 4242))
+    assert image.source_date_epoch() == 4242
+
+
 def test_squashfs_xz_and_bad_compression(demo_root: Path, tmp_path: Path) -> None:
     x = image.build_squashfs(demo_root, tmp_path / "x.sqfs", compression="xz")
     assert "xz" in subprocess.run(["unsquashfs", "-s", str(x)], capture_output=True, text=True).stdout
