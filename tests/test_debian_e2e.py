@@ -47,8 +47,16 @@ def debian_root(cache: Path = ROOT_CACHE) -> Path:
 def test_debian_live_reaches_multi_user(kernel: KernelTree, tmp_path: Path) -> None:
     root = debian_root()
     assert (root / "sbin" / "init").readlink().name == "systemd"
-    res_img = image.build_image(root, tmp_path / "debian-live.iso", kernel, all_root=False,
-                                label="DEBIAN_LIVE")
+    res_img = image.build_image(root, tmp_path / "debian-live.iso", kernel, label="DEBIAN_LIVE")
+    # Owners are kept by default: unsquashfs -lln as the oracle, the tree itself as the reference.
+    sqfs = image.extract(res_img.iso, image.SQUASHFS_PATH, tmp_path / "root.sqfs")
+    listing = subprocess.run(["unsquashfs", "-lln", "-d", "", str(sqfs), "/usr/bin/chage", "/usr/sbin/unix_chkpwd",
+                              "/var/mail", "/var/log/journal"], capture_output=True, text=True, check=True).stdout
+    owners = {ln.split()[-1]: (ln.split()[0], ln.split()[1]) for ln in listing.splitlines() if ln[:1] in "d-"}
+    for path in ("/usr/bin/chage", "/usr/sbin/unix_chkpwd", "/var/mail", "/var/log/journal"):
+        st = (root / path.lstrip("/")).stat()
+        assert owners[path][1] == f"{st.st_uid}/{st.st_gid}", (path, owners[path])
+    assert owners["/usr/bin/chage"] == ("-rwxr-sr-x", "0/42")   # setgid shadow, not setgid root
     res = lab.boot("virtio-blk", image=res_img.iso, timeout=BOOT_TIMEOUT_S, success=LOGIN_PROMPT,
                    poweroff=False, memory=1024)
     assert res.success, f"{res.reason}\n{res.console[-5000:]}"
