@@ -384,6 +384,9 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         for _blob, info in done:
             rep.debug(f"segment {info.name}: {info.entries} entries, {info.uncompressed} -> {info.compressed} "
                       f"bytes, {info.codec}, " + ("cached" if info.cached else f"{info.seconds:.2f} s"))
+        if cache.write_error:
+            rep.info(f"note: the segment cache is not writable ({cache.write_error}); every pack will "
+                     f"compress from scratch: use --cache DIR or LIVEINIT_CACHE=DIR")
         early = b""
         if cfg.microcode:
             entries = microcode_entries()

@@ -114,6 +114,7 @@ class SegmentCache:
     def __init__(self, root: Path, limit: int = CACHE_LIMIT) -> None:
         self.root = Path(root) / CACHE_DIR
         self.limit = limit
+        self.write_error: str | None = None    # why the last put() could not store, if it failed
         self._ids: dict[str, str] = {}
 
     def key(self, data: bytes, codec: Codec) -> str:
@@ -160,8 +161,8 @@ class SegmentCache:
             os.chmod(tmp, 0o644)
             os.replace(tmp, self._path(key))
             self.prune()
-        except OSError:
-            pass
+        except OSError as e:
+            self.write_error = f"{e.filename or self.root}: {e.strerror}"
 
     def prune(self) -> None:
         """Drop the least recently used entries beyond `limit` bytes."""

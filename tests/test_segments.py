@@ -111,6 +111,7 @@ def test_unwritable_cache_still_packs(tmp_path: Path) -> None:
     cache = segments.SegmentCache(blocker)
     [(blob, info)] = segments.compress_all([("a", b"x" * 100, 1, Codec("gzip", 1))], cache)
     assert not info.cached and blob.startswith(b"\x1f\x8b")
+    assert cache.write_error and "file" in cache.write_error      # the pack says why it stays slow
 
 
 def test_auto_profile_refuses_a_bare_level() -> None:
