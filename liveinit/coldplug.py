@@ -342,8 +342,10 @@ def finish(loader, log, timeout: float = -1, stop: bool = False) -> int:
     log.info(f"coldplug: {cp.devices} devices with a modalias, {cp.loaded} modules loaded "
              f"in {cp.ms:.0f} ms (in the background)")
     if cp.left:
-        log.info("coldplug: left to the booted system: " + "; ".join(
-            f"{', '.join(names)} for {reason}" for names, reason, _ in cp.left))
+        left = [f"{', '.join(names)} for {reason}" for names, reason, _ in cp.left]
+        if isinstance(getattr(loader, "left", None), list):
+            loader.left.extend(left)
+        log.info("coldplug: left to the booted system: " + "; ".join(left))
     return cp.loaded
 
 

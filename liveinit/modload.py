@@ -47,6 +47,7 @@ class ModuleLoader:
         # is waited for, not inserted again, by the others (`_inflight`).
         self._inflight: dict[str, object] = {}  # module -> lock held while inserting it
         self.background = None  # the Coldplug running in the background, if any
+        self.left: list[str] = []  # "modules for device": coldplug work left to the booted system
 
     # -- public -------------------------------------------------------------
 

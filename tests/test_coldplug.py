@@ -381,6 +381,7 @@ def test_root_first_holds_other_buses_and_stop_leaves_them(tmp_path):
     assert "ahci" not in loader.loaded and "libata" not in loader.loaded
     assert [job[0] for job in cp.left] == [["ahci"]]
     assert "left to the booted system: ahci for pci 0000:00:01.1" in log.out.getvalue()
+    assert loader.left == ["ahci for pci 0000:00:01.1 [8086:2922] class 010601"]
     assert loader.background is None and not cp.running
 
 
