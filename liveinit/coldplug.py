@@ -200,8 +200,13 @@ class Coldplug:
         def dispatch(job) -> None:
             nonlocal threads, pending
             if threads < workers:
-                _thread.start_new_thread(self._work, (jobs, ended))
-                threads += 1
+                try:
+                    _thread.start_new_thread(self._work, (jobs, ended))
+                    threads += 1
+                except RuntimeError:   # no more threads: the ones we have will do
+                    if not threads:
+                        self.loader.load_matches(*job)
+                        return
             jobs.put(job)
             pending += 1
 
@@ -319,7 +324,13 @@ def start(m, loader, log, workers: int = WORKERS, root=None) -> Coldplug:
     (the command line's RootSpec) enables root first."""
     cp = Coldplug(m, loader, log)
     loader.background = cp
-    cp.start(workers, root)
+    try:
+        cp.start(workers, root)
+    except RuntimeError as e:   # cannot start a thread: do it all now, in order
+        log.warn(f"coldplug in the background impossible ({e}); loading in order")
+        loader.background = None
+        cp.running, cp._done = False, None
+        cp.run()
     return cp
 
 

@@ -411,3 +411,17 @@ def test_uevent_during_a_background_run_wakes_it_instead_of_loading(tmp_path):
     assert cp.handle_event(ev) == []
     coldplug_mod.finish(loader, log, 5)
     assert loader.loaded["virtio_blk"].startswith("virtio virtio0")   # the run's walk loaded it
+
+
+def test_no_threads_means_coldplug_in_order(tmp_path, monkeypatch):
+    """A kernel refusing new threads must not cost the boot its drivers."""
+    m, sysc, loader, log = ide_and_virtio(tmp_path, {})
+
+    def refuse(*a):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(coldplug_mod._thread, "start_new_thread", refuse)
+    cp = coldplug_mod.start(m, loader, log)
+    assert loader.background is None and cp.wait(0)
+    assert {"ahci", "virtio_pci", "virtio_blk"} <= set(loader.loaded)
+    assert "coldplug in the background impossible" in log.out.getvalue()
