@@ -15,12 +15,13 @@ nothing more once its device is there: coldplug is stopped then, the loads
 under way finish and the rest is left to the booted system's udev. A live
 medium may still need devices (persistence), so there coldplug runs to its end. A
 medium with another identity is taken once nothing more can appear: coldplug
-has ended and uevents have been quiet for QUIET seconds; with USB or MMC
-storage about (slow to show their disks) it waits SETTLE seconds instead."""
+has ended and uevents have been quiet for QUIET seconds; with USB, MMC
+storage or NVMe about (slow to show their disks) it waits SETTLE seconds instead."""
 from __future__ import annotations
 
 import os
 import time
+
 from liveinit import blockdev
 from liveinit.plain import Plain
 
@@ -30,8 +31,10 @@ ID_FILE = "/live/liveinit.id"
 MS_RDONLY = 1
 POLL_MAX = 1.0      # rescan at least this often even without events
 SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger...
-QUIET = 0.3         # ...or only until coldplug is done and uevents stop this long (no slow bus)
-SLOW_BUS = ("usb_storage", "uas", "mmc_block")   # their disks show up seconds after the bus device
+QUIET = 0.1         # ...or only until coldplug is done and uevents stop this long (no slow bus)
+# Drivers whose disks show up well after their own load returned (USB's settle
+# delay, MMC card detection, NVMe's asynchronous namespace scan).
+SLOW_BUS = ("usb_storage", "uas", "mmc_block", "nvme")
 COLDPLUG_JOIN = 60.0    # longest wait for background module loads once the root is found
 # Content that is never a mountable medium.
 NOT_FS = frozenset(("swap", "LVM2_member", "crypto_LUKS", "linux_raid_member", "zfs_member",
