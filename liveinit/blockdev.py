@@ -7,6 +7,7 @@ superblock. Nodes are created with mknod when devtmpfs has not made them yet."""
 from __future__ import annotations
 
 import os
+
 from liveinit.plain import Plain
 
 CLASS_BLOCK = "/sys/class/block"
