@@ -46,7 +46,7 @@ def measure(vmlinuz: Path, work: Path, timeout: float = 400) -> dict[str, float]
     (work / "bootcost.sh").write_text("\n".join(script) + "\n")
     img = work / "cost.img"
     subprocess.run([str(Path(sys.executable).with_name("liveinit")), "-q", "pack", "-o", str(img),
-                    "--packages", "psutil,pyudev", "--files", f"{work / 'bootcost.sh'}:/bootcost.sh"],
+                    "--busybox", "--packages", "psutil,pyudev", "--files", f"{work / 'bootcost.sh'}:/bootcost.sh"],
                    check=True)
     cmd = ["qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot", "-accel", "tcg",
            "-kernel", str(vmlinuz), "-initrd", str(img),
