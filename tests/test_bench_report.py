@@ -46,7 +46,9 @@ def test_ratios_and_verdicts(tmp_path: Path) -> None:
     assert "at least 10x faster than dracut-generic | 12.0x | met |" in text
     assert "| dracut-generic | 1/2 |" in text
     assert "| psutil import + virtual_memory() | 310 | 240 |" in text
-    assert "probing cost linear in devices (max/min ms per device) | 1.11 | met |" in text
+    # 1 ms -> 90 ms over 10 -> 1000 devices: k = log(90)/log(100) = 0.98
+    assert "coldplug grows as devices^k | k = 0.98 (10 -> 1000 devices) | met |" in text
+    assert "root search grows as devices^k | k = 0.95" in text
 
 
 def test_missed_targets_say_so(tmp_path: Path) -> None:
@@ -70,3 +72,10 @@ def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
     assert round(got["python+imports"]) == 300
     assert got["coldplug"] == 400 and got["total (runtime)"] == 900.5
     assert first_line_ts("x\n[ 1.5] hello\n", "hello") == 1.5
+
+
+def test_growth_exponent() -> None:
+    from bench.report import growth
+    assert abs(growth(10, 1.0, 1000, 100.0) - 1.0) < 1e-9       # linear
+    assert abs(growth(10, 1.0, 1000, 10000.0) - 2.0) < 1e-9     # quadratic
+    assert growth(10, 5.0, 1000, 5.0) == 0.0                    # constant
