@@ -128,6 +128,7 @@ class Boot:
         self.stacked = None
         self.plan = None
         self.switched = False
+        self.switch_done: set[str] = set()   # steps of the switch already taken
         self.broken: set[str] = set()
 
     def ms(self) -> float:
@@ -275,8 +276,8 @@ class Boot:
 
     def root_ready(self) -> bool:
         """After a failed stack: did the user mount a usable root at /sysroot by hand?"""
-        from liveinit import handover
         try:
+            from liveinit import handover
             if "/sysroot" not in mounts(self.m):
                 return False
             handover.find_init(self.m, self.cfg)
@@ -292,14 +293,18 @@ class Boot:
         if self.switched:   # exec failed after we left the initramfs: try again as is
             m.sys.execv(self.plan.init, list(self.plan.argv))
             return
-        self.plan = plan = handover.prepare(m, self.cfg)
+        if self.plan is None or not self.switch_done:
+            self.plan = handover.prepare(m, self.cfg)
+        plan = self.plan
         self.record.set("init", {"path": plan.init, "argv": plan.argv, "method": plan.method})
         self.record_devices()
         if self.listener is not None:
             self.listener.close()
-        self.switched = True
 
         def before_exec() -> None:
+            # Only now are we inside the new root: a failure before this point
+            # must redo the whole switch, one after it only the exec.
+            self.switched = True
             self.timed("handover", start)
             ms = self.ms()
             self.record.set("total_ms", round(ms, 1))
@@ -311,7 +316,7 @@ class Boot:
             log.starting(plan.init, ms)
             log.close()
 
-        handover.switch(m, plan, log, before_exec)
+        handover.switch(m, plan, log, before_exec, self.switch_done)
 
     def record_devices(self) -> None:
         loader = self.loader
@@ -338,6 +343,15 @@ def _reap(signum: int, frame: object) -> None:
             return
 
 
+def _shell_machine() -> Machine:
+    """A Machine for the last-resort shell, even when the syscalls module
+    (ctypes, libffi) is what broke: the shell itself needs only fork/exec."""
+    try:
+        return Machine("/")
+    except BaseException:
+        return Machine("/", sys=False)
+
+
 def _forever() -> None:
     """PID 1 must never exit (the kernel would panic): wait for ever."""
     while True:
@@ -354,7 +368,10 @@ def main(settings: dict) -> None:
     medium identity), "kver", "moddir" ("/lib/modules/KVER"), "index" (path of
     liveinit.index); optional "max_attempts" (tries per stage before giving up,
     0 = for ever, the default)."""
-    t0 = time.monotonic()
+    now = time.monotonic()
+    # /init takes "t0" on its first line: interpreter start-up and the
+    # runtime's imports then count in the "starting init after" total.
+    t0 = float(settings.get("t0") or now)
     log = Log()
     pid1 = os.getpid() == 1
     try:
@@ -364,15 +381,19 @@ def main(settings: dict) -> None:
             settings = dict(settings, argv=tuple(sys.argv[1:]))
             import signal
             signal.signal(signal.SIGCHLD, _reap)
+        if now > t0:
+            log.stage("imports", (now - t0) * 1000)
         Boot(Machine("/"), settings, t0, log).run()
     except BaseException as e:   # noqa: BLE001
         try:
             failure = e if isinstance(e, BootFailure) else emergency.unexpected("boot", e)
             emergency.report(log, failure)
-            if pid1:
-                while True:
-                    emergency.shell(Machine("/"), log, "boot failed")
         except BaseException:
             pass
+        while pid1:
+            try:
+                emergency.shell(_shell_machine(), log, "boot failed")
+            except BaseException:
+                time.sleep(1)
     if pid1:
         _forever()

@@ -157,23 +157,36 @@ def delete_initramfs(m, newroot: str) -> int:
     return delete_tree(m, root, m.sys.st_dev(root), m.path(newroot))
 
 
-def switch(m, plan: Plan, log, before_exec=None) -> None:
-    """Leave the initramfs/initrd and exec init. Returns only if exec did (a fake)."""
+def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> None:
+    """Leave the initramfs/initrd and exec init. Returns only if exec did (a fake).
+
+    `done` collects the steps already taken, so that a retry after a failure
+    (the emergency shell) resumes where the switch stopped: the mounts have
+    moved and the root may already be / by then."""
+    done = set() if done is None else done
     newroot = plan.newroot
-    move_mounts(m, newroot, log)
+
+    def step(name: str, fn) -> None:
+        if name not in done:
+            fn()
+            done.add(name)
+
+    step("move", lambda: move_mounts(m, newroot, log))
     if plan.method == "switch_root":
-        delete_initramfs(m, newroot)
-        m.sys.chdir(m.path(newroot))
-        m.sys.mount(m.path(newroot), m.path("/"), None, MS_MOVE)
-        m.sys.chroot(".")
-        m.sys.chdir("/")
+        step("delete", lambda: delete_initramfs(m, newroot))
+        step("enter", lambda: (m.sys.chdir(m.path(newroot)),
+                               m.sys.mount(m.path(newroot), m.path("/"), None, MS_MOVE)))
+        step("chroot", lambda: (m.sys.chroot("."), m.sys.chdir("/")))
     else:
         old = m.path(newroot + OLD_ROOT)
-        os.makedirs(old, exist_ok=True)
-        m.sys.chdir(m.path(newroot))
-        m.sys.pivot_root(m.path(newroot), old)
-        m.sys.chroot(".")
-        m.sys.chdir("/")
+
+        def pivot() -> None:
+            os.makedirs(old, exist_ok=True)
+            m.sys.chdir(m.path(newroot))
+            m.sys.pivot_root(m.path(newroot), old)
+
+        step("enter", pivot)
+        step("chroot", lambda: (m.sys.chroot("."), m.sys.chdir("/")))
         try:
             m.sys.umount2(OLD_ROOT, MNT_DETACH)
         except OSError as e:

@@ -375,6 +375,44 @@ def test_main_never_raises(monkeypatch, capsys) -> None:
     assert "liveinit: FAILED: unexpected error in stage boot: RuntimeError: boom" in out
 
 
+def test_failed_switch_is_redone_not_just_exec_again(tmp_path: Path, monkeypatch) -> None:
+    # chroot into the new root fails once: the retry must redo the switch
+    # rather than exec init inside the old initramfs.
+    lab = Lab(tmp_path, monkeypatch, fail={"chroot": [errno.EPERM]})
+    lab.init()
+    lab.run()
+    assert lab.shells == ["liveinit: stage handover failed"]
+    tail = [c[0] for c in lab.sys.calls if c[0] in ("chroot", "execv")]
+    assert tail[-2:] == ["chroot", "execv"] and tail.count("chroot") == 2
+
+
+def test_import_time_counts_from_the_first_line_of_init(monkeypatch, capsys) -> None:
+    seen = {}
+
+    def run(self):
+        seen["t0"] = self.t0
+
+    monkeypatch.setattr(boot.Boot, "run", run)
+    monkeypatch.setattr(boot, "Machine", lambda root: Machine("/nonexistent", FakeSyscalls()))
+    import time
+    t0 = time.monotonic() - 0.25
+    boot.main({"cmdline": "", "t0": t0})
+    assert seen["t0"] == t0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "stage imports" in ln][0]
+    assert int(line.split()[3]) >= 250
+
+
+def test_last_resort_shell_needs_no_syscalls_module(monkeypatch) -> None:
+    def broken(root, sys=None):
+        if sys is None:
+            raise OSError("libffi.so.8: cannot open shared object file")
+        return Machine(root, sys)
+
+    monkeypatch.setattr(boot, "Machine", broken)
+    m = boot._shell_machine()
+    assert m.path("/bin/sh") == "/bin/sh"
+
+
 # -- the shell itself ----------------------------------------------------------------------
 def test_shell_prefers_busybox(tmp_path: Path, monkeypatch) -> None:
     bb = tmp_path / "bin" / "busybox"
