@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from liveinit.emergency import BootFailure
+from liveinit.plain import Plain
 from liveinit.syscalls import MNT_DETACH, MS_MOVE
 
 INITS = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
@@ -19,12 +19,11 @@ MAX_LINKS = 40                        # the kernel's own symlink limit
 CONSOLE = "/dev/console"
 
 
-@dataclass(frozen=True)
-class Plan:
-    init: str                 # path of init inside the new root
-    argv: tuple[str, ...]
-    method: str               # "switch_root" | "pivot_root"
-    newroot: str
+class Plan(Plain):
+    """init: its path inside the new root; argv; method: "switch_root" |
+    "pivot_root"; newroot: where the new root is mounted."""
+
+    __slots__ = ("init", "argv", "method", "newroot")
 
 
 def resolve_in(root: str, path: str) -> str | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 
 from liveinit.emergency import BootFailure
 from liveinit.machine import Machine
+from liveinit.plain import Plain
 from liveinit.syscalls import (MNT_DETACH, MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
                                MS_NOSUID, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
                                MS_SYNCHRONOUS)
@@ -37,15 +37,14 @@ FLAG_WORDS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec":
               "relatime": MS_RELATIME}
 
 
-@dataclass(frozen=True)
-class Stacked:
-    root: str                 # where the new root is mounted (/sysroot)
-    union: str                # overlay | aufs | unionfs | bind | none | plain
-    image_fstype: str | None  # squashfs/erofs (live), the root's fstype (plain)
-    loop: str | None          # loop device of the image
-    writable: str             # "tmpfs", "persistence LABEL=x", "none", "device"
-    toram: bool
-    tried: tuple[str, ...]    # union methods that failed, with why
+class Stacked(Plain):
+    """root: where the new root is mounted (/sysroot); union: overlay | aufs |
+    unionfs | bind | none | plain; image_fstype: squashfs/erofs (live) or the
+    root's fstype (plain); loop: loop device of the image; writable: "tmpfs",
+    "persistence LABEL=x", "none", "device"; toram; tried: union methods that
+    failed, with why."""
+
+    __slots__ = ("root", "union", "image_fstype", "loop", "writable", "toram", "tried")
 
 
 def mount_options(flags_text: str, readonly: bool) -> tuple[int, str | None]:
