@@ -36,6 +36,7 @@ QUIET = 0.1         # ...or only until coldplug is done and uevents stop this lo
 # delay, MMC card detection, NVMe's asynchronous namespace scan).
 SLOW_BUS = ("usb_storage", "uas", "mmc_block", "nvme")
 COLDPLUG_JOIN = 60.0    # longest wait for background module loads once the root is found
+PERSIST_WAIT = 5.0      # how long a persistence device named on the command line may take to appear
 # Content that is never a mountable medium.
 NOT_FS = frozenset(("swap", "LVM2_member", "crypto_LUKS", "linux_raid_member", "zfs_member",
                     "bcache", "ddf_raid_member", "isw_raid_member", "BitLocker"))
@@ -417,3 +418,17 @@ def _findiso(search: _Search, deadline: float) -> Found:
     log.info(f"findiso: {cfg.findiso} on /dev/{d.name} ({fstype}) via {loopdev}")
     return Found(loopdev, "iso9660", info, f"findiso {cfg.findiso} on {d.name}", MEDIUM,
                  MEDIUM + "/" + cfg.live_image.lstrip("/"))
+
+
+def find_device(m, text: str, loader, listener, log, timeout: float = PERSIST_WAIT) -> str | None:
+    """The /dev node of the device a spec names (LABEL=, UUID=, PARTUUID=,
+    PARTLABEL=, /dev/NAME, MAJ:MIN), waiting up to `timeout` s for it to
+    appear (a persistence stick may come up after the medium). The same
+    matcher as root=; None when no device matches in time."""
+    from liveinit.cmdline import parse_root
+    spec = parse_root(text)
+    if spec is None or spec.kind == "auto":
+        return None
+    search = _Search(m, None, None, loader, listener, log)
+    dev = search.wait(lambda: _match_spec(search, spec), time.monotonic() + timeout)
+    return None if dev is None else blockdev.node(m, dev)

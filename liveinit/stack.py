@@ -147,23 +147,6 @@ def copy_to_ram(m, image: str, medium: str | None, log) -> str:
     return dest
 
 
-def _find_device(m, spec: str) -> str | None:
-    """The /dev node matching LABEL=, UUID=, PARTUUID=, PARTLABEL= or a /dev path."""
-    if spec.startswith("/dev/"):
-        return spec if m.exists(spec) else None
-    key, _, value = spec.partition("=")
-    key = key.upper()
-    if not value:
-        return None
-    from liveinit import blockdev
-    for dev in blockdev.scan(m):
-        ident = blockdev.identify(m, dev)
-        got = ident.get(key)
-        if got is not None and (got == value or got.lower() == value.lower() and "UUID" in key):
-            return blockdev.node(m, dev)
-    return None
-
-
 def _writable(m, cfg, loader, log) -> tuple[str, str]:
     """Mount the writable layer at RW; returns (base dir holding upper/work, description)."""
     spec = cfg.persistence
@@ -184,7 +167,8 @@ def _persistence(m, spec: str, loader, log) -> tuple[str, str]:
     if devspec.startswith("/") and not devspec.startswith("/dev/") and not filepath:
         devspec, filepath = "", devspec   # a bare file path on the medium
     if devspec:
-        dev = _find_device(m, devspec)
+        from liveinit.rootfind import find_device
+        dev = find_device(m, devspec, loader, None, log)   # coldplug is over: polling will do
         if dev is None:
             raise BootFailure(f"no device matches {devspec}")
         fstype = _probe(m.path(dev)).get("TYPE", "")

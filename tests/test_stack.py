@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fakes import FakeSyscalls
-from liveinit import stack
+from liveinit import rootfind, stack
 from liveinit.cmdline import parse
 from liveinit.emergency import BootFailure
 from liveinit.log import Log
@@ -277,8 +277,8 @@ def test_toram_refuses_when_memory_is_short(env: Env) -> None:
 def test_persistence_partition_by_label(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "ext4"} if path.endswith("sdb1")
                         else {"TYPE": "squashfs"})
-    monkeypatch.setattr(stack, "_find_device",
-                        lambda m, spec: "/dev/sdb1" if spec == "LABEL=persistence" else None)
+    monkeypatch.setattr(rootfind, "find_device",
+                        lambda m, spec, *a, **k: "/dev/sdb1" if spec == "LABEL=persistence" else None)
     e = Env(tmp_path)
     st = e.stack("persistence")
     base = RW + "/liveinit-rw"
@@ -293,7 +293,7 @@ def test_persistence_partition_by_label(tmp_path: Path, monkeypatch) -> None:
 def test_persistence_image_file(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "ext4"} if not path.endswith(".squashfs")
                         else {"TYPE": "squashfs"})
-    monkeypatch.setattr(stack, "_find_device", lambda m, spec: "/dev/sdc1")
+    monkeypatch.setattr(rootfind, "find_device", lambda m, spec, *a, **k: "/dev/sdc1")
     e = Env(tmp_path)
     img = Path(e.p("/run/liveinit/persist/live-rw.img"))
     img.parent.mkdir(parents=True)
@@ -310,26 +310,38 @@ def test_persistence_image_file(tmp_path: Path, monkeypatch) -> None:
 
 def test_missing_persistence_falls_back_to_tmpfs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
-    monkeypatch.setattr(stack, "_find_device", lambda m, spec: None)
+    monkeypatch.setattr(rootfind, "find_device", lambda m, spec, *a, **k: None)
     e = Env(tmp_path)
     st = e.stack("persistence persistence-label=gone")
     assert st.writable == "tmpfs"
     assert "persistence LABEL=gone: no device matches LABEL=gone" in e.out.getvalue()
 
 
-def test_find_device_through_blockdev(tmp_path: Path, monkeypatch) -> None:
+def test_persistence_device_is_found_by_the_root_matcher(tmp_path: Path, monkeypatch) -> None:
+    # One matcher for root= and persistence: UUIDs case-insensitive, labels exact,
+    # and a device that shows up late is waited for.
     from liveinit import blockdev
-    devs = [blockdev.BlockDevice("sda1", 8, 1, 1 << 30, False, False, True, "sda", 1),
-            blockdev.BlockDevice("sdb1", 8, 17, 1 << 30, True, False, True, "sdb", 1)]
+    devs = [blockdev.BlockDevice("sda1", 8, 1, 1 << 30, False, False, True, "sda", 1)]
+    late = blockdev.BlockDevice("sdb1", 8, 17, 1 << 30, True, False, True, "sdb", 1)
     idents = {"sda1": {"TYPE": "ext4", "LABEL": "data"},
               "sdb1": {"TYPE": "ext4", "LABEL": "persistence", "UUID": "AB-CD"}}
-    monkeypatch.setattr(blockdev, "scan", lambda m: devs)
+    scans = []
+
+    def scan(m):
+        scans.append(1)
+        return devs + ([late] if len(scans) > 2 else [])
+
+    monkeypatch.setattr(blockdev, "scan", scan)
     monkeypatch.setattr(blockdev, "identify", lambda m, d: idents[d.name])
     monkeypatch.setattr(blockdev, "node", lambda m, d: "/dev/" + d.name)
+    monkeypatch.setattr(rootfind.time, "sleep", lambda s: None)
     m = Machine(str(tmp_path), FakeSyscalls(root=str(tmp_path)))
-    assert stack._find_device(m, "LABEL=persistence") == "/dev/sdb1"
-    assert stack._find_device(m, "UUID=ab-cd") == "/dev/sdb1"
-    assert stack._find_device(m, "LABEL=none") is None
+    log = Log(out=io.StringIO())
+    assert rootfind.find_device(m, "LABEL=persistence", None, None, log) == "/dev/sdb1"
+    assert len(scans) == 3   # appeared on the third scan
+    assert rootfind.find_device(m, "UUID=ab-cd", None, None, log) == "/dev/sdb1"
+    assert rootfind.find_device(m, "LABEL=Persistence", None, None, log, timeout=0) is None
+    assert rootfind.find_device(m, "not a spec", None, None, log, timeout=0) is None
 
 
 # -- plain roots -----------------------------------------------------------------------
