@@ -25,6 +25,7 @@ MEDIUM = BASE + "/medium"
 RO = BASE + "/ro"
 RW = BASE + "/rw"
 RAM = BASE + "/ram"
+ISO_OUTER = BASE + "/iso"                # findiso: the filesystem holding the ISO file
 PERSIST_HOST = BASE + "/persist"   # filesystem holding a persistence image file
 PERSIST_DIR = "liveinit-rw"        # on a persistence filesystem: upper/ and work/ below it
 IMAGE_TYPES = ("squashfs", "erofs")
@@ -144,7 +145,24 @@ def copy_to_ram(m, image: str, medium: str | None, log) -> str:
             log.info(f"toram: {medium} unmounted, the medium can be removed")
         except OSError as e:
             log.warn(f"toram: cannot unmount {medium} ({e}); the medium stays in use")
+        # findiso: the filesystem holding the ISO file is mounted too; the ISO's
+        # loop device lets go of it once its last user (us, until exec) is gone.
+        if _mounted(m, ISO_OUTER):
+            try:
+                m.sys.umount2(m.path(ISO_OUTER), MNT_DETACH)
+                log.info(f"toram: {ISO_OUTER} detached, the device holding the ISO can be removed")
+            except OSError as e:
+                log.warn(f"toram: cannot unmount {ISO_OUTER} ({e})")
     return dest
+
+
+def _mounted(m, path: str) -> bool:
+    target = m.path(path)
+    for line in (m.read("/proc/mounts") or "").splitlines():
+        f = line.split()
+        if len(f) > 1 and f[1] in (path, target):
+            return True
+    return False
 
 
 def _writable(m, cfg, loader, log) -> tuple[str, str]:

@@ -263,6 +263,27 @@ def test_toram_copies_and_releases_the_medium(env: Env) -> None:
     assert sum(1 for line in out.splitlines() if line.startswith("liveinit: toram: ") and "%" in line) >= 3
 
 
+def test_toram_with_findiso_also_releases_the_filesystem_holding_the_iso(env: Env) -> None:
+    Path(env.p(IMAGE)).write_bytes(os.urandom(4096))
+    meminfo(env, 1024 * 1024)
+    env.sys.mounts["/run/liveinit/medium"] = None
+    env.sys.mounts["/run/liveinit/iso"] = None       # rootfind mounted the ISO's filesystem
+    with open(env.p("/proc/mounts"), "a") as f:
+        f.write("/dev/sda1 /run/liveinit/iso ext4 rw 0 0\n/dev/loop1 /run/liveinit/medium iso9660 ro 0 0\n")
+    env.stack("toram findiso=/live.iso")
+    calls = env.sys.calls
+    assert calls.index(("umount2", "/run/liveinit/medium", 0)) < calls.index(("umount2", "/run/liveinit/iso", 2))
+    assert "the device holding the ISO can be removed" in env.out.getvalue()
+
+
+def test_toram_without_findiso_leaves_no_iso_unmount(env: Env) -> None:
+    Path(env.p(IMAGE)).write_bytes(os.urandom(4096))
+    meminfo(env, 1024 * 1024)
+    env.sys.mounts["/run/liveinit/medium"] = None
+    env.stack("toram")
+    assert not any(c[0] == "umount2" and c[1] == "/run/liveinit/iso" for c in env.sys.calls)
+
+
 def test_toram_refuses_when_memory_is_short(env: Env) -> None:
     Path(env.p(IMAGE)).write_bytes(bytes(10 << 20))
     meminfo(env, 32 * 1024)   # 32 MiB
