@@ -24,11 +24,11 @@ import time
 
 from liveinit import blockdev
 from liveinit.plain import Plain
+from liveinit.syscalls import MS_RDONLY
 
 MEDIUM = "/run/liveinit/medium"
 ISO_MOUNT = "/run/liveinit/iso"
 ID_FILE = "/live/liveinit.id"
-MS_RDONLY = 1
 POLL_MAX = 1.0      # rescan at least this often even without events
 SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger...
 QUIET = 0.1         # ...or only until coldplug is done and uevents stop this long (no slow bus)
