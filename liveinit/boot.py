@@ -24,15 +24,15 @@ from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.record import Record
 
+# As in syscalls.py, which is not imported here: a broken ctypes/libffi must
+# surface as a failed stage and an emergency shell, not as /init failing to import.
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 EARLY_MOUNTS = (
     ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
     ("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, None),
     ("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755"),
     ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
 )
-# As in syscalls.py, which is not imported here: a broken ctypes/libffi must
-# surface as a failed stage and an emergency shell, not as /init failing to import.
-MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 CONSOLE = "/dev/console"
 KMSG = "/dev/kmsg"
 EBUSY = 16
