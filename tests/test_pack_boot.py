@@ -77,3 +77,25 @@ def test_boots_a_real_ext4_root_on_virtio(kernel: KernelTree, universal: Path, t
     stages = dict(res.timings.stages_ms)
     assert [name for name, _ms in res.timings.stages_ms] == \
         ["early", "cmdline", "coldplug", "findroot", "stack", "handover"], stages
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["none", "gzip", "xz", "zstd", "lz4"])
+def test_every_compression_boots_the_real_image(method: str, kernel: KernelTree, tmp_path: Path) -> None:
+    """The issue: each compression the packer offers boots. Here the whole
+    liveinit image (every segment in `method`) reaches a real init."""
+    from packer.compress import detect
+    from packer.cpio import read_archive
+
+    out = tmp_path / f"initrd-{method}.img"
+    initramfs.build(PackConfig(output=out, moddir=kernel.moddir, kver=kernel.version, compress=method))
+    data = out.read_bytes()
+    assert detect(data) == method
+    assert {seg.compression for seg in read_archive(data)} == {method}
+    disk = _ext4_root(tmp_path)
+    res = lab.boot("virtio-blk", kernel=kernel, initrd=out, cmdline="root=/dev/vda rootdelay=60",
+                   timeout=BOOT_TIMEOUT_S, poweroff=False, success=rf"{ROOT_MARK} pid=1 root=ext4",
+                   disks=(disk,))
+    assert res.success, res.summary() + "\n" + res.console[-3000:]
+    assert "Initramfs unpacking failed" not in res.console
