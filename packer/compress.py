@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import shutil
-import subprocess
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from packer import tools
 from packer.cli import CommandError
 
 METHODS = ("none", "gzip", "xz", "zstd", "lz4")
@@ -110,20 +109,14 @@ def _level(method: str, level: int | None) -> int:
     return level
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise CompressionError(f"the `{name}` program is needed for {name} compression but is not installed",
-                               hint=f"apt-get install {name}, or choose --compress gzip or xz")
-    return path
-
-
 def _run_tool(argv: list[str], data: bytes, what: str) -> bytes:
-    proc = subprocess.run(argv, input=data, capture_output=True, check=False)
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip()
-        raise CompressionError(f"{what} failed: {err or f'{argv[0]} exited {proc.returncode}'}")
-    return proc.stdout
+    """stdout of a compressor fed `data` (packer.tools.run), its failures as CompressionError."""
+    try:
+        return tools.run(argv, what, input=data).stdout
+    except tools.ToolMissing as e:
+        raise CompressionError(str(e), hint=f"{e.hint}, or choose --compress gzip or xz") from None
+    except CommandError as e:
+        raise CompressionError(str(e), hint=e.hint) from None
 
 
 def xz_dict_size(n: int, level: int) -> int:
@@ -160,9 +153,9 @@ def compress(data: bytes, method: str, level: int | None = None, *, extreme: boo
                       "dict_size": xz_dict_size(len(data), lvl)})
         return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=chain)
     if method == "zstd":
-        return _run_tool([_tool("zstd"), "-q", "-c", f"-{lvl}", "-T0", "--no-progress"], data,
-                         "zstd compression")
-    return _run_tool([_tool("lz4"), "-q", "-c", "-l", f"-{lvl}"], data, "lz4 compression")
+        return _run_tool(["zstd", "-q", "-c", f"-{lvl}", "-T0", "--no-progress"], data,
+                         f"compress {len(data)} bytes")
+    return _run_tool(["lz4", "-q", "-c", "-l", f"-{lvl}"], data, f"compress {len(data)} bytes")
 
 
 def _zstd_frame_end(data: bytes, pos: int) -> int:
@@ -228,8 +221,8 @@ def decompress_stream(data: bytes, pos: int = 0) -> tuple[str, bytes, int]:
         end = _zstd_frame_end(data, pos) if method == "zstd" else _lz4_legacy_end(data, pos)
     except IndexError:
         raise CompressionError(f"{method} stream at offset {pos} is truncated") from None
-    argv = [_tool("zstd"), "-q", "-d", "-c"] if method == "zstd" else [_tool("lz4"), "-q", "-d", "-c"]
-    return method, _run_tool(argv, data[pos:end], f"{method} decompression at offset {pos}"), end
+    argv = ["zstd", "-q", "-d", "-c"] if method == "zstd" else ["lz4", "-q", "-d", "-c"]
+    return method, _run_tool(argv, data[pos:end], f"decompress the {method} stream at offset {pos}"), end
 
 
 def decompress(data: bytes) -> bytes:

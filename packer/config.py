@@ -61,7 +61,9 @@ class Setting:
         return self.name.replace("-", "_")
 
 
-def _env_epoch() -> int:
+def source_date_epoch() -> int:
+    """$SOURCE_DATE_EPOCH as an int, 0 when unset or empty: the one reading of
+    it (pack and image), so an initramfs and its medium never disagree."""
     raw = os.environ.get("SOURCE_DATE_EPOCH", "0") or "0"
     try:
         return int(raw)
@@ -145,7 +147,7 @@ class PackConfig:
     @property
     def epoch(self) -> int:
         """The mtime every archive entry gets."""
-        return self.source_date_epoch if self.source_date_epoch is not None else _env_epoch()
+        return self.source_date_epoch if self.source_date_epoch is not None else source_date_epoch()
 
     def extra_files(self) -> list[tuple[Path, str]]:
         """`files` as (host source, image name without leading '/')."""

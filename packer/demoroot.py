@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+from packer import tools
 from packer.cli import CommandError
 from packer.elf import resolve
 
@@ -72,7 +72,7 @@ DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run"
 
 def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
     """Paths (relative, e.g. 'bin/ls') of every applet the busybox binary offers."""
-    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout
+    out = tools.run([str(busybox), "--list-full"], "list its applets", text=True).stdout
     return [line.strip().lstrip("/") for line in out.splitlines() if line.strip()]
 
 

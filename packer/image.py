@@ -14,12 +14,13 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packer import tools
 from packer.cli import CommandError
+from packer.config import source_date_epoch
 from packer.kernelpkg import KernelTree
 
 SQUASHFS_PATH = "live/filesystem.squashfs"
@@ -77,26 +78,6 @@ class ImageResult:
     files: tuple[str, ...] = field(default=())
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
-    tool = cmd[0]
-    if shutil.which(tool) is None:
-        raise CommandError(f"{tool} is not installed (needed to {what})",
-                           hint="run scripts/setup.sh or apt-get install the package that provides it")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise CommandError(f"{tool} failed to {what} (exit {proc.returncode}): " + " | ".join(tail),
-                           hint="the command was: " + " ".join(cmd))
-    return proc.stdout
-
-
-def source_date_epoch() -> int:
-    """$SOURCE_DATE_EPOCH as an int, 0 when unset: the packer's own reading of
-    it (packer.config), so an initramfs and its medium never disagree."""
-    from packer.config import PackConfig
-    return PackConfig().epoch
-
-
 def _env(epoch: int) -> dict[str, str]:
     return {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
 
@@ -124,7 +105,7 @@ def build_squashfs(root: Path, output: Path, compression: str = "zstd",
     if excludes:
         cmd += ["-wildcards", "-e", *excludes]
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}  # it conflicts with -all-time
-    _run(cmd, f"build the squashfs of {root}", env=env)
+    tools.run(cmd, f"build the squashfs of {root}", env=env)
     return output
 
 
@@ -253,18 +234,18 @@ def build_efi_image(work: Path, label: str, epoch: int) -> Path:
     # grub-mkimage rather than grub-mkstandalone: the standalone tool packs
     # its modules in a memdisk tar stamped with the current time, so two
     # builds differ; a core image with the modules built in is reproducible.
-    _run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(efi), "-p", "/boot/grub", "-c", str(embedded),
+    tools.run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(efi), "-p", "/boot/grub", "-c", str(embedded),
           *GRUB_EFI_MODULES], "build the GRUB EFI binary", env=_env(epoch))
     img = work / "efi.img"
     size_kib = (efi.stat().st_size // 1024) + 512
     size_kib += (-size_kib) % 64
     img.unlink(missing_ok=True)
-    _run(["mkfs.vfat", "-C", "--invariant", "-i", "4c495645", "-n", "LIVEINITEFI", str(img),
+    tools.run(["mkfs.vfat", "-C", "--invariant", "-i", "4c495645", "-n", "LIVEINITEFI", str(img),
           str(size_kib)], "format the EFI system partition image", env=_env(epoch))
     os.utime(efi, (epoch, epoch))
-    _run(["mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT"], "make directories in the EFI image",
+    tools.run(["mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT"], "make directories in the EFI image",
          env=_env(epoch))
-    _run(["mcopy", "-m", "-i", str(img), str(efi), "::/EFI/BOOT/BOOTX64.EFI"],
+    tools.run(["mcopy", "-m", "-i", str(img), str(efi), "::/EFI/BOOT/BOOTX64.EFI"],
          "copy GRUB into the EFI image", env=_env(epoch))
     return img
 
@@ -281,7 +262,7 @@ def build_iso(tree: Path, output: Path, label: str, epoch: int) -> Path:
         raise CommandError(f"{mbr} not found", hint="apt-get install isolinux")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
-    _run(["xorriso", "-as", "mkisofs", "-o", str(output), "-quiet",
+    tools.run(["xorriso", "-as", "mkisofs", "-o", str(output), "-quiet",
           "-iso-level", "3", "-full-iso9660-filenames", "-volid", label, "-R", "-J", "-joliet-long",
           "-isohybrid-mbr", str(mbr),
           "-c", "isolinux/boot.cat", "-b", "isolinux/isolinux.bin",
@@ -346,7 +327,7 @@ def extract(iso: Path, member: str, dest: Path) -> Path:
     """Copy one file (e.g. 'live/vmlinuz') out of an ISO with xorriso, no mount."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
-    _run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/" + member.lstrip("/"), str(dest)],
+    tools.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/" + member.lstrip("/"), str(dest)],
          f"extract {member} from {iso}")
     if not dest.exists():
         raise CommandError(f"{iso} has no /{member}", hint="is it an ISO made by `liveinit image`?")

@@ -13,14 +13,14 @@ import io
 import os
 import platform
 import stat
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packer import pyruntime, segments
+from packer import pyruntime, segments, tools
 from packer.cli import CommandError
 from packer.config import DEFAULT_BUSYBOX, PackConfig
+from packer.demoroot import busybox_applets
 from packer.progress import Reporter
 
 # Directories every image has (mode), and the console/entropy nodes CPython
@@ -207,7 +207,7 @@ def _split_modules(specs: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
                  rep: Reporter) -> tuple[tuple[str, ...], int]:
-    from packer.kmod import ModuleTree
+    from packer.kmod import ModuleTree, plain_modules, plain_name
     tree = ModuleTree(moddir, cache=(cfg.cache / "kmod") if cfg.cache else None)
     if cfg.host_only:
         from packer import hostonly
@@ -232,11 +232,19 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
             if name.startswith(MODPROBE_D) and name.endswith(".conf") and src.is_file():
                 (conf / Path(name).name).write_bytes(src.read_bytes())
         mods = sorted(tree.closure(wanted, config_dirs=[conf]))
+        # Every module is stored as a plain .ko (the segment is compressed
+        # anyway): the runtime only ever finit_modules plain files, whatever
+        # compression the distribution ships (.ko.zst on Ubuntu/Arch).
+        unpacked = plain_modules(tree.path(name) for name in mods)
         for name in rep.progress(mods, len(mods), "modules"):
             ko = tree.path(name)
-            img.file(f"{dest}/{ko.relative_to(moddir)}", "modules", src=ko)
+            target = f"{dest}/{plain_name(str(ko.relative_to(moddir)))}"
+            if ko in unpacked:
+                img.file(target, "modules", data=unpacked[ko], mode=ko.stat().st_mode)
+            else:
+                img.file(target, "modules", src=ko)
         out = Path(tmp) / "index"
-        tree.write_index(out, mods, config_dirs=[conf])
+        tree.write_index(out, mods, config_dirs=[conf], plain=True)
         for p in sorted(out.rglob("*")):
             if p.is_file():
                 img.file(f"{dest}/{p.relative_to(out)}", "modindex", data=p.read_bytes(), mode=0o644)
@@ -275,15 +283,10 @@ def env_program(path: Path = ENV_PROGRAM) -> Path | None:
     if not path.is_file():
         return None
     try:
-        proc = subprocess.run([str(path), "-S -i", "true"], capture_output=True, check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        tools.run([str(path), "-S -i", "true"], "check that env understands -S -i")
+    except CommandError:
         return None
-    return path if proc.returncode == 0 else None
-
-
-def _busybox_applets(busybox: Path) -> list[str]:
-    out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=False)
-    return sorted(a for a in out.stdout.split() if a not in BUSYBOX_SKIP)
+    return path
 
 
 def derive_identity(kver: str, mods: tuple[str, ...], runtime: pyruntime.PyRuntime, cfg: PackConfig) -> str:
@@ -351,7 +354,9 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         if busybox is not None:
             img.host_path(busybox, "busybox")
             real = "/" + img.canon(str(busybox).lstrip("/"))
-            for applet in _busybox_applets(busybox):
+            for applet in busybox_applets(busybox):
+                if applet in BUSYBOX_SKIP:
+                    continue
                 img.symlink(applet, real, "busybox")
         if rt.packages:
             libs = [str(p) for p in (*closure.libraries, *rt.libraries)]

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from packer import tools
 
 DEFAULT_CACHE = Path(os.environ.get("LIVEINIT_CACHE", "/var/cache/liveinit"))
 META_PACKAGE = "linux-image-amd64"
@@ -38,11 +39,12 @@ class KernelTree:
 
 def _current_package() -> str:
     """The linux-image-<ver>-amd64 package that linux-image-amd64 depends on."""
-    out = subprocess.run(["apt-cache", "depends", META_PACKAGE], capture_output=True, text=True).stdout
+    depends = ["apt-cache", "depends", META_PACKAGE]
+    out = tools.run(depends, f"find the package {META_PACKAGE} depends on", text=True).stdout
     m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
     if not m:
-        subprocess.run(["apt-get", "update", "-qq"], check=False)
-        out = subprocess.run(["apt-cache", "depends", META_PACKAGE], capture_output=True, text=True).stdout
+        tools.run(["apt-get", "update", "-qq"], "update the package lists", capture=False)
+        out = tools.run(depends, f"find the package {META_PACKAGE} depends on", text=True).stdout
         m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
     if not m:
         from packer.cli import CommandError
@@ -69,19 +71,11 @@ def fetch_kernel(cache: Path = DEFAULT_CACHE, package: str | None = None) -> Ker
     dl.mkdir(parents=True, exist_ok=True)
     debs = list(dl.glob(f"{package}_*.deb"))
     if not debs:
-        _tool(["apt-get", "download", "-q", package], dl, f"download {package}")
+        tools.run(["apt-get", "download", "-q", package], f"download {package}", cwd=dl, capture=False)
         debs = list(dl.glob(f"{package}_*.deb"))
-    _tool(["dpkg", "-x", str(debs[0]), str(tree.root)], dl, f"unpack {debs[0].name}")
+    tools.run(["dpkg", "-x", str(debs[0]), str(tree.root)], f"unpack {debs[0].name}", cwd=dl, capture=False)
     stamp.touch()
     return tree
-
-
-def _tool(cmd: list[str], cwd: Path, what: str) -> None:
-    r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        from packer.cli import CommandError
-        raise CommandError(f"cannot {what}: {r.stderr.strip() or f'exit {r.returncode}'}",
-                           hint="check network access to Debian's mirror and run `apt-get update`")
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:

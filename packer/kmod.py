@@ -12,14 +12,16 @@ import io
 import lzma
 import marshal
 import os
-import subprocess
-from dataclasses import dataclass
+import tempfile
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from liveinit.kmodindex import (INDEX_NAME, ModuleIndex, modname, parse_alias, parse_builtin,
                                 parse_builtin_modinfo, parse_config, parse_dep, parse_softdep_value,
                                 pci_entry)
+from packer import tools
 from packer.cli import CommandError
 from packer.kernelpkg import DEFAULT_CACHE
 
@@ -102,24 +104,58 @@ class IndexReport:
 
 # ---------------------------------------------------------------- .modinfo
 
-def _module_bytes(path: Path) -> bytes:
+def plain_name(rel: str) -> str:
+    """A module path with its compression suffix dropped (`a/b.ko.zst` -> `a/b.ko`)."""
+    for suffix in MODULE_SUFFIXES[1:]:
+        if rel.endswith(suffix):
+            return rel[:-len(suffix)] + ".ko"
+    return rel
+
+
+def module_bytes(path: Path) -> bytes:
+    """The plain ELF bytes of a module file (.ko, or .ko.xz/.ko.gz/.ko.zst decompressed)."""
     name = path.name
-    if name.endswith(".ko"):
-        return path.read_bytes()
-    if name.endswith(".ko.xz"):
-        return lzma.decompress(path.read_bytes())
-    if name.endswith(".ko.gz"):
-        return gzip.decompress(path.read_bytes())
+    try:
+        if name.endswith(".ko"):
+            return path.read_bytes()
+        if name.endswith(".ko.xz"):
+            return lzma.decompress(path.read_bytes())
+        if name.endswith(".ko.gz"):
+            return gzip.decompress(path.read_bytes())
+    except (OSError, lzma.LZMAError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CommandError(f"cannot decompress {path}: {e}",
+                           hint="is the module tree complete and not corrupted?") from None
     if name.endswith(".ko.zst"):
-        try:
-            return subprocess.run(["zstd", "-dcq", str(path)], check=True, capture_output=True).stdout
-        except FileNotFoundError:
-            raise CommandError(f"{path} is zstd-compressed and the zstd program is missing",
-                               hint="install zstd (apt-get install zstd)") from None
-        except subprocess.CalledProcessError as e:
-            err = e.stderr.decode(errors="replace").strip()
-            raise CommandError(f"cannot decompress {path}: {err}") from None
+        return tools.run(["zstd", "-dcq", str(path)], f"decompress the module {path}").stdout
     raise CommandError(f"{path} is not a kernel module")
+
+
+def plain_modules(paths: Iterable[Path]) -> dict[Path, bytes]:
+    """The plain ELF bytes of every compressed module in `paths` (plain .ko
+    files are left out: read them where they are). The .ko.zst files go
+    through ONE zstd run per batch of distinct file names, not one each."""
+    out: dict[Path, bytes] = {}
+    batches: list[dict[str, Path]] = []
+    for p in paths:
+        if p.name.endswith(".ko"):
+            continue
+        if not p.name.endswith(".ko.zst"):
+            out[p] = module_bytes(p)
+            continue
+        for batch in batches:
+            if p.name not in batch:
+                break
+        else:
+            batch = {}
+            batches.append(batch)
+        batch[p.name] = p
+    for batch in batches:
+        with tempfile.TemporaryDirectory(prefix="liveinit-ko-") as tmp:
+            tools.run(["zstd", "-dqf", "--output-dir-flat", tmp, "--", *map(str, batch.values())],
+                      f"decompress {len(batch)} modules")
+            for name, p in batch.items():
+                out[p] = (Path(tmp) / name.removesuffix(".zst")).read_bytes()
+    return out
 
 
 def read_modinfo(path: Path) -> list[tuple[str, str]]:
@@ -132,7 +168,7 @@ def read_modinfo(path: Path) -> list[tuple[str, str]]:
                 sec = ELFFile(f).get_section_by_name(".modinfo")
                 raw = sec.data() if sec is not None else b""
         else:
-            sec = ELFFile(io.BytesIO(_module_bytes(path))).get_section_by_name(".modinfo")
+            sec = ELFFile(io.BytesIO(module_bytes(path))).get_section_by_name(".modinfo")
             raw = sec.data() if sec is not None else b""
     except (ELFError, OSError, ValueError) as e:
         raise CommandError(f"cannot read .modinfo of {path}: {e}",
@@ -433,15 +469,20 @@ class ModuleTree:
     # -- writing
 
     def write_index(self, dest_moddir: Path, names: Iterable[str],
-                    config_dirs: Iterable[Path] = ()) -> IndexReport:
+                    config_dirs: Iterable[Path] = (), plain: bool = False) -> IndexReport:
         """Write modules.{dep,alias,softdep,builtin,builtin.modinfo,order,pcimap}
         and `liveinit.index` for exactly `names` (which must hold their own
-        dependencies), with the modprobe.d files of `config_dirs` baked in."""
+        dependencies), with the modprobe.d files of `config_dirs` baked in.
+
+        `plain`: the modules are stored decompressed, so every path names
+        the plain `.ko` (see plain_name)."""
         wanted = {modname(n) for n in names} - self.builtin
         unknown = sorted(n for n in wanted if n not in self.modules)
         if unknown:
             raise CommandError(f"not modules of {self.moddir}: {', '.join(unknown)}")
         mods = [m for n, m in self.modules.items() if n in wanted]
+        if plain:
+            mods = [replace(m, path=plain_name(m.path)) for m in mods]
         missing = sorted({d for m in mods for d in m.depends if d not in wanted})
         if missing:
             raise CommandError(f"the module set lacks dependencies: {', '.join(missing)}",

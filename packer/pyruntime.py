@@ -25,12 +25,12 @@ import ast
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packer import tools
 from packer.cli import CommandError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -148,19 +148,6 @@ class PyRuntime:
         return out
 
 
-def _run(argv: list[str], what: str, stdin: str | None = None) -> str:
-    try:
-        proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env={}, check=False)
-    except OSError as e:
-        raise CommandError(f"cannot run {argv[0]} for {what}: {e.strerror}",
-                           hint="check --python: it must be an executable CPython")
-    if proc.returncode != 0:
-        raise CommandError(f"{what} failed ({argv[0]} exited {proc.returncode}): "
-                           f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}",
-                           hint="run the interpreter by hand to see the whole error")
-    return proc.stdout
-
-
 def inspect_interpreter(python: Path, cache: Path | None = None) -> Interpreter:
     """Resolve `python` (symlinks) and ask it where its stdlib and extensions live.
 
@@ -173,7 +160,8 @@ def inspect_interpreter(python: Path, cache: Path | None = None) -> Interpreter:
     if cfile.exists():
         info = json.loads(cfile.read_text())
     else:
-        info = json.loads(_run([str(real), "-IS", "-c", _INFO_SCRIPT], f"inspecting {real}"))
+        info = json.loads(tools.run([str(real), "-IS", "-c", _INFO_SCRIPT],
+                                     f"report its stdlib and extension paths ({real})", env={}, text=True).stdout)
         _atomic_write(cfile, json.dumps(info).encode())
     return Interpreter(path=real, version=info["version"], stdlib=Path(info["stdlib"]),
                        dynload=Path(info["dynload"] or Path(info["stdlib"]) / "lib-dynload"),
@@ -292,8 +280,8 @@ def trace(interp: Interpreter, names: list[str], paths: list[Path],
     cfile = _cache_root(cache) / "trace" / f"{key}.json"
     if cfile.exists():
         return json.loads(cfile.read_text())
-    out = _run([str(interp.path), "-IS", "-c", _TRACE_SCRIPT, *map(str, paths), "--", *names],
-               "tracing the runtime's imports")
+    out = tools.run([str(interp.path), "-IS", "-c", _TRACE_SCRIPT, *map(str, paths), "--", *names],
+                    "trace the runtime's imports", env={}, text=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     _atomic_write(cfile, json.dumps(result, sort_keys=True).encode())
     return result
@@ -326,7 +314,8 @@ def compile_pycs(interp: Interpreter, jobs: list[tuple[Path, str]], cache: Path 
             lines = []
             for i, (src, out, dfile) in enumerate(todo):
                 lines.append(f"{src}\t{tmp}/{i}.pyc\t{dfile}")
-            _run([str(interp.path), "-IS", "-c", _COMPILE_SCRIPT], "compiling .pyc files", stdin="\n".join(lines))
+            tools.run([str(interp.path), "-IS", "-c", _COMPILE_SCRIPT], "compile .pyc files",
+                      input="\n".join(lines), env={}, text=True)
             for i, (_src, out, _dfile) in enumerate(todo):
                 out.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(f"{tmp}/{i}.pyc", out)
@@ -487,9 +476,8 @@ def build_runtime(python: Path, packages: tuple[str, ...] = (),
 def find_library(soname: str) -> Path | None:
     """Where the host's loader cache says `soname` lives (e.g. libudev.so.1)."""
     try:
-        out = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, text=True, check=False,
-                             env={"LC_ALL": "C"}).stdout
-    except OSError:
+        out = tools.run(["/sbin/ldconfig", "-p"], "list the loader cache", env={"LC_ALL": "C"}, text=True).stdout
+    except CommandError:
         return None
     for line in out.splitlines():
         parts = line.strip().split(" => ")

@@ -3,7 +3,9 @@ oracles (GNU cpio, bsdtar) and the packed runtime importing in a chroot."""
 from __future__ import annotations
 
 import ast
+import gzip
 import io
+import lzma
 import os
 import shutil
 import stat
@@ -18,6 +20,7 @@ from packer.cli import CommandError
 from packer.config import PackConfig
 from packer.cpio import Entry, read_archive, segment_bytes
 from packer.kernelpkg import KernelTree
+from packer.kmod import ModuleTree
 from packer.progress import Reporter
 
 PY = "/usr/bin/python3.11"
@@ -206,6 +209,55 @@ def test_gnu_cpio_and_bsdtar_list_the_same_names(packed: initramfs.PackResult, t
         bsd_names |= {n.rstrip("/") for n in bsd.stdout.split("\n")} - {""}
     assert gnu_names == set(image)
     assert bsd_names == set(image)
+
+
+# Modules compressed as other distributions ship them (Ubuntu/Arch: .ko.zst).
+COMPRESSED_PICK = ("ext4", "isofs", "loop", "virtio_blk")
+MODULE_COMPRESSORS = {
+    ".zst": lambda raw: subprocess.run(["zstd", "-q", "-19", "-c"], input=raw, capture_output=True,
+                                       check=True).stdout,
+    ".xz": lambda raw: lzma.compress(raw, check=lzma.CHECK_CRC32),
+    ".gz": lambda raw: gzip.compress(raw, mtime=0),
+}
+
+
+@pytest.mark.slow
+def test_compressed_modules_are_packed_plain(tmp_path: Path, kernel: KernelTree) -> None:
+    full = ModuleTree(kernel.moddir)
+    names = sorted(full.closure(COMPRESSED_PICK))
+    moddir = tmp_path / "lib" / "modules" / kernel.version
+    originals: dict[str, tuple[str, bytes]] = {}
+    for i, name in enumerate(names):
+        rel = full.modules[name].path
+        raw = (kernel.moddir / rel).read_bytes()
+        suffix = list(MODULE_COMPRESSORS)[i % len(MODULE_COMPRESSORS)]
+        dst = moddir / f"{rel}{suffix}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(MODULE_COMPRESSORS[suffix](raw))
+        originals[name] = (rel, raw)
+    # The tree's own depmod-like index names the compressed files, as on Ubuntu.
+    ModuleTree(moddir, cache=tmp_path / "kmod").write_index(moddir, names)
+    assert {".zst", ".xz", ".gz"} <= {p.suffix for p in moddir.rglob("*.ko.*")}
+    assert ".ko.zst" in (moddir / "modules.dep").read_text()
+
+    res = _pack(tmp_path, kernel, moddir=moddir, groups=(), modules=tuple(names), firmware=False,
+                compress="none")
+    img = _entries(res.output)
+    base = f"usr/lib/modules/{kernel.version}/"
+    assert sorted(res.modules) == names
+    assert not [n for n in img if n.endswith((".ko.zst", ".ko.xz", ".ko.gz"))]
+    for name, (rel, raw) in originals.items():
+        assert img[base + rel].data == raw, name              # the decompressed original, byte for byte
+    index_file = tmp_path / "liveinit.index"
+    index_file.write_bytes(img[base + "liveinit.index"].data)
+    index = ModuleIndex.load(str(index_file))
+    assert sorted(index.names()) == names
+    for name, (rel, _raw) in originals.items():
+        assert index.path(name) == rel, name
+    for f in ("modules.dep", "modules.order"):
+        listed = img[base + f].data.decode().replace(":", " ").split()
+        assert sorted(set(listed)) == sorted(rel for rel, _raw in originals.values()), f
+    assert ".ko.zst" not in img[base + "modules.alias"].data.decode()
 
 
 # -- reproducibility -----------------------------------------------------------------------
