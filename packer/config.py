@@ -72,6 +72,17 @@ def source_date_epoch() -> int:
                            hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct)")
 
 
+def check_cmdline(text: str, flag: str = "--cmdline") -> None:
+    """Parse `text` with the runtime's own parser (liveinit.cmdline) and raise
+    CommandError listing every problem: a typo in a baked command line
+    would otherwise ship, silently ignored, in every image."""
+    from liveinit.cmdline import parse
+    errors = parse("", defaults=text).errors
+    if errors:
+        raise CommandError(f"{flag} {text!r} is not a valid kernel command line:\n    " + "\n    ".join(errors),
+                           hint="fix or remove those parameters (docs/CMDLINE.md lists what liveinit reads)")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("output", "path", DEFAULT_OUTPUT, "where to write the initramfs", short="-o", metavar="FILE"),
     Setting("kver", "str", None, "kernel version whose modules to pack (default: running kernel "

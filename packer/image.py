@@ -20,7 +20,7 @@ from pathlib import Path
 
 from packer import tools
 from packer.cli import CommandError
-from packer.config import source_date_epoch
+from packer.config import check_cmdline, source_date_epoch
 from packer.kernelpkg import KernelTree
 
 SQUASHFS_PATH = "live/filesystem.squashfs"
@@ -290,6 +290,8 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
         raise CommandError(f"kernel image {kernel.vmlinuz} not found", hint="run `liveinit fetch-kernel`")
     if not label or len(label) > 32 or not all(c.isalnum() or c in "_-" for c in label):
         raise CommandError(f"bad volume label {label!r}", hint="use up to 32 letters, digits, '_' or '-'")
+    check_cmdline(cmdline)
+    check_cmdline(console, "--console")
     if initrd is not None:
         if not Path(initrd).is_file():
             raise CommandError(f"initramfs {initrd} not found", hint="check the --initrd path")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packer import pyruntime, segments, tools
 from packer.cli import CommandError
-from packer.config import DEFAULT_BUSYBOX, PackConfig
+from packer.config import DEFAULT_BUSYBOX, PackConfig, check_cmdline
 from packer.demoroot import busybox_applets
 from packer.progress import Reporter
 
@@ -307,6 +307,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     from packer.kernelpkg import DEFAULT_CACHE
     rep = rep or Reporter(quiet=True)
     codecs = segments.codecs(cfg.compress, cfg.compress_level)   # bad flags fail before any work
+    check_cmdline(cfg.cmdline)
     img = _Image()
     for name, mode in BASE_DIRS:
         img.ar.add_dir(name, mode)

@@ -129,3 +129,27 @@ def test_extra_files_default_destination() -> None:
     cfg = config.PackConfig(files=("/etc/hosts", "/tmp/a.conf:/etc/modprobe.d/a.conf"))
     assert cfg.extra_files() == [(Path("/etc/hosts"), "etc/hosts"),
                                  (Path("/tmp/a.conf"), "etc/modprobe.d/a.conf")]
+
+
+def test_check_cmdline_lists_every_error_of_the_shared_parser() -> None:
+    config.check_cmdline("")
+    config.check_cmdline("quiet rootdelay=5 root=LABEL=live toram liveinit.break=findroot")
+    text = "liveinit.brk=findroot rootdelay=soon quiet"
+    with pytest.raises(CommandError) as e:
+        config.check_cmdline(text)
+    msg = str(e.value)
+    assert msg.startswith(f"--cmdline {text!r} is not a valid kernel command line")
+    assert "liveinit.brk: unknown liveinit parameter" in msg and "rootdelay=soon" in msg
+    assert "CMDLINE.md" in e.value.hint
+
+
+def test_pack_refuses_a_bad_cmdline_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from packer import cli
+    out = tmp_path / "x.img"
+    # --moddir does not exist: the cmdline is refused before modules are even looked at.
+    rc = cli.main(["pack", "-o", str(out), "--moddir", str(tmp_path / "none"),
+                   "--cmdline", "quiet liveinit.persistance=yes"])
+    err = capsys.readouterr().err
+    assert rc == 1 and not out.exists()
+    assert "--cmdline 'quiet liveinit.persistance=yes' is not a valid kernel command line" in err
+    assert "liveinit.persistance: unknown liveinit parameter" in err

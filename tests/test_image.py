@@ -417,6 +417,11 @@ def test_image_errors_are_clear(demo_root: Path, kernel: KernelTree, tmp_path: P
         image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=tmp_path / "i", label="bad label!")
     with pytest.raises(CommandError, match="initramfs .*missing not found"):
         image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=tmp_path / "missing")
+    with pytest.raises(CommandError, match=r"(?s)--cmdline 'toram liveinit.debgu' is not a valid.*"
+                                           r"liveinit.debgu: unknown liveinit parameter"):
+        image.build_image(demo_root, tmp_path / "x.iso", kernel, initrd=tmp_path / "missing",
+                          cmdline="toram liveinit.debgu")
+    assert not (tmp_path / "x.iso").exists()
 
 
 # ---- firmware boots with the hand-made initramfs ----------------------------------
