@@ -418,8 +418,7 @@ def parse_cpio(buf: bytes, base: int = 0) -> list[list[Entry]]:
             dpos = pos + HEADER_LEN + namesize
             dpos += _pad4(dpos)
             if dpos + size > n:
-                raise ArchiveError(f"cpio entry {name!r} at offset {at} is truncated: "
-                                   f"{size} bytes of data announced, {max(0, n - dpos)} present")
+                raise _truncated(name, at, base + dpos, size, base + n)
             data = buf[dpos:dpos + size]
             if magic == CRC_MAGIC and stat.S_ISREG(mode) and sum(data) & 0xFFFFFFFF != check:
                 raise ArchiveError(f"checksum mismatch for {name!r} at offset {at}")
@@ -517,18 +516,41 @@ def flatten(segments: list[Segment]) -> dict[str, Entry]:
     return tree
 
 
+def _truncated(name: str, at: int, dpos: int, size: int, end: int) -> ArchiveError:
+    """The error for an entry whose data runs past the end of what was read."""
+    return ArchiveError(f"cpio entry {name!r} (header at offset {at}) is truncated: its {size} bytes of data "
+                        f"span offsets {dpos}-{dpos + size}, but the data ends at offset {end} "
+                        f"({max(0, end - dpos)} of its bytes present)",
+                        hint="the image is cut short (an interrupted write or copy?): build or copy it again")
+
+
 def _uncompressed_end(data: bytes, pos: int) -> int:
     """End of the one uncompressed archive at `pos` (just after its trailer entry)."""
     n = len(data)
+    start = pos
     while True:
-        if data[pos:pos + 6] not in CPIO_MAGICS or pos + HEADER_LEN > n:
-            raise ArchiveError(f"truncated or corrupt cpio archive at offset {pos}",
+        if pos >= n:
+            raise ArchiveError(f"the cpio archive at offset {start} ends at offset {n} without its "
+                               f"TRAILER!!! entry", hint="the image is cut short: build or copy it again")
+        if data[pos:pos + 6] not in CPIO_MAGICS:
+            raise ArchiveError(f"expected a newc cpio header at offset {pos} (archive starting at offset "
+                               f"{start}), found {describe_unknown(data[pos:pos + 8])}",
                                hint="an uncompressed cpio archive must end with a TRAILER!!! entry")
+        if pos + HEADER_LEN > n:
+            raise ArchiveError(f"truncated cpio header at offset {pos}: it needs {HEADER_LEN} bytes, "
+                               f"the data ends at offset {n}", hint="the image is cut short: build or copy it again")
         size = _hex(data, pos + 54, pos)
         namesize = _hex(data, pos + 94, pos)
         name_end = pos + HEADER_LEN + namesize
-        is_trailer = data[pos + HEADER_LEN:name_end] == TRAILER.encode() + b"\0"
+        if name_end > n:
+            raise ArchiveError(f"the name of the cpio entry at offset {pos} is truncated: it needs offsets "
+                               f"up to {name_end}, the data ends at offset {n}",
+                               hint="the image is cut short: build or copy it again")
+        raw_name = data[pos + HEADER_LEN:name_end]
+        is_trailer = raw_name == TRAILER.encode() + b"\0"
         dpos = name_end + _pad4(name_end)
+        if dpos + size > n:
+            raise _truncated(os.fsdecode(raw_name.rstrip(b"\0")), pos, dpos, size, n)
         pos = dpos + size + _pad4(size)
         if is_trailer:
             return min(pos, n)

@@ -424,6 +424,27 @@ def test_reader_refuses_misaligned_and_trailerless_archives() -> None:
         read_archive(without_trailer)
 
 
+def test_a_cut_image_names_the_entry_its_offsets_and_where_the_data_ends() -> None:
+    b = ArchiveBuilder()
+    b.add_file("etc/hostname", data=b"live\n")
+    b.add_file("usr/bin/big", data=bytes(range(256)) * 8000)
+    buf = io.BytesIO()
+    b.write(buf)
+    data = buf.getvalue()
+    head = data.index(b"usr/bin/big\0") - 110                 # the entry's header
+    body = head + 110 + len(b"usr/bin/big\0")
+    body += -body % 4
+    # Cut as a file (uncompressed image) and inside a whole compressed stream.
+    for cut in (data[:200000], compress(data[:200000], "gzip")):
+        with pytest.raises(ArchiveError) as e:
+            read_archive(cut)
+        msg = str(e.value)
+        assert f"'usr/bin/big' (header at offset {head}) is truncated" in msg, msg
+        assert f"its 2048000 bytes of data span offsets {body}-{body + 2048000}" in msg, msg
+        assert "the data ends at offset 200000" in msg, msg
+        assert "cut short" in e.value.hint
+
+
 VALID = _simple({"bin/sh": b"#!" * 40, "etc/hostname": b"live\n"})
 VALID_COMPRESSED = {m: compress(VALID, m) for m in METHODS}
 
