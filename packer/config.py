@@ -79,7 +79,8 @@ def check_cmdline(text: str, flag: str = "--cmdline") -> None:
     from liveinit.cmdline import parse
     errors = parse("", defaults=text).errors
     if errors:
-        raise CommandError(f"{flag} {text!r} is not a valid kernel command line:\n    " + "\n    ".join(errors),
+        listed = "\n    ".join(errors)
+        raise CommandError(f"{flag} {text!r} is not a valid kernel command line:\n    {listed}",
                            hint="fix or remove those parameters (docs/CMDLINE.md lists what liveinit reads)")
 
 

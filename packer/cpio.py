@@ -538,7 +538,8 @@ def _uncompressed_end(data: bytes, pos: int) -> int:
                                hint="an uncompressed cpio archive must end with a TRAILER!!! entry")
         if pos + HEADER_LEN > n:
             raise ArchiveError(f"truncated cpio header at offset {pos}: it needs {HEADER_LEN} bytes, "
-                               f"the data ends at offset {n}", hint="the image is cut short: build or copy it again")
+                               f"the data ends at offset {n}",
+                               hint="the image is cut short: build or copy it again")
         size = _hex(data, pos + 54, pos)
         namesize = _hex(data, pos + 94, pos)
         name_end = pos + HEADER_LEN + namesize

@@ -329,7 +329,8 @@ def extract(iso: Path, member: str, dest: Path) -> Path:
     """Copy one file (e.g. 'live/vmlinuz') out of an ISO with xorriso, no mount."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.unlink(missing_ok=True)
-    tools.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/" + member.lstrip("/"), str(dest)],
+    tools.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/" + member.lstrip("/"),
+               str(dest)],
          f"extract {member} from {iso}")
     if not dest.exists():
         raise CommandError(f"{iso} has no /{member}", hint="is it an ISO made by `liveinit image`?")

@@ -160,8 +160,9 @@ def inspect_interpreter(python: Path, cache: Path | None = None) -> Interpreter:
     if cfile.exists():
         info = json.loads(cfile.read_text())
     else:
-        info = json.loads(tools.run([str(real), "-IS", "-c", _INFO_SCRIPT],
-                                     f"report its stdlib and extension paths ({real})", env={}, text=True).stdout)
+        proc = tools.run([str(real), "-IS", "-c", _INFO_SCRIPT],
+                         f"report its stdlib and extension paths ({real})", env={}, text=True)
+        info = json.loads(proc.stdout)
         _atomic_write(cfile, json.dumps(info).encode())
     return Interpreter(path=real, version=info["version"], stdlib=Path(info["stdlib"]),
                        dynload=Path(info["dynload"] or Path(info["stdlib"]) / "lib-dynload"),
@@ -476,7 +477,8 @@ def build_runtime(python: Path, packages: tuple[str, ...] = (),
 def find_library(soname: str) -> Path | None:
     """Where the host's loader cache says `soname` lives (e.g. libudev.so.1)."""
     try:
-        out = tools.run(["/sbin/ldconfig", "-p"], "list the loader cache", env={"LC_ALL": "C"}, text=True).stdout
+        out = tools.run(["/sbin/ldconfig", "-p"], "list the loader cache", env={"LC_ALL": "C"},
+                        text=True).stdout
     except CommandError:
         return None
     for line in out.splitlines():

@@ -143,7 +143,8 @@ def test_check_cmdline_lists_every_error_of_the_shared_parser() -> None:
     assert "CMDLINE.md" in e.value.hint
 
 
-def test_pack_refuses_a_bad_cmdline_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_pack_refuses_a_bad_cmdline_before_any_work(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     from packer import cli
     out = tmp_path / "x.img"
     # --moddir does not exist: the cmdline is refused before modules are even looked at.
