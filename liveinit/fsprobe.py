@@ -98,6 +98,24 @@ class _Dev:
         return data if len(data) == n else None
 
 
+def _sector_size(fd: int, rdev: int) -> int:
+    """The block device's logical sector size: sysfs (the partition's disk
+    holds the queue), else the BLKSSZGET ioctl. sysfs first because importing
+    fcntl costs ~17 ms at boot under TCG."""
+    base = f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}"
+    for p in (base + "/queue/logical_block_size", base + "/../queue/logical_block_size"):
+        try:
+            with open(p, "rb") as f:
+                return int(f.read()) or SECTOR
+        except (OSError, ValueError):
+            pass
+    try:
+        import fcntl
+        return struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0] or SECTOR
+    except OSError:
+        return SECTOR
+
+
 def _open(path: str, offset: int = 0, size: int | None = None) -> _Dev:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -110,11 +128,7 @@ def _open(path: str, offset: int = 0, size: int | None = None) -> _Dev:
         isblk = (st.st_mode & 0o170000) == 0o060000
         if isblk:
             cdrom = os.major(st.st_rdev) == CDROM_MAJOR
-            try:
-                import fcntl
-                ssz = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0] or SECTOR
-            except OSError:
-                ssz = SECTOR
+            ssz = _sector_size(fd, st.st_rdev)
         if offset < 0 or offset > total:
             raise ProbeError(22, f"offset {offset} is outside {path} ({total} bytes)")
         avail = total - offset

@@ -350,6 +350,27 @@ def test_4k_sector_disks_like_partx(tmp_path: Path, script: str) -> None:
         subprocess.run(["losetup", "-d", loop], check=True)
 
 
+@pytest.mark.root
+def test_sector_size_from_sysfs_equals_the_ioctl(tmp_path: Path) -> None:
+    """sysfs gives what BLKSSZGET gives (here a 4096-byte-sector loop device), without importing fcntl."""
+    import fcntl
+    img = tmp_path / "4k.img"
+    img.write_bytes(b"")
+    os.truncate(img, 8 << 20)
+    loop = subprocess.run(["losetup", "-f", "--show", "-b", "4096", str(img)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        fd = os.open(loop, os.O_RDONLY)
+        try:
+            rdev = os.fstat(fd).st_rdev
+            ioctl = struct.unpack("i", fcntl.ioctl(fd, fsprobe.BLKSSZGET, b"\0" * 4))[0]
+            assert fsprobe._sector_size(fd, rdev) == ioctl == 4096
+        finally:
+            os.close(fd)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(fsprobe.ProbeError, match="cannot open"):
         fsprobe.probe(str(tmp_path / "nope"))
