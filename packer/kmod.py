@@ -152,7 +152,7 @@ def plain_modules(paths: Iterable[Path]) -> dict[Path, bytes]:
     for batch in batches:
         with tempfile.TemporaryDirectory(prefix="liveinit-ko-") as tmp:
             tools.run(["zstd", "-dqf", "--output-dir-flat", tmp, "--", *map(str, batch.values())],
-                      f"decompress {len(batch)} modules")
+                      f"decompress {len(batch)} zstd-compressed kernel module(s)")
             for name, p in batch.items():
                 out[p] = (Path(tmp) / name.removesuffix(".zst")).read_bytes()
     return out

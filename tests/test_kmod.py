@@ -497,3 +497,38 @@ def test_cli_corrupt_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     (tmp_path / K.INDEX_NAME).write_bytes(b"not marshal")
     assert main(["modalias", "--moddir", str(tmp_path), "fs-ext4"]) == 1
     assert "not a readable module index" in capsys.readouterr().err
+
+
+def test_plain_modules_decompresses_every_kind_in_few_zstd_runs(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from packer import kmod, tools
+    payloads = {}
+    files = []
+    # Same file name in two directories: they cannot share one --output-dir-flat run.
+    for i, rel in enumerate(("a/dup.ko.zst", "b/dup.ko.zst", "c/one.ko.zst", "d/x.ko.xz", "e/y.ko.gz")):
+        raw = f"module {i} ".encode() * 500
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True)
+        if rel.endswith(".zst"):
+            subprocess.run(["zstd", "-q", "-o", str(p), "-"], input=raw, check=True)
+        elif rel.endswith(".xz"):
+            p.write_bytes(lzma.compress(raw, check=lzma.CHECK_CRC32))
+        else:
+            p.write_bytes(gzip.compress(raw))
+        payloads[p] = raw
+        files.append(p)
+    plain = tmp_path / "f" / "z.ko"
+    plain.parent.mkdir()
+    plain.write_bytes(b"plain")
+    runs = []
+    real_run = tools.run
+    monkeypatch.setattr(tools, "run", lambda argv, what, **kw: runs.append(argv) or real_run(argv, what, **kw))
+    out = kmod.plain_modules([*files, plain])
+    assert out == payloads                                   # plain .ko files are read where they are
+    assert len(runs) == 2                                    # dup.ko.zst twice: two zstd runs, not three
+    assert kmod.plain_name("kernel/fs/ext4/ext4.ko.zst") == "kernel/fs/ext4/ext4.ko"
+    assert kmod.plain_name("a/b.ko.xz") == "a/b.ko" and kmod.plain_name("a/b.ko") == "a/b.ko"
+    bad = tmp_path / "bad.ko.zst"
+    bad.write_bytes(b"not zstd at all")
+    with pytest.raises(CommandError, match=r"zstd failed to decompress 1 zstd-compressed kernel module"):
+        kmod.plain_modules([bad])
