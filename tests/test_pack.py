@@ -64,10 +64,15 @@ def test_init_has_one_shebang_argument_and_the_settings() -> None:
     first = text.splitlines()[0]
     assert first == f"#!{PY} -IS"           # the kernel passes "-IS" as ONE argument
     tree = ast.parse(text)
-    assigned = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body
+    assigned = {t.targets[0].id: t.value for t in tree.body
                 if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)}
-    assert assigned["SETTINGS"] == settings
+    assert ast.literal_eval(assigned["SETTINGS"]) == settings
     assert 'sys.path.insert(0, "/usr/lib/liveinit")' in text
+    # The runtime's clock starts on /init's first statements, before any other
+    # import, and reaches main() as t0.
+    body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert ast.unparse(body[0]) == "import time" and ast.unparse(body[1]) == "T0 = time.monotonic()"
+    assert "main(dict(SETTINGS, t0=T0))" in text
 
 
 def test_init_without_the_runtime_reports_and_opens_a_shell(tmp_path: Path) -> None:
