@@ -540,7 +540,7 @@ def test_forced_union_the_kernel_lacks_ends_in_the_emergency_shell(kernel, tmp_p
     assert rep.hint is not None and "union=none" in rep.hint
     assert rep.emergency_shell
     assert "Kernel panic" not in res.console
-    assert [s for s, _ in rep.timings.stages_ms] == ["early", "cmdline", "coldplug", "findroot"]
+    assert [s for s, _ in rep.timings.stages_ms] == ["imports", "early", "cmdline", "coldplug", "findroot"]
 
 
 @pytest.fixture(scope="module")
