@@ -41,12 +41,15 @@ def measure(vmlinuz: Path, work: Path, timeout: float = 400) -> dict[str, float]
     script = ["set +e"]
     for i, (_name, code) in enumerate(PROBES):
         for _ in range(REPEAT):
-            script.append(f"echo 'COST {i}'; time {PY} \"{code}\" >/dev/null")
+            # A probe that fails (say, a module missing from the image) must not
+            # pass for a fast one: its status is printed and checked.
+            script.append(f"echo 'COST {i}'; time {PY} \"{code}\" >/dev/null; echo \"STATUS $?\"")
     script.append("echo COST-''DONE; poweroff -f")
     (work / "bootcost.sh").write_text("\n".join(script) + "\n")
     img = work / "cost.img"
     subprocess.run([str(Path(sys.executable).with_name("liveinit")), "-q", "pack", "-o", str(img),
-                    "--busybox", "--packages", "psutil,pyudev", "--files", f"{work / 'bootcost.sh'}:/bootcost.sh"],
+                    "--busybox", "--packages", "psutil,pyudev",
+                    "--python-modules", "dataclasses,json", "--files", f"{work / 'bootcost.sh'}:/bootcost.sh"],
                    check=True)
     cmd = ["qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot", "-accel", "tcg",
            "-kernel", str(vmlinuz), "-initrd", str(img),
@@ -81,8 +84,11 @@ def measure(vmlinuz: Path, work: Path, timeout: float = 400) -> dict[str, float]
     # busybox time prints "real\t0m 0.52s" on stderr, after the echo's prefix
     text = out.decode(errors="replace").replace("\r", "")
     best: dict[str, float] = {}
-    for m in re.finditer(r"COST (\d+)\n(?:.*\n)*?real\s+(\d+)m\s*([\d.]+)s", text):
+    for m in re.finditer(r"COST (\d+)\n(?:.*\n)*?real\s+(\d+)m\s*([\d.]+)s\n(?:.*\n)*?STATUS (\d+)", text):
         name = PROBES[int(m.group(1))][0]
+        if m.group(4) != "0":
+            raise RuntimeError(f"bootcost: probe {name!r} failed in the guest (exit {m.group(4)}); "
+                               f"see {work / 'bootcost.log'}")
         secs = int(m.group(2)) * 60 + float(m.group(3))
         best[name] = min(best.get(name, secs), secs)
     return best
