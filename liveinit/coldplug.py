@@ -246,9 +246,17 @@ class Coldplug:
         finally:
             for _ in range(threads):
                 jobs.put(None)
+            # A uevent that came after our last walk only woke us (handle_event)
+            # and would be lost: once `running` is off, handle_event loads for
+            # itself, and one more walk here takes what came before.
+            self.running = False
+            if not self.stopping:
+                try:
+                    self.walk()
+                except BaseException as e:  # noqa: BLE001
+                    self.log.warn(f"coldplug: last walk: {type(e).__name__}: {e}")
             self.loaded = len(self.loader.loaded) - before
             self.ms = (time.monotonic() - t0) * 1000
-            self.running = False
             self._done.release()
 
     def _work(self, jobs, ended) -> None:

@@ -425,3 +425,35 @@ def test_no_threads_means_coldplug_in_order(tmp_path, monkeypatch):
     assert loader.background is None and cp.wait(0)
     assert {"ahci", "virtio_pci", "virtio_blk"} <= set(loader.loaded)
     assert "coldplug in the background impossible" in log.out.getvalue()
+
+
+def test_a_device_announced_as_the_background_run_ends_is_not_lost(tmp_path):
+    """An SD card shows up (uevent) right after the run's last walk saw nothing new:
+    the event only woke the run, so the run must look once more before it ends."""
+    index, _ = small_index(tmp_path, deps={"sdhci_pci": [], "mmc_block": []},
+                           aliases=[("pci:v00001B36d00000007sv*sd*bc*sc*i*", "sdhci_pci"),
+                                    ("mmc:block", "mmc_block")])
+    b = SysfsBuilder(tmp_path)
+    host = b.pci(0x1B36, 0x0007, 0x080501, slot="0000:00:02.0")
+    ev = {"ACTION": "add", "DEVPATH": "/devices/pci0000:00/0000:00:02.0/mmc_host/mmc0/mmc0:0001",
+          "SUBSYSTEM": "mmc", "MODALIAS": "mmc:block"}
+
+    class CardAfterLastWalk(Coldplug):
+        fired = False
+
+        def _unseen(self):
+            found = list(super()._unseen())
+            if not found and not self.fired and self.running:
+                CardAfterLastWalk.fired = True
+                b.device(host, "mmc0:0001", "mmc", "mmc:block")
+                assert self.handle_event(ev) == []      # running: it only wakes the run
+            return iter(found)
+
+    sysc = SlowSyscalls(str(tmp_path), None, {})
+    m = Machine(str(tmp_path), sysc)
+    log = quiet_log()
+    loader = ModuleLoader(m, index, KMOD_DIR, parse(""), log)
+    cp = CardAfterLastWalk(m, loader, log)
+    cp.start(3)
+    assert cp.wait(5) and CardAfterLastWalk.fired
+    assert loader.loaded.get("mmc_block", "").startswith("mmc mmc0:0001")
