@@ -52,7 +52,7 @@ class Coldplug:
     """Remembers the devices already handled, across passes and uevents."""
 
     __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ms", "_done",
-                 "root_dev", "root_bus", "held", "left", "stopping", "_wake")
+                 "root_dev", "root_bus", "held", "left", "stopping", "_wake", "_mu")
 
     def __init__(self, m, loader, log) -> None:
         self.m = m
@@ -69,7 +69,8 @@ class Coldplug:
         self.held: list = []            # jobs held back while the root's bus goes first
         self.left: list = []            # jobs never started (`stop`)
         self.stopping = False
-        self._wake = None               # the driver's queue (stop/release wake it)
+        self._wake = None               # the driver's queue: 1 (a load ended), 0 (stop/release), a job (uevent)
+        self._mu = _thread.allocate_lock()   # `running` vs handle_event's hand-over
 
     def run(self) -> int:
         """Pass after pass until nothing new is loaded; returns modules loaded."""
@@ -195,7 +196,7 @@ class Coldplug:
     def _drive(self, workers: int) -> None:
         from _queue import Empty, SimpleQueue
         jobs: SimpleQueue = SimpleQueue()
-        ended = self._wake           # 1: a load ended; 0: stop() or release()
+        ended = self._wake           # 1: a load ended; 0: stop() or release(); a job: a uevent
         t0 = time.monotonic()
         before = len(self.loader.loaded)
         threads = pending = 0
@@ -213,19 +214,24 @@ class Coldplug:
             jobs.put(job)
             pending += 1
 
+        def take(job) -> None:
+            if job is None or all(self.loader.is_present(n) for n in job[0]):
+                return
+            if self._first(job):
+                dispatch(job)
+            else:
+                self.held.append(job)
+
         try:
+            new: list = []           # jobs from uevents (handle_event)
             while True:
                 if self.stopping:
-                    self.left, self.held = self.left + self.held, []
+                    self.left, self.held = self.left + self.held + new, []
                 else:
+                    for job in new:
+                        take(job)
                     for bus, name, path in self._unseen():
-                        job = self._job(bus, name, path)
-                        if job is None or all(self.loader.is_present(n) for n in job[0]):
-                            continue
-                        if self._first(job):
-                            dispatch(job)
-                        else:
-                            self.held.append(job)
+                        take(self._job(bus, name, path))
                     if self.held and (self.root_bus is None or (
                             not pending and not os.path.exists(self.m.path(CLASS_BLOCK + self.root_dev)))):
                         # Released, or the root's bus is done and no root device: everything goes.
@@ -233,28 +239,41 @@ class Coldplug:
                         for job in self.held:
                             dispatch(job)
                         self.held = []
+                new = []
                 if not pending and (not self.held or self.stopping):
                     break
                 try:
-                    pending -= ended.get(True, HOLD_MAX)   # a load ended: it may reveal devices
+                    got = ended.get(True, HOLD_MAX)   # a load ended: it may reveal devices
                 except Empty:   # held back for too long: nobody stopped or released us
                     self.root_bus = None
+                    continue
+                if isinstance(got, tuple):
+                    new.append(got)
+                else:
+                    pending -= got
         except BaseException as e:  # noqa: BLE001 - a bug here must not hang the boot
             self.log.warn(f"coldplug stopped early: {type(e).__name__}: {e}")
             while pending:
-                pending -= ended.get()
+                got = ended.get()
+                pending -= 0 if isinstance(got, tuple) else got
         finally:
             for _ in range(threads):
                 jobs.put(None)
-            # A uevent that came after our last walk only woke us (handle_event)
-            # and would be lost: once `running` is off, handle_event loads for
-            # itself, and one more walk here takes what came before.
-            self.running = False
-            if not self.stopping:
+            # Uevents handed over after our last look are still queued: load them
+            # here (from now on handle_event loads for itself). Their devices may
+            # have no modalias file (an SD card's is only in the uevent).
+            with self._mu:
+                self.running = False
+            while True:
                 try:
-                    self.walk()
-                except BaseException as e:  # noqa: BLE001
-                    self.log.warn(f"coldplug: last walk: {type(e).__name__}: {e}")
+                    got = ended.get(False)
+                except Empty:
+                    break
+                if isinstance(got, tuple):
+                    if self.stopping:
+                        self.left.append(got)
+                    else:
+                        self._load_job(got)
             self.loaded = len(self.loader.loaded) - before
             self.ms = (time.monotonic() - t0) * 1000
             self._done.release()
@@ -265,12 +284,15 @@ class Coldplug:
             if job is None:
                 return
             try:
-                self.loader.load_matches(*job)
-            except BaseException as e:  # noqa: BLE001 - one device never stops the others
-                self.log.warn(f"coldplug: loading {', '.join(job[0])} for {job[1]}: "
-                              f"{type(e).__name__}: {e}")
+                self._load_job(job)
             finally:
                 ended.put(1)
+
+    def _load_job(self, job) -> None:
+        try:
+            self.loader.load_matches(*job)
+        except BaseException as e:  # noqa: BLE001 - one device never stops the others
+            self.log.warn(f"coldplug: loading {', '.join(job[0])} for {job[1]}: {type(e).__name__}: {e}")
 
     def _pci_files(self, path: str):
         vals = []
@@ -289,16 +311,18 @@ class Coldplug:
         alias = ev.get("MODALIAS")
         if not alias or ev.get("DRIVER"):
             return []
-        if self.running:
-            # The background run will find it on its next walk, in order (root
-            # first): wake it rather than load from the caller's thread.
-            self._wake.put(0)
-            return []
         devpath = ev.get("DEVPATH", "")
         bus = ev.get("SUBSYSTEM", "")
         name = devpath.rsplit("/", 1)[-1]
         self.seen.add(bus + "/" + name)
-        return self.loader.load_alias(alias, f"uevent {bus} {name} {alias}")
+        reason = f"uevent {bus} {name} {alias}"
+        with self._mu:
+            if self.running:
+                # The background run loads it, in its order (root first); the
+                # alias travels with the job: some devices have no modalias file.
+                self._wake.put((self.loader.match(alias), reason, alias))
+                return []
+        return self.loader.load_alias(alias, reason)
 
 
 def pci_ids(alias: str):
