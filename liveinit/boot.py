@@ -3,7 +3,9 @@
     early     proc, sysfs, devtmpfs, /run; console as stdio; kmsg
     cmdline   the image's baked command line, then /proc/cmdline
     coldplug  early modules from the command line, then every device's driver
-    findroot  the root device or live medium (keeps listening to uevents)
+              (started in the background: module loads run in parallel)
+    findroot  the root device or live medium, taken as soon as it appears
+              (keeps listening to uevents); joins coldplug before it ends
     stack     loop + squashfs/erofs + writable layer + union at /sysroot
     handover  move mounts, switch_root / pivot_root, exec init
 
@@ -256,9 +258,11 @@ class Boot:
         for name in cfg.modules_early:
             self.loader.load(name, "cmdline (rd.driver.pre/liveinit.modules)")
         if not isinstance(self.loader, NullLoader):
-            from liveinit.coldplug import coldplug
-            n = coldplug(m, self.loader, log)
-            log.debug(f"coldplug loaded {n} modules")
+            # In the background: findroot takes the root the moment its device
+            # appears, while other drivers still load, and joins coldplug before
+            # it returns (`coldplug: ... modules loaded in N ms` says how long it took).
+            from liveinit import coldplug
+            coldplug.start(m, self.loader, log, root=cfg.root)
 
     def findroot(self) -> None:
         from liveinit.rootfind import find_root
@@ -323,8 +327,12 @@ class Boot:
     def record_devices(self) -> None:
         loader = self.loader
         if loader is not None:
+            if getattr(loader, "background", None) is not None:   # findroot did not join it
+                from liveinit import coldplug
+                coldplug.finish(loader, self.log)
             self.record.set("modules", dict(loader.loaded))
             self.record.set("modules_failed", dict(loader.failed))
+            self.record.set("modules_left", list(getattr(loader, "left", ())))
         try:
             from liveinit import blockdev
             self.record.set("devices", [
@@ -381,8 +389,8 @@ def main(settings: dict) -> None:
             import sys
             # /init's argv: what the kernel passes on to init (see cmdline.parse).
             settings = dict(settings, argv=tuple(sys.argv[1:]))
-            import signal
-            signal.signal(signal.SIGCHLD, _reap)
+            import _signal   # not signal: signal.py imports enum (~70 ms under TCG)
+            _signal.signal(_signal.SIGCHLD, _reap)
         if now > t0:
             log.stage("imports", (now - t0) * 1000)
         Boot(Machine("/"), settings, t0, log).run()

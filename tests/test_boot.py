@@ -86,6 +86,9 @@ class Lab:
             ldr.load("virtio_blk", "pci 0000:00:04.0")
             return 1
 
+        def start(m, ldr, log, root=None):   # coldplug.start, done at once here
+            coldplug(m, ldr, log)
+
         def find_root(m, cfg, settings, ldr, listener, log):
             lab.calls.append("find_root")
             assert listener is lab.events
@@ -107,6 +110,7 @@ class Lab:
         monkeypatch.setattr(liveinit.modload, "ModuleLoader", loader)
         monkeypatch.setattr(liveinit.uevent, "UeventListener", lambda m: lab.events)
         monkeypatch.setattr(liveinit.coldplug, "coldplug", coldplug)
+        monkeypatch.setattr(liveinit.coldplug, "start", start)
         monkeypatch.setattr(liveinit.rootfind, "find_root", find_root)
         monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
         monkeypatch.setattr(emergency, "run_shell", shell)
@@ -165,6 +169,7 @@ def test_boot_record(lab: Lab) -> None:
     assert rec["identity"] == "liveinit-test" and rec["kver"] == "6.1.0-t"
     assert rec["modules"] == {"virtio_blk": "pci 0000:00:04.0", "loop": "loop device for " + IMAGE,
                               "overlay": "overlay for the writable layer"}
+    assert rec["modules_left"] == []       # a live medium: coldplug ran to its end
     assert rec["root"]["device"] == "/dev/sr0" and "identity match" in rec["root"]["how"]
     assert rec["union"]["method"] == "overlay" and rec["union"]["writable"] == "tmpfs"
     assert rec["init"] == {"path": "/sbin/init", "argv": ["/sbin/init"], "method": "switch_root"}
