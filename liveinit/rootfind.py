@@ -236,8 +236,21 @@ def _spec_text(spec) -> str:
     return f"{KEYS.get(spec.kind, spec.kind.upper())}={spec.value}"
 
 
+def _image_on(search: _Search, mountpoint: str) -> str:
+    """Where the live image is (or would be) on the filesystem at `mountpoint`."""
+    return mountpoint + "/" + search.cfg.live_image.lstrip("/")
+
+
 def _has_image(search: _Search, mountpoint: str) -> bool:
-    return os.path.isfile(search.m.path(mountpoint + "/" + search.cfg.live_image.lstrip("/")))
+    return os.path.isfile(search.m.path(_image_on(search, mountpoint)))
+
+
+def _require_image(search: _Search, what: str, hint: str) -> str:
+    """The image path on the mounted medium; else unmount it and fail naming `what`."""
+    if not _has_image(search, MEDIUM):
+        search.umount(MEDIUM)
+        raise search.failure(f"{what} holds no {search.cfg.live_image}", hint)
+    return _image_on(search, MEDIUM)
 
 
 def _identity(search: _Search, mountpoint: str) -> str | None:
@@ -284,13 +297,10 @@ def _find(search: _Search) -> Found:
         raise search.failure(f"the live medium {text} ({nodepath}) could not be mounted "
                              f"(type {fstype or 'unknown'})",
                              "check root=live:... names the device holding the live image, or give rootfstype=")
-    if not _has_image(search, MEDIUM):
-        search.umount(MEDIUM)
-        raise search.failure(f"{nodepath} ({text}) holds no {cfg.live_image}",
-                             "set liveinit.image= to the image's path on the medium, or fix root=live:...")
+    image = _require_image(search, f"{nodepath} ({text})",
+                           "set liveinit.image= to the image's path on the medium, or fix root=live:...")
     log.info(f"live medium {text} is {nodepath}")
-    return Found(nodepath, fstype, info, f"root=live:{text}", MEDIUM,
-                 MEDIUM + "/" + cfg.live_image.lstrip("/"))
+    return Found(nodepath, fstype, info, f"root=live:{text}", MEDIUM, image)
 
 
 def _candidates(search: _Search) -> list:
@@ -359,7 +369,7 @@ def _live_found(search: _Search, d, info: dict, fstype: str, why: str) -> Found:
     path = "/dev/" + d.name
     search.log.info(f"live medium: {search.cfg.live_image} on {d.name} ({why})")
     return Found(path, fstype, info, f"search: {search.cfg.live_image} on {d.name} ({why})",
-                 MEDIUM, MEDIUM + "/" + search.cfg.live_image.lstrip("/"))
+                 MEDIUM, _image_on(search, MEDIUM))
 
 
 def _findiso(search: _Search, deadline: float) -> Found:
@@ -411,13 +421,10 @@ def _findiso(search: _Search, deadline: float) -> Found:
     else:
         raise search.failure(f"cannot mount {cfg.findiso} ({loopdev}): {err}",
                              "is the file an ISO 9660 image? is isofs in the image?")
-    if not _has_image(search, MEDIUM):
-        search.umount(MEDIUM)
-        raise search.failure(f"the ISO {cfg.findiso} on /dev/{d.name} holds no {cfg.live_image}",
-                             "set liveinit.image= to the image's path inside the ISO")
+    image = _require_image(search, f"the ISO {cfg.findiso} on /dev/{d.name}",
+                           "set liveinit.image= to the image's path inside the ISO")
     log.info(f"findiso: {cfg.findiso} on /dev/{d.name} ({fstype}) via {loopdev}")
-    return Found(loopdev, "iso9660", info, f"findiso {cfg.findiso} on {d.name}", MEDIUM,
-                 MEDIUM + "/" + cfg.live_image.lstrip("/"))
+    return Found(loopdev, "iso9660", info, f"findiso {cfg.findiso} on {d.name}", MEDIUM, image)
 
 
 def find_device(m, text: str, loader, listener, log, timeout: float = PERSIST_WAIT) -> str | None:
