@@ -333,6 +333,7 @@ class Boot:
             self.record.set("modules", dict(loader.loaded))
             self.record.set("modules_failed", dict(loader.failed))
             self.record.set("modules_left", list(getattr(loader, "left", ())))
+            self.record.set("modules_unfit", dict(getattr(loader, "unfit", {})))
         try:
             from liveinit import blockdev
             self.record.set("devices", [

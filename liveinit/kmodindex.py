@@ -18,9 +18,10 @@ from __future__ import annotations
 import marshal
 import os
 
-FORMAT = 1
+FORMAT = 2
 # Version 2 writes no object references: equal indexes give equal bytes.
 MARSHAL_VERSION = 2
+CPU_ALIAS = "cpu:type:"     # MODULE_DEVICE_TABLE(x86cpu, ...) entries
 INDEX_NAME = "liveinit.index"
 PCI_ANY = 0xFFFFFFFF
 # Literal prefixes longer than this are cut: fewer distinct key lengths to
@@ -443,7 +444,7 @@ class ModuleIndex:
 
     __slots__ = ("kver", "modules", "exact", "wild", "wild_lens", "pci", "builtin",
                  "builtin_aliases", "softdeps", "options_", "blacklist", "config_aliases",
-                 "_rank", "_pci_by_vendor")
+                 "cpu_gated", "_rank", "_pci_by_vendor")
 
     def __init__(self, data: dict) -> None:
         self.kver: str = data["kver"]
@@ -459,6 +460,10 @@ class ModuleIndex:
         self.options_: dict = data["options"]
         self.blacklist: frozenset = frozenset(data["blacklist"])
         self.config_aliases: tuple = data["config_aliases"]  # (compiled, module)
+        # Modules with an x86cpu device table (`cpu:type:...:feature:...` aliases):
+        # their init returns ENODEV on a CPU without those features (crc32c_intel
+        # without SSE4.2), so the loader checks the CPU before trying them.
+        self.cpu_gated: frozenset = frozenset(data["cpu_gated"])
         self._rank: dict | None = None
         self._pci_by_vendor: dict | None = None
 
@@ -477,10 +482,13 @@ class ModuleIndex:
         wild: dict[str, list] = {}
         pci = []
         compiled: dict[str, tuple] = {}
+        cpu_gated = set()
         for pattern, mod in aliases:
             norm = normalize_alias(pattern)
             if norm is None:
                 continue  # depmod drops these too
+            if norm.startswith(CPU_ALIAS):
+                cpu_gated.add(mod)
             ent = pci_entry(norm)
             if ent is not None:
                 pci.append(ent + (mod, norm))
@@ -529,7 +537,7 @@ class ModuleIndex:
             "pci": tuple(pci), "builtin": tuple(sorted(set(builtin))),
             "builtin_aliases": tuple(b_aliases), "softdeps": tuple(softdeps),
             "options": options, "blacklist": tuple(sorted(blacklist)),
-            "config_aliases": tuple(c_aliases),
+            "config_aliases": tuple(c_aliases), "cpu_gated": tuple(sorted(cpu_gated)),
         })
 
     @classmethod
@@ -589,6 +597,7 @@ class ModuleIndex:
             "builtin": tuple(sorted(self.builtin)), "builtin_aliases": self.builtin_aliases,
             "softdeps": self.softdeps, "options": self.options_,
             "blacklist": tuple(sorted(self.blacklist)), "config_aliases": self.config_aliases,
+            "cpu_gated": tuple(sorted(self.cpu_gated)),
         }
 
     def dumps(self) -> bytes:
@@ -634,6 +643,14 @@ class ModuleIndex:
 
     def is_blacklisted(self, name: str) -> bool:
         return modname(name) in self.blacklist
+
+    def cpu_fits(self, name: str, cpu_modalias: str | None) -> bool:
+        """Whether the CPU (its /sys/devices/system/cpu/modalias) has what a
+        CPU-gated module needs; True for other modules or an unknown CPU."""
+        name = modname(name)
+        if name not in self.cpu_gated or not cpu_modalias:
+            return True
+        return name in self.match_aliases(cpu_modalias)
 
     def options(self, name: str) -> str:
         """Options from modprobe.d for a module ("" if none)."""

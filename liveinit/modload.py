@@ -13,6 +13,7 @@ import os
 
 EEXIST = 17
 SYSMODULE = "/sys/module/"
+CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
 # Module file suffixes, most common first; compressed ones are decompressed
 # in Python and passed to init_module.
 ZSTD_HINT = "zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): pack with uncompressed or xz modules"
@@ -35,6 +36,8 @@ class ModuleLoader:
         self.failed: dict[str, str] = {}
         self.present: set[str] = set()   # built in or loaded before us
         self.skipped: dict[str, str] = {}  # blacklisted module -> the alias it was asked for
+        self.unfit: dict[str, str] = {}    # CPU-gated module this CPU cannot run -> asked for by
+        self._cpu: str | None = None
         opts = getattr(cfg, "module_options", None) or {}
         self.cmdline_options = {normalize(k): v for k, v in opts.items()}
         self.cmdline_blacklist = {normalize(n) for n in getattr(cfg, "blacklist", ())}
@@ -87,6 +90,8 @@ class ModuleLoader:
                     self.skipped[mod] = alias or reason
                     self.log.info(f"module {mod} blacklisted, not loaded for {alias or reason}")
                 continue
+            if not self._cpu_fits(mod, alias or reason):
+                continue
             if self._load_with_deps(mod, reason):
                 done.append(mod)
         return done
@@ -103,6 +108,20 @@ class ModuleLoader:
         return False
 
     # -- internals ----------------------------------------------------------
+
+    def _cpu_fits(self, mod: str, wanted_by: str) -> bool:
+        """False for a module bound to CPU features this CPU lacks (it would
+        only fail with ENODEV, after the kernel has read and linked it)."""
+        if mod not in self.index.cpu_gated:
+            return True
+        if self._cpu is None:
+            self._cpu = self.m.read(CPU_MODALIAS) or ""
+        if self.index.cpu_fits(mod, self._cpu):
+            return True
+        if mod not in self.unfit:
+            self.unfit[mod] = wanted_by
+            self.log.info(f"module {mod} not loaded for {wanted_by}: this CPU lacks the features it needs")
+        return False
 
     def _known(self, mod: str) -> bool:
         return self.index.is_builtin(mod) or self._relpath(mod) is not None
@@ -128,6 +147,8 @@ class ModuleLoader:
                 after = True
                 if not ok:
                     break  # post-softdeps are pointless without the module
+            elif name not in hard and not self._cpu_fits(name, f"softdep of {mod}"):
+                continue   # one of several providers (crc32c_intel beside crc32c_generic)
             elif not self._load_one(name, f"softdep of {mod}" if after or name not in hard else f"dep of {mod}"):
                 if name in hard:
                     # Its symbols are missing: inserting it would only fail less clearly.

@@ -15,7 +15,7 @@ import pytest
 from liveinit.cmdline import parse
 from liveinit.kmodindex import ModuleIndex
 from liveinit.modload import ModuleLoader
-from sysfs_builder import KMOD_DIR, SysfsBuilder, link_kernel_modules, machine, quiet_log, write_moddir
+from sysfs_builder import KMOD_DIR, SysfsBuilder, link_kernel_modules, log_text, machine, quiet_log, write_moddir
 
 DEPS = {"ext4": ["jbd2", "mbcache", "crc16"], "jbd2": [], "mbcache": [], "crc16": [],
         "crc32c_generic": [], "isofs": [], "e1000e": [], "snd": [], "loop": []}
@@ -117,6 +117,64 @@ def test_zstd_module_is_reported_unsupported(tmp_path):
     assert not loader.load("isofs", "fs")
     assert "zstd" in loader.failed["isofs"]
     assert "zstd-compressed modules cannot be loaded at boot" in log.out.getvalue()
+
+
+CPU_SSE42 = "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0001,0093,0094,0095"
+CPU_NO_SSE42 = "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0001,0093,0095"
+
+
+def cpu_setup(tmp_path: Path, cpu: str | None):
+    """ext4 with `pre: crypto-crc32c`, provided by crc32c_intel (SSE4.2 only,
+    feature 0x94, as the real module declares) and crc32c_generic."""
+    deps = dict(DEPS, crc32c_intel=[])
+    aliases = ALIASES + [("crypto-crc32c", "crc32c_intel"),
+                         ("cpu:type:x86,ven*fam*mod*:feature:*0094*", "crc32c_intel")]
+    loader, sysc, log = setup(tmp_path, deps=deps, aliases=aliases,
+                              softdeps="softdep ext4 pre: crypto-crc32c\n")
+    if cpu is not None:
+        p = tmp_path / "sys" / "devices" / "system" / "cpu"
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "modalias").write_text(cpu + "\n")
+    return loader, sysc, log
+
+
+def test_cpu_gated_provider_is_not_tried_on_a_cpu_without_its_features(tmp_path):
+    loader, sysc, log = cpu_setup(tmp_path, CPU_NO_SSE42)
+    assert loader.load_alias("fs-ext4", "fs-ext4 for vda") == ["ext4"]
+    assert "crc32c_intel" not in inserted(sysc)
+    assert "crc32c_generic" in inserted(sysc)
+    assert loader.unfit == {"crc32c_intel": "softdep of ext4"}
+    assert loader.failed == {}            # no ENODEV warning: it was never inserted
+    assert "crc32c_intel not loaded for softdep of ext4: this CPU lacks the features" in log_text(log)
+    # Matched by alias it is skipped the same way; named explicitly it is tried (modprobe would).
+    assert loader.load_alias("crypto-crc32c", "x") == ["crc32c_generic"]
+    assert loader.load("crc32c_intel", "cmdline")
+    assert inserted(sysc)[-1] == "crc32c_intel"
+
+
+@pytest.mark.parametrize("cpu", [CPU_SSE42, None, ""])
+def test_cpu_gated_provider_is_tried_when_the_cpu_fits_or_is_unknown(tmp_path, cpu):
+    loader, sysc, _ = cpu_setup(tmp_path, cpu)
+    loader.load_alias("fs-ext4", "fs-ext4 for vda")
+    assert {"crc32c_intel", "crc32c_generic"} <= set(inserted(sysc))
+    assert loader.unfit == {}
+
+
+def test_cpu_gating_on_the_debian_tree(depmod_root, kernel):
+    """The real crc32c_intel is gated on SSE4.2 and crc32c_generic is not: a
+    captured QEMU `-cpu max` guest fits it, the same CPU without SSE4.2 does not."""
+    moddir = depmod_root / "lib" / "modules" / kernel.version
+    index = ModuleIndex.from_moddir(str(moddir))
+    assert "crc32c_intel" in index.cpu_gated and "crc32c_generic" not in index.cpu_gated
+    assert "aesni_intel" in index.cpu_gated and "ext4" not in index.cpu_gated
+    capture = Path(__file__).parent / "data" / "sysfs" / "virtio-blk" / "sys" / "devices" / "system" / "cpu"
+    cpu = (capture / "modalias").read_text().strip()
+    assert ",0094," in cpu
+    assert index.cpu_fits("crc32c_intel", cpu)
+    assert not index.cpu_fits("crc32c_intel", cpu.replace(",0094,", ","))
+    assert index.cpu_fits("crc32c_generic", cpu.replace(",0094,", ","))
+    assert index.cpu_fits("crc32c_intel", "")   # unknown CPU: try it
+    assert ModuleIndex.loads(index.dumps()).cpu_gated == index.cpu_gated
 
 
 def modprobe_order(depmod_root: Path, kver: str, name: str, tmp_path: Path) -> list[str]:
