@@ -34,7 +34,7 @@ def test_ratios_and_verdicts(tmp_path: Path) -> None:
              _boot("dracut-generic", 5.0, 17.0)]
     scale = [{"devices": 10.0, "blockdevs": 2.0, "coldplug_ms": 1.0, "rootsearch_ms": 0.5},
              {"devices": 1000.0, "blockdevs": 200.0, "coldplug_ms": 90.0, "rootsearch_ms": 40.0}]
-    text = write_report(run, images, boots, {"coldplug": 300.0}, {}, scale, {"interpreter start (-c pass)": 0.07,
+    text = write_report(run, images, boots, {"coldplug": 300.0}, {}, {}, scale, {"interpreter start (-c pass)": 0.07,
                         "psutil import + virtual_memory()": 0.31}, "test machine")
     assert "| universal pack under 1 s warm | 0.50 s | met |" in text
     assert "| pack at least 20x faster than itools-most | 40.0x | met |" in text
@@ -55,11 +55,25 @@ def test_missed_targets_say_so(tmp_path: Path) -> None:
     run = FakeRun(tmp_path, gen={"liveinit": [1.5], "itools-most": [20.0]})
     images = {"liveinit": _image("liveinit", 12.6, 219), "itools-most": _image("itools-most", 28.5, 746)}
     boots = [_boot("liveinit", 2.0, 6.0), _boot("baseline", 2.0, 2.8), _boot("itools-most", 5.0, 11.5)]
-    text = write_report(run, images, boots, {}, {}, [], {}, "m")
+    text = write_report(run, images, boots, {}, {}, {}, [], {}, "m")
     assert "| universal pack under 1 s warm | 1.50 s | MISSED |" in text
     assert "| pack at least 20x faster than itools-most | 13.3x | MISSED |" in text
     assert "size at most 1/3 of itools-most | 0.44" in text
     assert "at most 2x the hand-made lower bound | 5.00x (4.00 s vs 0.80 s) | MISSED |" in text
+
+
+def test_live_case_with_and_without_the_root_hint(tmp_path: Path) -> None:
+    """liveinit-live (dracut's root= hint) is the one compared; the search row
+    is shown beside it, and the stage table has a column for each."""
+    run = FakeRun(tmp_path)
+    boots = [_boot("liveinit-live", 3.0, 4.2), _boot("liveinit-live-search", 3.0, 4.5),
+             _boot("baseline-live", 1.5, 2.5), _boot("dracutlive-live", 3.5, 18.5)]
+    text = write_report(run, {}, boots, {"findroot": 400.0}, {"findroot": 600.0}, {"findroot": 850.0},
+                        [], {}, "m")
+    assert "| liveinit-live-search | 1/1 |" in text and "| 0.80 |" in text   # 1.2 s / 1.5 s
+    assert "live ISO on IDE CD: at least 10x faster than dracutlive-live | 12.5x | met |" in text
+    assert "live ISO on IDE CD: at most 2x the hand-made lower bound | 1.20x (1.20 s vs 1.00 s) | met |" in text
+    assert "| findroot | 400 | 600 | 850 |" in text
 
 
 def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
