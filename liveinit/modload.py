@@ -14,8 +14,8 @@ import os
 EEXIST = 17
 SYSMODULE = "/sys/module/"
 CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
-# Module file suffixes, most common first; compressed ones are decompressed
-# in Python and passed to init_module.
+# .ko.xz and .ko.gz are decompressed in Python and passed to init_module;
+# the stdlib has no zstd (the packer stores modules as plain .ko anyway).
 ZSTD_HINT = "zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): pack with uncompressed or xz modules"
 
 
