@@ -93,3 +93,12 @@ def test_growth_exponent() -> None:
     assert abs(growth(10, 1.0, 1000, 100.0) - 1.0) < 1e-9       # linear
     assert abs(growth(10, 1.0, 1000, 10000.0) - 2.0) < 1e-9     # quadratic
     assert growth(10, 5.0, 1000, 5.0) == 0.0                    # constant
+
+
+def test_cold_start_is_read_from_kmsg_stamps() -> None:
+    from bench.bootcost import cold_starts
+    log = ("[    2.100000] Run /init as init process\n[    2.130000] COLDSTART begin\n"
+           "[    2.380000] COLDSTART first\n[    2.465000] COLDSTART second\n")
+    cold, warm = cold_starts(log)
+    assert abs(cold - 0.25) < 1e-9 and abs(warm - 0.085) < 1e-9
+    assert cold_starts("[    2.130000] COLDSTART begin\n[    2.380000] COLDSTART first\n") is None
