@@ -31,6 +31,29 @@ def _boots(rows: list[dict[str, str]], name: str) -> dict[str, list[float]]:
     return out
 
 
+COLD_START = "interpreter start, cold (the first of a boot, as /init)"
+
+
+def floor_note(boots: list[dict[str, str]], costs: dict[str, float]) -> list[str]:
+    """What no CPython /init can beat on this VM: the hand-made lower bound
+    (its module loads, mount and switch) plus the interpreter's cold start,
+    and the speed-ups over the peers that this floor allows."""
+    lb = _min(_boots(boots, "baseline")["in_initramfs"])
+    cold = costs.get(COLD_START)
+    if not lb or not cold:
+        return []
+    floor = lb + cold
+    out = [f"Floor for a CPython /init on the disk case: the hand-made lower bound plus the interpreter's "
+           f"cold start, {lb:.2f} + {cold:.2f} = {floor:.2f} s (with no work of its own). Against that floor:", ""]
+    for peer, want in (("itools-most", 5), ("dracut-generic", 10)):
+        p = _min(_boots(boots, peer)["in_initramfs"])
+        if p:
+            best = p / floor
+            out.append(f"- {peer} ({p:.2f} s): at most {best:.1f}x faster (target {want}x: "
+                       f"{'reachable' if best >= want else 'out of reach for any CPython /init'})")
+    return out + [""]
+
+
 def growth(n0: float, c0: float, n1: float, c1: float) -> float:
     """The exponent k in cost ~ n^k between two sizes: 1 is linear, below 1 better."""
     import math
@@ -119,6 +142,7 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
                            f"({lo['devices']:.0f} -> {hi['devices']:.0f} devices) | "
                            f"{'met' if k <= 1.1 else 'MISSED'} |")
     L += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
+    L += floor_note(boots, costs)
 
     L += ["## Where liveinit's boot time goes (median ms, from its console lines)", "",
           "liveinit-live boots with dracut's hint (`root=live:CDLABEL=`), liveinit-live-search with none "

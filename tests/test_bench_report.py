@@ -46,6 +46,7 @@ def test_ratios_and_verdicts(tmp_path: Path) -> None:
     assert "at least 10x faster than dracut-generic | 12.0x | met |" in text
     assert "| dracut-generic | 1/2 |" in text
     assert "| psutil import + virtual_memory() | 310 | 240 |" in text
+    assert "Floor" not in text   # no cold start measured: no floor
     # 1 ms -> 90 ms over 10 -> 1000 devices: k = log(90)/log(100) = 0.98
     assert "coldplug grows as devices^k | k = 0.98 (10 -> 1000 devices) | met |" in text
     assert "root search grows as devices^k | k = 0.95" in text
@@ -102,3 +103,15 @@ def test_cold_start_is_read_from_kmsg_stamps() -> None:
     cold, warm = cold_starts(log)
     assert abs(cold - 0.25) < 1e-9 and abs(warm - 0.085) < 1e-9
     assert cold_starts("[    2.130000] COLDSTART begin\n[    2.380000] COLDSTART first\n") is None
+
+
+def test_floor_says_which_speed_ups_a_cpython_init_can_reach(tmp_path: Path) -> None:
+    boots = [_boot("liveinit", 2.0, 2.85), _boot("baseline", 2.0, 2.49),
+             _boot("itools-most", 2.0, 5.28), _boot("dracut-generic", 2.0, 11.09)]
+    costs = {"interpreter start (-c pass)": 0.077,
+             "interpreter start, cold (the first of a boot, as /init)": 0.236}
+    text = write_report(FakeRun(tmp_path), {}, boots, {}, {}, {}, [], costs, "m")
+    assert "0.49 + 0.24 = 0.73 s" in text
+    # 3.28 / 0.726 = 4.5x < 5x; 9.09 / 0.726 = 12.5x >= 10x
+    assert "- itools-most (3.28 s): at most 4.5x faster (target 5x: out of reach for any CPython /init)" in text
+    assert "- dracut-generic (9.09 s): at most 12.5x faster (target 10x: reachable)" in text
