@@ -44,6 +44,11 @@ SAME_IMAGE = ("liveinit-live", "liveinit-live-search")   # the universal image, 
 STAGE_RE = re.compile(r"liveinit: stage (\w+) ([0-9.]+) ms")
 START_RE = re.compile(r"liveinit: starting (\S+) after ([0-9.]+) ms")
 KTS_RE = re.compile(r"^\[\s*([0-9.]+)\]")
+PROFILE_RE = re.compile(r"liveinit: profile: (.*)")
+PROFILE_ITEM_RE = re.compile(r"([a-z][a-z ]*?) ([0-9.]+) ms \((\d+)\)")
+INTERPRETER = "interpreter start"
+TOTAL = "total (runtime)"
+SUM = "sum: "             # profile rows: summed over threads, they overlap
 
 
 @dataclass
@@ -145,21 +150,29 @@ def boot_all(run: Run, rounds: int) -> None:
 
 
 def stage_breakdown(logdir: Path, name: str) -> dict[str, float]:
-    """Median per-stage ms of liveinit's boots, from its console lines.
+    """Median ms per part of liveinit's boots, from its console lines: the
+    stages, the interpreter's start and the profile's sums by kind of work.
 
-    `python+imports` is the time from the kernel's "Run /init" to the first
-    liveinit line, both printk timestamps (the runtime logs to /dev/kmsg)."""
+    `interpreter start` is the time from the kernel's "Run /init" to /init's
+    first line: the first runtime line on /dev/kmsg (the end of stage early)
+    minus the two stages before it, all printk timestamps."""
     per: dict[str, list[float]] = {}
     for log in sorted(logdir.glob(f"round*/{name}.boot*.log")):
         text = log.read_text(errors="replace")
+        stages = {m.group(1): float(m.group(2)) for m in STAGE_RE.finditer(text)}
+        for k, v in stages.items():
+            per.setdefault(k, []).append(v)
         run_init = first_line_ts(text, "Run /init as init process")
         first = first_line_ts(text, "liveinit:")
         if run_init is not None and first is not None:
-            per.setdefault("python+imports", []).append((first - run_init) * 1000)
-        for m in STAGE_RE.finditer(text):
-            per.setdefault(m.group(1), []).append(float(m.group(2)))
+            per.setdefault(INTERPRETER, []).append(
+                (first - run_init) * 1000 - stages.get("imports", 0.0) - stages.get("early", 0.0))
         for m in START_RE.finditer(text):
-            per.setdefault("total (runtime)", []).append(float(m.group(2)))
+            per.setdefault(TOTAL, []).append(float(m.group(2)))
+        prof = PROFILE_RE.search(text)
+        if prof:
+            for kind, ms, _n in PROFILE_ITEM_RE.findall(prof.group(1)):
+                per.setdefault(SUM + kind, []).append(float(ms))
     return {k: statistics.median(v) for k, v in per.items()}
 
 

@@ -31,6 +31,9 @@ def _boots(rows: list[dict[str, str]], name: str) -> dict[str, list[float]]:
     return out
 
 
+# The stage table's rows in boot order (the timed stages, then the runtime's total).
+PARTS = ("interpreter start", "imports", "early", "cmdline", "coldplug", "findroot", "stack", "handover",
+         "total (runtime)")
 COLD_START = "interpreter start, cold (the first of a boot, as /init)"
 
 
@@ -149,8 +152,13 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
           "(it searches every device, as live-boot does).", "",
           "| part | disk case | live case | live case, search |", "|---|---|---|---|"]
     cols = (disk_stages, live_stages, search_stages)
-    for k in sorted(set().union(*cols), key=lambda s: (s.startswith("total"), s)):
+    rank = {k: i for i, k in enumerate(PARTS)}
+    for k in sorted(set().union(*cols), key=lambda s: (s.startswith("sum: "), rank.get(s, len(rank)), s)):
         L.append(f"| {k} | " + " | ".join(f"{c.get(k, float('nan')):.0f}" for c in cols) + " |")
+    L += ["", "The `sum:` rows come from the runtime's profile (`liveinit: profile:` at hand-over, `profile` "
+          "in /run/liveinit/boot.json): time summed over every call of that kind, from every thread. "
+          "Module loads run in the background while the root search waits for their devices, so these "
+          "overlap each other and the stages."]
     L.append("")
 
     if costs:

@@ -314,6 +314,10 @@ class Boot:
             self.timed("handover", start)
             ms = self.ms()
             self.record.set("total_ms", round(ms, 1))
+            totals = m.profile.totals()
+            self.record.set("profile", {k: {"calls": n, "ms": round(t, 1)} for k, (n, t) in totals.items()})
+            if totals:
+                log.info("profile: " + m.profile.line())
             self.record.set("warnings", list(log.warnings))
             try:
                 self.record.write(m)

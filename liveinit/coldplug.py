@@ -32,6 +32,8 @@ import _thread
 import os
 import time
 
+from liveinit.profile import PROBING
+
 SYSBUS = "/sys/bus"
 # Walked first: storage hangs off these, and the first loads start sooner than
 # after reading the modalias of every acpi, cpu and platform device.
@@ -115,6 +117,13 @@ class Coldplug:
 
     def _job(self, bus: str, name: str, path: str):
         """(module names, reason, modalias) to load for an unbound device, or None."""
+        start = time.monotonic()
+        try:
+            return self._match(bus, name, path)
+        finally:
+            self.m.profile.since(PROBING, start)
+
+    def _match(self, bus: str, name: str, path: str):
         try:
             with open(path + "/modalias", "rb") as f:
                 alias = f.read().decode("ascii", "replace").strip()

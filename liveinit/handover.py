@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 from liveinit.emergency import BootFailure
 from liveinit.plain import Plain
+from liveinit.profile import CLEANUP
 from liveinit.syscalls import MNT_DETACH, MS_MOVE
 
 INITS = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
@@ -156,6 +158,12 @@ def delete_initramfs(m, newroot: str) -> int:
     return delete_tree(m, root, m.sys.st_dev(root), m.path(newroot))
 
 
+def _timed_delete(m, newroot: str) -> None:
+    start = time.monotonic()
+    delete_initramfs(m, newroot)
+    m.profile.since(CLEANUP, start)
+
+
 def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> None:
     """Leave the initramfs/initrd and exec init. Returns only if exec did (a fake).
 
@@ -172,7 +180,7 @@ def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> Non
 
     step("move", lambda: move_mounts(m, newroot, log))
     if plan.method == "switch_root":
-        step("delete", lambda: delete_initramfs(m, newroot))
+        step("delete", lambda: _timed_delete(m, newroot))
         step("enter", lambda: (m.sys.chdir(m.path(newroot)),
                                m.sys.mount(m.path(newroot), m.path("/"), None, MS_MOVE)))
         step("chroot", lambda: (m.sys.chroot("."), m.sys.chdir("/")))

@@ -3,23 +3,29 @@
 Every path the runtime reads or creates under /sys, /proc, /dev, /run (and
 the new root) goes through `Machine.path`, and every syscall through
 `Machine.sys`. At boot `root` is "/" and `sys` is `syscalls.Linux()`; in
-tests `root` is a fake tree and `sys` a recording fake."""
+tests `root` is a fake tree and `sys` a recording fake. Either way `sys`
+is seen through `profile.Timed`, which adds the time of module loads and
+mounts to `Machine.profile`."""
 from __future__ import annotations
 
 import os
 
+from liveinit.profile import Profile, Timed
+
 
 class Machine:
-    """A root prefix for the filesystem plus the syscalls object."""
+    """A root prefix for the filesystem, the syscalls object and the profile
+    of the time spent on the machine."""
 
-    __slots__ = ("root", "sys")
+    __slots__ = ("root", "sys", "profile")
 
     def __init__(self, root: str = "/", sys: object = None) -> None:
         if sys is None:
             from liveinit.syscalls import Linux
             sys = Linux()
         self.root = root.rstrip("/") or "/"
-        self.sys = sys
+        self.profile = Profile()
+        self.sys = Timed(sys, self.profile) if sys else sys
 
     def path(self, p: str) -> str:
         """The real location of absolute path `p` on this machine."""

@@ -24,6 +24,7 @@ import time
 
 from liveinit import blockdev
 from liveinit.plain import Plain
+from liveinit.profile import PROBING, WAITS
 from liveinit.syscalls import MS_RDONLY
 
 MEDIUM = "/run/liveinit/medium"
@@ -87,11 +88,13 @@ class _Search:
         key = (dev.name, dev.major, dev.minor, dev.size)
         info = self.ids.get(key)
         if info is None:
+            start = time.monotonic()
             try:
                 info = blockdev.identify(self.m, dev)
             except Exception as e:  # a broken superblock must not kill PID 1
                 self.log.debug(f"cannot probe /dev/{dev.name}: {e}")
                 info = {}
+            self.m.profile.since(PROBING, start)
             if info:
                 # Unrecognised content is probed again on the next rescan: a device
                 # that just appeared may not be readable yet.
@@ -112,10 +115,13 @@ class _Search:
             self.events(min(left, self.poll_max))
 
     def events(self, timeout: float) -> list:
+        start = time.monotonic()
         if self.listener is None:
             time.sleep(min(timeout, 0.25))
+            self.m.profile.since(WAITS, start)
             return []
         evs = self.listener.poll(timeout)
+        self.m.profile.since(WAITS, start)
         if evs:
             self.last_event = time.monotonic()
         for ev in evs:
@@ -164,7 +170,9 @@ class _Search:
         if getattr(self.loader, "background", None) is None:
             return
         from liveinit import coldplug
+        start = time.monotonic()
         coldplug.finish(self.loader, self.log, COLDPLUG_JOIN, stop)
+        self.m.profile.since(WAITS, start)
 
     def plain_root_needs_nothing_more(self) -> bool:
         """A plain root's device is there: no later stage searches for devices."""

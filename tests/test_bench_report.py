@@ -81,11 +81,20 @@ def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
     d = tmp_path / "round1"
     d.mkdir()
     (d / "liveinit.boot1.log").write_text(
-        "[    2.000000] Run /init as init process\n[    2.300000] liveinit: stage early 20 ms\n"
-        "liveinit: stage coldplug 400 ms\nliveinit: starting /sbin/init after 900.5 ms\n")
+        "[    2.000000] Run /init as init process\nliveinit: stage imports 40 ms\n"
+        "[    2.300000] liveinit: stage early 20 ms\n"
+        "liveinit: stage coldplug 400 ms\n"
+        "[    3.100000] liveinit: profile: module loads 402 ms (11), mounts 31 ms (6), device waits 120 ms (14)\n"
+        "liveinit: starting /sbin/init after 900.5 ms\n")
     got = stage_breakdown(tmp_path, "liveinit")
-    assert round(got["python+imports"]) == 300
+    assert round(got["interpreter start"]) == 240          # 300 ms to the first kmsg line - imports - early
     assert got["coldplug"] == 400 and got["total (runtime)"] == 900.5
+    assert (got["sum: module loads"], got["sum: mounts"], got["sum: device waits"]) == (402, 31, 120)
+    text = write_report(FakeRun(tmp_path), {}, [], got, {}, {}, [], {}, "m")
+    rows = [ln.split(" | ")[0][2:] for ln in text.splitlines() if ln.startswith("| ") and ln.endswith(" |")]
+    parts = rows[rows.index("interpreter start"):]
+    assert parts[:3] == ["interpreter start", "imports", "early"]
+    assert parts.index("total (runtime)") < parts.index("sum: module loads")
     assert first_line_ts("x\n[ 1.5] hello\n", "hello") == 1.5
 
 

@@ -175,6 +175,14 @@ def test_boot_record(lab: Lab) -> None:
     assert rec["init"] == {"path": "/sbin/init", "argv": ["/sbin/init"], "method": "switch_root"}
     assert rec["errors"] == [] and rec["total_ms"] >= 0
     assert isinstance(rec["devices"], list)
+    # Where the time went: every mount of the fake counted by the seam (this lab's
+    # loader and root search are fakes: test_modload and test_rootfind count theirs).
+    prof = rec["profile"]
+    assert prof["mounts"]["calls"] == len(lab.sys.of("mount")) + len(lab.sys.of("loop_attach"))
+    assert prof["initramfs cleanup"]["calls"] == 1
+    assert all(v["ms"] >= 0 for v in prof.values())
+    line = next(ln for ln in lab.lines() if ln.startswith("liveinit: profile: "))
+    assert line.startswith("liveinit: profile: mounts ") and "initramfs cleanup" in line
 
 
 def test_early_modules_before_coldplug(tmp_path: Path, monkeypatch) -> None:
@@ -467,7 +475,7 @@ def test_boot_imports_stay_light() -> None:
     heavy = ("typing", "logging", "json", "subprocess", "socket", "dataclasses", "inspect", "re",
              "enum", "threading", "random", "tempfile", "uuid", "hashlib")
     mods = ("boot", "cmdline", "coldplug", "modload", "uevent", "blockdev", "rootfind", "fsprobe",
-            "kmodindex", "stack", "handover", "emergency", "log", "record", "machine", "plain")
+            "kmodindex", "stack", "handover", "emergency", "log", "record", "machine", "plain", "profile")
     code = ("import sys; " + "; ".join(f"import liveinit.{m}" for m in mods) + "; "
             f"print(' '.join(sorted(n for n in sys.modules if n in {heavy!r})))")
     repo = str(Path(__file__).parents[1])

@@ -235,6 +235,10 @@ def test_waits_for_a_late_usb_stick_event_driven(tmp_path, monkeypatch):
     assert w.loader.loaded["usb_storage"].startswith("uevent usb 1-1:1.0")
     assert len(listener.polls) == 3     # woke on the usb event; found after its load
     assert all(0 < p <= rootfind.POLL_MAX for p in listener.polls)
+    # The profile: each poll is a wait, each superblock read probing, each insert a load.
+    prof = w.m.profile.totals()
+    assert prof["device waits"][0] >= len(listener.polls)
+    assert prof["probing"][0] >= 2 and prof["module loads"][0] == len(w.sysc.modules)
 
 
 def test_timeout_message_names_spec_devices_modules_and_parameters(tmp_path, monkeypatch):
