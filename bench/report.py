@@ -156,9 +156,11 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
     for k in sorted(set().union(*cols), key=lambda s: (s.startswith("sum: "), rank.get(s, len(rank)), s)):
         L.append(f"| {k} | " + " | ".join(f"{c.get(k, float('nan')):.0f}" for c in cols) + " |")
     L += ["", "The `sum:` rows come from the runtime's profile (`liveinit: profile:` at hand-over, `profile` "
-          "in /run/liveinit/boot.json): time summed over every call of that kind, from every thread. "
-          "Module loads run in the background while the root search waits for their devices, so these "
-          "overlap each other and the stages."]
+          "in /run/liveinit/boot.json), summed over every call of that kind from every thread: module loads, "
+          "mounts, probing and the initramfs cleanup in the calling thread's CPU time, device waits in wall "
+          "time. Kernel work deferred to its own threads (libata probing a port) counts as waiting. Module "
+          "loads run in the background while the root search waits for their devices, so the rows overlap "
+          "the stages."]
     L.append("")
 
     if costs:

@@ -117,11 +117,11 @@ class Coldplug:
 
     def _job(self, bus: str, name: str, path: str):
         """(module names, reason, modalias) to load for an unbound device, or None."""
-        start = time.monotonic()
+        begun = self.m.profile.begin(PROBING)
         try:
             return self._match(bus, name, path)
         finally:
-            self.m.profile.since(PROBING, start)
+            self.m.profile.end(PROBING, begun)
 
     def _match(self, bus: str, name: str, path: str):
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 
 from liveinit.emergency import BootFailure
 from liveinit.plain import Plain
@@ -159,9 +158,9 @@ def delete_initramfs(m, newroot: str) -> int:
 
 
 def _timed_delete(m, newroot: str) -> None:
-    start = time.monotonic()
+    begun = m.profile.begin(CLEANUP)
     delete_initramfs(m, newroot)
-    m.profile.since(CLEANUP, start)
+    m.profile.end(CLEANUP, begun)
 
 
 def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> None:

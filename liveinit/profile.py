@@ -1,11 +1,13 @@
 """Where the boot's time goes, by kind of work: the boot record's `profile`
 and one console line at hand-over.
 
-Each kind sums the durations of its calls, from every thread: module loads
-run in the background while the root search waits for their devices, so
-kinds overlap and their sum may exceed the wall time. Module loads and
-mounts are timed by the seam itself (`Timed` wraps the syscalls object);
-waits and probing by the code that does them."""
+Each kind sums its calls from every thread. Work is measured in the calling
+thread's CPU time (user + kernel): the boot VM may have one CPU, and the
+wall time of a module load there would include the other threads' work.
+Waits are measured in wall time. Work the kernel defers to its own threads
+(libata probing a port, say) shows up as waits, not as loads. Module loads
+and mounts are timed by the seam itself (`Timed` wraps the syscalls
+object); waits and probing by the code that does them."""
 from __future__ import annotations
 
 import time
@@ -18,6 +20,7 @@ CLEANUP = "initramfs cleanup"
 KINDS = (LOADS, MOUNTS, WAITS, PROBING, CLEANUP)   # the console line's order
 SYSCALL_KINDS = {"finit_module": LOADS, "init_module": LOADS,
                  "mount": MOUNTS, "umount2": MOUNTS, "loop_attach": MOUNTS}
+WALL = frozenset((WAITS,))   # the kinds measured in wall time; the others in thread CPU time
 
 
 class Profile:
@@ -31,9 +34,14 @@ class Profile:
     def add(self, kind: str, seconds: float) -> None:
         self.spent.append((kind, seconds))   # one list.append: atomic under the GIL
 
-    def since(self, kind: str, start: float) -> None:
-        """Count the time from `start` (a time.monotonic()) to now."""
-        self.spent.append((kind, time.monotonic() - start))
+    @staticmethod
+    def begin(kind: str) -> float:
+        """The clock reading to pass to `end` (the kind decides the clock)."""
+        return time.monotonic() if kind in WALL else time.thread_time()
+
+    def end(self, kind: str, begun: float) -> None:
+        """Count the time of `kind` since `begin`, in the same thread."""
+        self.spent.append((kind, self.begin(kind) - begun))
 
     def totals(self) -> dict[str, tuple[int, float]]:
         """kind -> (calls, milliseconds), in KINDS order."""
@@ -64,12 +72,12 @@ class Timed:
         kind = SYSCALL_KINDS.get(name)
         if kind is None:
             return attr
-        add = self._profile.add
+        profile = self._profile
 
         def timed(*args, **kwargs):
-            start = time.monotonic()
+            begun = profile.begin(kind)
             try:
                 return attr(*args, **kwargs)
             finally:
-                add(kind, time.monotonic() - start)
+                profile.end(kind, begun)
         return timed

@@ -88,13 +88,13 @@ class _Search:
         key = (dev.name, dev.major, dev.minor, dev.size)
         info = self.ids.get(key)
         if info is None:
-            start = time.monotonic()
+            begun = self.m.profile.begin(PROBING)
             try:
                 info = blockdev.identify(self.m, dev)
             except Exception as e:  # a broken superblock must not kill PID 1
                 self.log.debug(f"cannot probe /dev/{dev.name}: {e}")
                 info = {}
-            self.m.profile.since(PROBING, start)
+            self.m.profile.end(PROBING, begun)
             if info:
                 # Unrecognised content is probed again on the next rescan: a device
                 # that just appeared may not be readable yet.
@@ -115,13 +115,13 @@ class _Search:
             self.events(min(left, self.poll_max))
 
     def events(self, timeout: float) -> list:
-        start = time.monotonic()
+        begun = self.m.profile.begin(WAITS)
         if self.listener is None:
             time.sleep(min(timeout, 0.25))
-            self.m.profile.since(WAITS, start)
+            self.m.profile.end(WAITS, begun)
             return []
         evs = self.listener.poll(timeout)
-        self.m.profile.since(WAITS, start)
+        self.m.profile.end(WAITS, begun)
         if evs:
             self.last_event = time.monotonic()
         for ev in evs:
@@ -170,9 +170,9 @@ class _Search:
         if getattr(self.loader, "background", None) is None:
             return
         from liveinit import coldplug
-        start = time.monotonic()
+        begun = self.m.profile.begin(WAITS)
         coldplug.finish(self.loader, self.log, COLDPLUG_JOIN, stop)
-        self.m.profile.since(WAITS, start)
+        self.m.profile.end(WAITS, begun)
 
     def plain_root_needs_nothing_more(self) -> bool:
         """A plain root's device is there: no later stage searches for devices."""

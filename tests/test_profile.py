@@ -47,6 +47,19 @@ def test_timed_counts_loads_and_mounts_even_when_they_fail_and_passes_the_rest()
     assert [k for k, _ in p.spent] == [LOADS, LOADS, MOUNTS]
 
 
+def test_work_is_thread_cpu_time_and_waits_are_wall_time() -> None:
+    import time
+    p = Profile()
+    b = p.begin(WAITS)
+    time.sleep(0.05)
+    p.end(WAITS, b)
+    b = p.begin(PROBING)
+    time.sleep(0.05)                    # sleeping uses no CPU: not probing work
+    p.end(PROBING, b)
+    t = p.totals()
+    assert t[WAITS][1] >= 45 and t[PROBING][1] < 20
+
+
 def test_threads_add_without_losing_any() -> None:
     p = Profile()
     locks = [_thread.allocate_lock() for _ in range(4)]
