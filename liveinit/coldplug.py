@@ -20,12 +20,15 @@ when a walk finds nothing new and no load is running. Only `_thread` and
 `_queue` are used (`threading` costs ~40 ms of imports under TCG).
 
 Root first: when root= names a device whose name gives its bus away
-(/dev/vdX is virtio, /dev/nvmeX NVMe, /dev/mmcblkX MMC/SD), the drivers of
-that bus are loaded first and the others are held back while the root's
-device may still appear (they are released at once if it does not). Once
-the root search has its device it may `stop` the run: nothing more starts,
-the loads under way finish, and what was left is the booted system's
-business (its udev coldplugs every device again)."""
+(/dev/vdX is virtio, /dev/nvmeX NVMe, /dev/mmcblkX MMC/SD), only the buses
+that lead to it are walked and only the drivers of its kind are loaded; the
+other devices are held back (or not even read) while the root's device may
+still appear, and released at once if it does not. Once the root search has
+its device it may `stop` the run: nothing more starts, the loads under way
+finish, and what was left is the booted system's business (its udev
+coldplugs every device again). On a one-CPU machine the walk of the other
+buses (acpi, platform, cpu: most of the devices) would otherwise compete with
+the root's own module loads."""
 from __future__ import annotations
 
 import _thread
@@ -42,11 +45,12 @@ MAX_PASSES = 16
 WORKERS = 3         # loads at once; more only adds contention on a 1-2 CPU guest
 HOLD_MAX = 5.0      # longest time other buses wait for the root's bus (root first)
 CLASS_BLOCK = "/sys/class/block/"
-# Device name prefix of root= -> modalias prefixes / PCI class markers of its bus.
+# Device name prefix of root= -> (modalias prefixes, PCI class markers) of its
+# drivers, and the buses its device hangs off.
 ROOT_BUSES = {
-    "vd": (("virtio:", "pci:v00001AF4"), ()),
-    "nvme": (("nvme:",), ("bc01sc08",)),
-    "mmcblk": (("mmc:", "sdio:"), ("bc08sc05",)),
+    "vd": ((("virtio:", "pci:v00001AF4"), ()), ("pci", "virtio")),
+    "nvme": ((("nvme:",), ("bc01sc08",)), ("pci", "nvme")),
+    "mmcblk": ((("mmc:", "sdio:"), ("bc08sc05",)), ("pci", "mmc", "sdio")),
 }
 
 
@@ -54,7 +58,8 @@ class Coldplug:
     """Remembers the devices already handled, across passes and uevents."""
 
     __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ms", "_done",
-                 "root_dev", "root_bus", "held", "left", "stopping", "_wake", "_mu")
+                 "root_dev", "root_bus", "root_walk", "unwalked", "held", "left", "stopping",
+                 "_wake", "_mu")
 
     def __init__(self, m, loader, log) -> None:
         self.m = m
@@ -68,6 +73,8 @@ class Coldplug:
         self._done = None               # lock held while the background run lasts
         self.root_dev = ""              # root first: the root's device name (vda)...
         self.root_bus = None            # ...and (alias prefixes, pci class markers) of its bus
+        self.root_walk: tuple = ()      # ...and the buses walked while it goes first
+        self.unwalked: list[str] = []   # buses the last walk passed over (root first)
         self.held: list = []            # jobs held back while the root's bus goes first
         self.left: list = []            # jobs never started (`stop`)
         self.stopping = False
@@ -102,7 +109,11 @@ class Coldplug:
             buses = sorted((e.name not in EARLY_BUSES, e.name) for e in os.scandir(root))
         except OSError:
             return
+        first = self.root_walk if self.root_bus is not None else ()
+        self.unwalked = [bus for _, bus in buses if first and bus not in first]
         for _, bus in buses:
+            if first and bus not in first:
+                continue
             devdir = root + "/" + bus + "/devices"
             try:
                 names = sorted(e.name for e in os.scandir(devdir))
@@ -156,9 +167,9 @@ class Coldplug:
         root: the RootSpec from the command line, for root first (see the module doc)."""
         if root is not None and root.kind == "path" and not root.live:
             name = root.value[5:] if root.value.startswith("/dev/") else ""
-            for prefix, bus in ROOT_BUSES.items():
+            for prefix, (bus, walk) in ROOT_BUSES.items():
                 if name.startswith(prefix) and "/" not in name:
-                    self.root_dev, self.root_bus = name, bus
+                    self.root_dev, self.root_bus, self.root_walk = name, bus, walk
         from _queue import SimpleQueue
         self._wake = SimpleQueue()
         self._done = _thread.allocate_lock()
@@ -241,15 +252,18 @@ class Coldplug:
                         take(job)
                     for bus, name, path in self._unseen():
                         take(self._job(bus, name, path))
-                    if self.held and (self.root_bus is None or (
+                    if (self.held or self.unwalked) and (self.root_bus is None or (
                             not pending and not os.path.exists(self.m.path(CLASS_BLOCK + self.root_dev)))):
                         # Released, or the root's bus is done and no root device: everything goes.
                         self.root_bus = None
                         for job in self.held:
                             dispatch(job)
                         self.held = []
+                        if self.unwalked:
+                            new = []
+                            continue     # walk the other buses now
                 new = []
-                if not pending and (not self.held or self.stopping):
+                if not pending and ((not self.held and not self.unwalked) or self.stopping):
                     break
                 try:
                     got = ended.get(True, HOLD_MAX)   # a load ended: it may reveal devices
@@ -396,8 +410,10 @@ def finish(loader, log, timeout: float = -1, stop: bool = False) -> int:
     loader.background = None
     log.info(f"coldplug: {cp.devices} devices with a modalias, {cp.loaded} modules loaded "
              f"in {cp.ms:.0f} ms (in the background)")
-    if cp.left:
-        left = [f"{', '.join(names)} for {reason}" for names, reason, _ in cp.left]
+    left = [f"{', '.join(names)} for {reason}" for names, reason, _ in cp.left]
+    if cp.unwalked and cp.stopping:
+        left.append("the devices on " + ", ".join(cp.unwalked) + " (not walked: root first)")
+    if left:
         if isinstance(getattr(loader, "left", None), list):
             loader.left.extend(left)
         log.info("coldplug: left to the booted system: " + "; ".join(left))

@@ -394,6 +394,59 @@ def test_root_first_releases_the_rest_when_the_root_is_elsewhere(tmp_path):
     assert cp.left == [] and cp.held == []
 
 
+def virtio_and_platform(tmp_path: Path):
+    """A virtio disk (vda with virtio_blk) and a PC speaker on the platform bus."""
+    deps = {"virtio_pci": [], "virtio_blk": [], "pcspkr": []}
+    aliases = [("pci:v00001AF4d*sv*sd*bc*sc*i*", "virtio_pci"), ("virtio:d00000002v*", "virtio_blk"),
+               ("platform:pcspkr", "pcspkr")]
+    index, _ = small_index(tmp_path, deps=deps, aliases=aliases)
+    b = SysfsBuilder(tmp_path)
+    vpci = b.pci(0x1AF4, 0x1001, 0x010000, slot="0000:00:04.0")
+    b.device(None, "pcspkr", "platform", "platform:pcspkr")
+
+    def on_load(mod, mods):
+        if mod == "virtio_pci":
+            b.virtio(vpci, 0, 2)
+        elif mod == "virtio_blk":
+            b.disk(None, "vda", 254, 0, 65536)
+
+    sysc = SlowSyscalls(str(tmp_path), on_load, {})
+    m = Machine(str(tmp_path), sysc)
+    log = quiet_log()
+    return m, sysc, ModuleLoader(m, index, KMOD_DIR, parse(""), log), log
+
+
+def test_root_first_does_not_walk_the_other_buses_before_the_root(tmp_path):
+    """root=/dev/vda: pci and virtio only; the platform bus is the booted system's."""
+    m, sysc, loader, log = virtio_and_platform(tmp_path)
+    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vda", False))
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "sys/class/block/vda").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    coldplug_mod.finish(loader, log, 5, stop=True)
+    assert set(loader.loaded) == {"virtio_pci", "virtio_blk"}
+    assert cp.devices == 2                       # the speaker's modalias was never read
+    assert "platform" in cp.unwalked
+    assert loader.left[-1].startswith("the devices on ") and "platform" in loader.left[-1]
+    assert "not walked: root first" in log.out.getvalue()
+
+
+def test_root_first_walks_the_other_buses_when_the_root_is_not_there(tmp_path):
+    m, sysc, loader, log = virtio_and_platform(tmp_path)
+    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vdb", False))
+    assert cp.wait(5)
+    assert set(loader.loaded) == {"virtio_pci", "virtio_blk", "pcspkr"}
+    assert sysc.ended["pcspkr"] > sysc.ended["virtio_blk"] and cp.unwalked == []
+
+
+def test_releasing_root_first_walks_the_rest(tmp_path):
+    """The root search wants every driver (a live medium, persistence): finish without stop."""
+    m, sysc, loader, log = virtio_and_platform(tmp_path)
+    coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vda", False))
+    coldplug_mod.finish(loader, log, 5)
+    assert "pcspkr" in loader.loaded and loader.left == []
+
+
 def test_root_first_needs_a_telling_name(tmp_path):
     m, sysc, loader, log = ide_and_virtio(tmp_path, {})
     for spec in (RootSpec("path", "/dev/sda1", False), RootSpec("uuid", "x", False),
