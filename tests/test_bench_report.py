@@ -94,7 +94,8 @@ def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
     rows = [ln.split(" | ")[0][2:] for ln in text.splitlines() if ln.startswith("| ") and ln.endswith(" |")]
     parts = rows[rows.index("interpreter start"):]
     assert parts[:3] == ["interpreter start", "imports", "early"]
-    assert parts.index("total (runtime)") < parts.index("sum: module loads")
+    assert parts.index("total (runtime)") < parts.index("sum: module loads") < parts.index("sum: mounts") \
+        < parts.index("sum: device waits")     # the profile's own order, not the alphabet
     assert first_line_ts("x\n[ 1.5] hello\n", "hello") == 1.5
 
 
