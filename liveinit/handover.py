@@ -126,21 +126,20 @@ def delete_tree(m, path: str, dev: int, keep: str | None = None) -> int:
     skipping `keep`. Returns the number of entries removed."""
     removed = 0
     try:
-        entries = os.listdir(path)
+        with os.scandir(path) as it:
+            entries = list(it)
     except OSError:
         return 0
-    for name in entries:
-        p = path.rstrip("/") + "/" + name
+    for e in entries:
+        p = e.path
         if p == keep:
             continue
         try:
-            if m.sys.st_dev(p) != dev:
-                continue
-            st = os.lstat(p)
-        except OSError:
-            continue
-        try:
-            if stat.S_ISDIR(st.st_mode):
+            # d_type tells directories apart without a stat per file; only a
+            # directory can hold a mount (a bind-mounted file refuses unlink).
+            if e.is_dir(follow_symlinks=False):
+                if m.sys.st_dev(p) != dev:
+                    continue
                 removed += delete_tree(m, p, dev, keep)
                 os.rmdir(p)
             else:
