@@ -171,7 +171,7 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
               "the host side uses them): each command is a fresh interpreter, so subtract the first row.", "",
               "| what | ms | ms over a bare interpreter |", "|---|---|---|"]
         for k, v in costs.items():
-            L.append(f"| {k} | {v * 1000:.0f} | {(v - base) * 1000:.0f} |")
+            L.append(f"| {k} | {v * 1000:.0f} | {round((v - base) * 1000)} |")
         L.append("")
 
     if scale_rows:
