@@ -431,18 +431,16 @@ def parse_cpio(buf: bytes, base: int = 0) -> list[list[Entry]]:
         archives.append(entries)
 
 
-def read_archive(data: bytes) -> list[Segment]:
-    """Every segment of an initramfs image, in order.
-
-    An uncompressed run of cpio archives is one segment per archive; a
-    compressed stream is one segment holding all the archives inside it."""
-    segments: list[Segment] = []
+def _streams(data: bytes):
+    """(method, offset, uncompressed bytes) of every stream in an image, in
+    order: an uncompressed run of cpio archives or one compressed stream.
+    Zero padding between them is skipped."""
     pos, n = 0, len(data)
     while True:
         while pos < n and data[pos] == 0:
             pos += 1
         if pos >= n:
-            break
+            return
         method = detect(data[pos:pos + 8])
         if method == "none":
             if pos % 4:
@@ -450,9 +448,7 @@ def read_archive(data: bytes) -> list[Segment]:
                                    hint="the kernel rejects this ('broken padding'): pad the previous "
                                         "segment with zeros to a multiple of 4")
             end = _uncompressed_end(data, pos)
-            for entries in parse_cpio(data[pos:end], pos):
-                segments.append(Segment("none", pos, entries))
-            pos = end
+            yield "none", pos, data[pos:end]
         elif method is None:
             raise ArchiveError(f"unrecognised data at offset {pos}: {describe_unknown(data[pos:pos + 8])}",
                                hint="an initramfs holds newc cpio archives, optionally compressed with "
@@ -462,13 +458,27 @@ def read_archive(data: bytes) -> list[Segment]:
                 _, plain, end = decompress_stream(data, pos)
             except CompressionError as e:
                 raise ArchiveError(str(e), hint=e.hint or "the image is corrupt or truncated") from None
-            try:
-                entries = [e for archive in parse_cpio(plain, 0) for e in archive]
-            except ArchiveError as e:
-                raise ArchiveError(f"in the {method} segment at offset {pos} (offsets after decompression): "
-                                   f"{e}", hint=e.hint) from None
-            segments.append(Segment(method, pos, entries))
-            pos = end
+            yield method, pos, plain
+        pos = end
+
+
+def read_archive(data: bytes) -> list[Segment]:
+    """Every segment of an initramfs image, in order.
+
+    An uncompressed run of cpio archives is one segment per archive; a
+    compressed stream is one segment holding all the archives inside it."""
+    segments: list[Segment] = []
+    for method, pos, plain in _streams(data):
+        if method == "none":
+            for entries in parse_cpio(plain, pos):
+                segments.append(Segment("none", pos, entries))
+            continue
+        try:
+            entries = [e for archive in parse_cpio(plain, 0) for e in archive]
+        except ArchiveError as e:
+            raise ArchiveError(f"in the {method} segment at offset {pos} (offsets after decompression): "
+                               f"{e}", hint=e.hint) from None
+        segments.append(Segment(method, pos, entries))
     if not segments:
         raise ArchiveError("the image is empty (no cpio archive in it)")
     return segments
@@ -477,26 +487,7 @@ def read_archive(data: bytes) -> list[Segment]:
 def segment_bytes(data: bytes) -> list[tuple[str, bytes]]:
     """(compression, uncompressed cpio bytes) of every segment, in order (for
     feeding other tools, which read one archive at a time)."""
-    out: list[tuple[str, bytes]] = []
-    pos, n = 0, len(data)
-    while True:
-        while pos < n and data[pos] == 0:
-            pos += 1
-        if pos >= n:
-            return out
-        method = detect(data[pos:pos + 8])
-        if method == "none":
-            end = _uncompressed_end(data, pos)
-            out.append(("none", data[pos:end]))
-        elif method is None:
-            raise ArchiveError(f"unrecognised data at offset {pos}: {describe_unknown(data[pos:pos + 8])}")
-        else:
-            try:
-                _, plain, end = decompress_stream(data, pos)
-            except CompressionError as e:
-                raise ArchiveError(str(e), hint=e.hint or "the image is corrupt or truncated") from None
-            out.append((method, plain))
-        pos = end
+    return [(method, plain) for method, _pos, plain in _streams(data)]
 
 
 def flatten(segments: list[Segment]) -> dict[str, Entry]:
