@@ -152,14 +152,11 @@ def delete_tree(m, path: str, dev: int, keep: str | None = None) -> int:
 
 def delete_initramfs(m, newroot: str) -> int:
     """Free the initramfs's memory: its files are useless once we leave it."""
-    root = m.path("/")
-    return delete_tree(m, root, m.sys.st_dev(root), m.path(newroot))
-
-
-def _timed_delete(m, newroot: str) -> None:
     begun = m.profile.begin(CLEANUP)
-    delete_initramfs(m, newroot)
+    root = m.path("/")
+    removed = delete_tree(m, root, m.sys.st_dev(root), m.path(newroot))
     m.profile.end(CLEANUP, begun)
+    return removed
 
 
 def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> None:
@@ -178,7 +175,7 @@ def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> Non
 
     step("move", lambda: move_mounts(m, newroot, log))
     if plan.method == "switch_root":
-        step("delete", lambda: _timed_delete(m, newroot))
+        step("delete", lambda: delete_initramfs(m, newroot))
         step("enter", lambda: (m.sys.chdir(m.path(newroot)),
                                m.sys.mount(m.path(newroot), m.path("/"), None, MS_MOVE)))
         step("chroot", lambda: (m.sys.chroot("."), m.sys.chdir("/")))
