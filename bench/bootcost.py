@@ -78,6 +78,12 @@ def pack(work: Path) -> Path:
     return img
 
 
+def _qemu(vmlinuz: Path, img: Path, extra: str) -> list[str]:
+    """The benchmark's VM (bench/peers/boot.sh: TCG, 1 GiB, serial console) booting `img`."""
+    return ["qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot", "-accel", "tcg",
+            "-kernel", str(vmlinuz), "-initrd", str(img), "-append", "console=ttyS0 panic=-1 " + extra]
+
+
 def cold_starts(log: str) -> tuple[float, float] | None:
     """(cold, warm) seconds from one boot's console, None if it did not get there."""
     ts = {m.group(2): float(m.group(1)) for m in KMSG_RE.finditer(log)}
@@ -90,10 +96,8 @@ def measure_cold(vmlinuz: Path, img: Path, work: Path, timeout: float = 120) -> 
     """Seconds of the first and second interpreter start of a boot (min of COLD_BOOTS boots)."""
     best: dict[str, float] = {}
     for n in range(COLD_BOOTS):
-        r = subprocess.run(["qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot", "-accel", "tcg",
-                            "-kernel", str(vmlinuz), "-initrd", str(img),
-                            "-append", "console=ttyS0 panic=-1 rdinit=/coldstart.sh"],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        r = subprocess.run(_qemu(vmlinuz, img, "rdinit=/coldstart.sh"), stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=timeout)
         log = r.stdout.decode(errors="replace")
         (work / f"coldstart{n + 1}.log").write_text(log)
         got = cold_starts(log)
@@ -120,9 +124,7 @@ def measure_warm(vmlinuz: Path, img: Path, work: Path, timeout: float = 400) -> 
     """Seconds per probe (min of REPEAT) inside a TCG guest, after the runtime ran."""
     # The probes run from a script packed into the image: typing them on the
     # console would interleave the shell's echo with their output.
-    cmd = ["qemu-system-x86_64", "-m", "1024", "-nographic", "-no-reboot", "-accel", "tcg",
-           "-kernel", str(vmlinuz), "-initrd", str(img),
-           "-append", "console=ttyS0 panic=-1 rd.break=coldplug"]
+    cmd = _qemu(vmlinuz, img, "rd.break=coldplug")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = b""
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from liveinit.profile import KINDS
+
 MiB = 1024 * 1024
 
 
@@ -152,7 +154,6 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
           "(it searches every device, as live-boot does).", "",
           "| part | disk case | live case | live case, search |", "|---|---|---|---|"]
     cols = (disk_stages, live_stages, search_stages)
-    from liveinit.profile import KINDS
     rank = {k: i for i, k in enumerate(PARTS + tuple("sum: " + k for k in KINDS))}
     for k in sorted(set().union(*cols), key=lambda s: (s.startswith("sum: "), rank.get(s, len(rank)), s)):
         L.append(f"| {k} | " + " | ".join(f"{c.get(k, float('nan')):.0f}" for c in cols) + " |")
