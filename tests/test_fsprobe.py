@@ -8,6 +8,7 @@ import shlex
 import struct
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -306,20 +307,27 @@ def test_cli_through_the_command_table(images: dict[str, Path], capsys: pytest.C
     assert "cannot open /nonexistent/disk" in capsys.readouterr().err
 
 
+@contextmanager
+def loop_device(image: Path, *options: str):
+    """A loop device over `image` (losetup OPTIONS), detached afterwards."""
+    loop = subprocess.run(["losetup", "-f", "--show", *options, str(image)],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=True)
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("name", ["iso-hybrid", "iso-hybrid-big", "gpt-disk", "vfat32", "ext4", "vfat12"])
 def test_block_device_like_blkid(images: dict[str, Path], name: str) -> None:
     """The same answers through a real (loop) block device node (a 1 MiB hybrid
     ISO is a "small disk": blkid -p shows only its partition table)."""
-    loop = subprocess.run(["losetup", "-f", "--show", "-r", str(images[name])],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    try:
+    with loop_device(images[name], "-r") as loop:
         theirs = blkid(Path(loop))
         mine = fsprobe.probe(loop)
         assert escaped(mine) == {k: v for k, v in theirs.items() if k in SUPPORTED}
         assert mine
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=True)
 
 
 @pytest.mark.root
@@ -333,9 +341,7 @@ def test_4k_sector_disks_like_partx(tmp_path: Path, script: str) -> None:
     img = tmp_path / "4k.img"
     img.write_bytes(b"")
     os.truncate(img, 64 << 20)
-    loop = subprocess.run(["losetup", "-f", "--show", "-b", "4096", str(img)],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    try:
+    with loop_device(img, "-b", "4096") as loop:
         subprocess.run(["sfdisk", "-q", "--no-reread", loop], input=script, text=True, check=True,
                        capture_output=True)
         dev = Path(loop)
@@ -346,8 +352,6 @@ def test_4k_sector_disks_like_partx(tmp_path: Path, script: str) -> None:
                 "UUID": p.uuid, "NAME": p.name, "FLAGS": f"0x{p.flags:x}", "SCHEME": table.type}
                for p in table.partitions]
         assert got == partx(dev)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=True)
 
 
 @pytest.mark.root
@@ -357,9 +361,7 @@ def test_sector_size_from_sysfs_equals_the_ioctl(tmp_path: Path) -> None:
     img = tmp_path / "4k.img"
     img.write_bytes(b"")
     os.truncate(img, 8 << 20)
-    loop = subprocess.run(["losetup", "-f", "--show", "-b", "4096", str(img)],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    try:
+    with loop_device(img, "-b", "4096") as loop:
         fd = os.open(loop, os.O_RDONLY)
         try:
             rdev = os.fstat(fd).st_rdev
@@ -367,8 +369,6 @@ def test_sector_size_from_sysfs_equals_the_ioctl(tmp_path: Path) -> None:
             assert fsprobe._sector_size(fd, rdev) == ioctl == 4096
         finally:
             os.close(fd)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=True)
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
