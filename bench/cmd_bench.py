@@ -244,6 +244,6 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
-        from packer.cli import CommandError
+        from packer.errors import CommandError
         raise CommandError("the benchmark needs root (chroots, bind mounts)", hint="run it with sudo")
     return main_bench(args)

@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from packer.errors import CommandError
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("packer.cmd_pack", "build an initramfs that carries the liveinit runtime"),
@@ -25,14 +27,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "capture-sysfs": ("packer.cmd_capture", "copy the discovery-relevant part of /sys into a fake tree"),
     "bench": ("bench.cmd_bench", "benchmark liveinit against other initramfs generators"),
 }
-
-
-class CommandError(Exception):
-    """A failure the user can act on: printed as one message, exit status 1."""
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, not this __main__ copy: command
-    # modules raise packer.cli.CommandError, which must be the class caught.
-    from packer.cli import main as _main
-    sys.exit(_main())
+    sys.exit(main())

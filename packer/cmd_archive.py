@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.cpio import Entry, Segment, read_archive
 
 COPY_MODE_BITS = 0o7777

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 # Files copied from every device directory.
 FILES = frozenset(("modalias", "uevent", "vendor", "device", "subsystem_vendor", "subsystem_device",

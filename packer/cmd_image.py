@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from packer import image
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:

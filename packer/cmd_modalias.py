@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from liveinit.kmodindex import INDEX_NAME, ModuleIndex, parse_pci_modalias, parse_pcimap, pci_match_entry
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:

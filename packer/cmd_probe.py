@@ -9,7 +9,7 @@ import os
 import sys
 
 from liveinit import fsprobe
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 EXIT_NOTHING = 2          # blkid's status when nothing was recognised
 EXPORT_ESCAPED = " \\\"'$`<>"

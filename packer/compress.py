@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packer import tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 METHODS = ("none", "gzip", "xz", "zstd", "lz4")
 

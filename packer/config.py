@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.compress import METHODS as COMPRESSIONS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.compress import (CPIO_MAGICS, CompressionError, compress, decompress_stream, describe_unknown,
                              detect)
 

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from packer import tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.elf import resolve
 
 BUSYBOX = Path("/bin/busybox")

@@ -42,7 +42,7 @@ from elftools.common.utils import parse_cstring_from_stream, struct_parse
 from elftools.construct import Container
 from elftools.elf.structs import ELFStructs
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 ELF_MAGIC = b"\x7fELF"
 ELFCLASS32, ELFCLASS64 = 1, 2

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 LIVE_MODULES = ("loop", "squashfs", "overlay", "isofs")
 

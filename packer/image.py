@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packer import tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.config import check_cmdline, source_date_epoch
 from packer.kernelpkg import KernelTree
 

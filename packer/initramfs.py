@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packer import pyruntime, segments, tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.config import DEFAULT_BUSYBOX, PackConfig, check_cmdline
 from packer.demoroot import busybox_applets
 from packer.progress import Reporter

@@ -47,7 +47,7 @@ def _current_package() -> str:
         out = tools.run(depends, f"find the package {META_PACKAGE} depends on", text=True).stdout
         m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
     if not m:
-        from packer.cli import CommandError
+        from packer.errors import CommandError
         raise CommandError(f"cannot tell which kernel {META_PACKAGE} depends on",
                            hint="run `apt-get update` (Debian's package lists are needed once), "
                                 "or pass an unpacked kernel (--kernel-root / --moddir)")

@@ -22,7 +22,7 @@ from liveinit.kmodindex import (INDEX_NAME, ModuleIndex, modname, parse_alias, p
                                 parse_builtin_modinfo, parse_config, parse_dep, parse_softdep_value,
                                 pci_entry)
 from packer import tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.kernelpkg import DEFAULT_CACHE
 
 CACHE_FORMAT = 2

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packer import tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_SRC = REPO_ROOT / "liveinit"

@@ -56,7 +56,7 @@ def codecs(method: str, level: int | None) -> dict[str, Codec]:
     """Codec per segment: `auto` is AUTO_CODECS, any other method applies to all."""
     if method == "auto":
         if level is not None:
-            from packer.cli import CommandError
+            from packer.errors import CommandError
             raise CommandError("--compress-level needs an explicit --compress method",
                                hint="the auto profile sets a level per segment; e.g. --compress xz "
                                     "--compress-level 6")

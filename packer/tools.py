@@ -1,7 +1,7 @@
 """One way to run an external tool from the packer.
 
 `run()` starts the program and, when it is missing or fails, raises
-`packer.cli.CommandError` naming the tool, what it was doing, its exit
+`packer.errors.CommandError` naming the tool, what it was doing, its exit
 status and the last lines of its stderr, with a hint: which Debian package
 provides a missing tool, else the command line to run by hand."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 STDERR_TAIL_LINES = 5
 

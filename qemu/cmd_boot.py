@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from packer.cli import CommandError
+from packer.errors import CommandError
 from qemu import lab, profiles
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from packer import cmd_pack, config
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 NOT_SETTINGS = {"--config", "--help", "--quiet", "--verbose"}   # how to run, not what to build
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from packer import image
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.cpio import ArchiveBuilder, image_bytes
 from packer.demoroot import INIT_SCRIPT, MODULES_MARKER, SUCCESS_MARKER, _is_static, build_demo_root
 from packer.kernelpkg import KernelTree

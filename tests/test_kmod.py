@@ -14,7 +14,7 @@ import pytest
 
 from liveinit import kmodindex as K
 from liveinit.kmodindex import ModuleIndex
-from packer.cli import CommandError, main
+from packer.errors import CommandError, main
 from packer.kernelpkg import KernelTree
 from packer.kmod import GROUPS, ModuleTree, read_modinfo
 

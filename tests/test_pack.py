@@ -16,7 +16,7 @@ import pytest
 
 from liveinit.kmodindex import ModuleIndex
 from packer import cli, initramfs, pyruntime
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.config import PackConfig
 from packer.cpio import Entry, read_archive, segment_bytes
 from packer.kernelpkg import KernelTree

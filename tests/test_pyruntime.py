@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from packer import pyruntime
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.elf import path_chain, resolve
 
 PYTHON = Path("/usr/bin/python3")

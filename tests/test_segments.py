@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from packer import cli, initramfs, segments
-from packer.cli import CommandError
+from packer.errors import CommandError
 from packer.compress import Codec
 from packer.config import PackConfig
 from packer.cpio import ArchiveBuilder, read_archive, segment_bytes

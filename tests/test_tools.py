@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from packer import tools
-from packer.cli import CommandError
+from packer.errors import CommandError
 
 
 def test_a_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
