@@ -12,21 +12,22 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liveinit.contract import ID_FILE, INITRD_FILE, KERNEL_FILE, LIVE_IMAGE
 from packer import tools
 from packer.errors import CommandError
 from packer.config import check_cmdline, source_date_epoch
 from packer.kernelpkg import KernelTree
 
-SQUASHFS_PATH = "live/filesystem.squashfs"
-IDENTITY_PATH = "live/liveinit.id"
-KERNEL_PATH = "live/vmlinuz"
-INITRD_PATH = "live/initrd.img"
+# Where things are in the ISO's tree (the contract's absolute medium paths).
+SQUASHFS_PATH = LIVE_IMAGE.lstrip("/")
+IDENTITY_PATH = ID_FILE.lstrip("/")
+KERNEL_PATH = KERNEL_FILE.lstrip("/")
+INITRD_PATH = INITRD_FILE.lstrip("/")
 EFI_IMAGE_PATH = "boot/grub/efi.img"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
 
@@ -118,19 +119,17 @@ def default_identity(squashfs: Path, kernel_version: str) -> str:
     return "liveinit-" + h.hexdigest()[:16]
 
 
-INIT_SETTINGS = "SETTINGS"
-# Fallback when /init is not parseable Python: the identity literal render_init writes.
-_IDENTITY_RE = re.compile(r"""["']identity["']\s*:\s*(["'])((?:(?!\1).)*)\1""")
+INIT_SETTINGS = "SETTINGS"   # the name render_init gives the baked settings in /init
 
 
-def _init_settings_identity(init: str) -> str | None:
-    """The identity in a liveinit /init: `SETTINGS = {..., 'identity': ID, ...}`
-    (packer.initramfs.render_init) read as a literal, never executed."""
+def baked_settings(init: str) -> dict[str, object] | None:
+    """The settings a liveinit /init bakes (`SETTINGS = {...}`, written by
+    packer.initramfs.render_init), read as a literal, never executed; None
+    when `init` is not such a script."""
     try:
         tree = ast.parse(init)
     except SyntaxError:
-        m = _IDENTITY_RE.search(init)
-        return m.group(2) if m else None
+        return None
     for node in tree.body:
         if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == INIT_SETTINGS
                                                  for t in node.targets)):
@@ -138,8 +137,7 @@ def _init_settings_identity(init: str) -> str | None:
                 settings = ast.literal_eval(node.value)
             except ValueError:
                 return None
-            ident = settings.get("identity") if isinstance(settings, dict) else None
-            return ident if isinstance(ident, str) and ident else None
+            return settings if isinstance(settings, dict) else None
     return None
 
 
@@ -156,8 +154,9 @@ def initrd_identity(initrd: Path) -> tuple[str | None, str]:
     init = tree.get("init") or tree.get("./init")
     if init is None or init.kind != "file":
         return None, "it has no /init file"
-    ident = _init_settings_identity(init.data.decode("utf-8", errors="replace"))
-    if ident is None:
+    settings = baked_settings(init.data.decode("utf-8", errors="replace")) or {}
+    ident = settings.get("identity")
+    if not isinstance(ident, str) or not ident:
         return None, "its /init carries no liveinit identity (not a liveinit initramfs)"
     return ident, ""
 

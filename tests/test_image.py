@@ -13,6 +13,7 @@ import pytest
 
 from packer import image
 from packer.errors import CommandError
+from liveinit.contract import Settings
 from packer.cpio import ArchiveBuilder, image_bytes
 from packer.demoroot import INIT_SCRIPT, MODULES_MARKER, SUCCESS_MARKER, _is_static, build_demo_root
 from packer.kernelpkg import KernelTree
@@ -100,9 +101,7 @@ def liveinit_like_initrd(path: Path, identity: str | None, method: str = "xz") -
     """A small initramfs whose /init is what `liveinit pack` writes (render_init itself)."""
     from packer.initramfs import render_init
     ar = ArchiveBuilder()
-    settings: dict[str, object] = {"cmdline": "", "kver": "6.1.0-56-amd64"}
-    if identity is not None:
-        settings["identity"] = identity
+    settings = Settings(kver="6.1.0-56-amd64", identity=identity or "")
     ar.add_file("init", data=render_init("/usr/bin/python3.11", settings), mode=0o755)
     ar.add_dir("usr/lib/liveinit")
     path.write_bytes(image_bytes(ar, method))

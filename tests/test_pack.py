@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from liveinit.kmodindex import ModuleIndex
+from liveinit.contract import Settings
 from packer import cli, initramfs, pyruntime
 from packer.errors import CommandError
+from packer.image import baked_settings
 from packer.config import PackConfig
 from packer.cpio import Entry, read_archive, segment_bytes
 from packer.kernelpkg import KernelTree
@@ -57,29 +59,30 @@ def image(packed: initramfs.PackResult) -> dict[str, Entry]:
 # -- /init ----------------------------------------------------------------------------------
 
 def test_init_has_one_shebang_argument_and_the_settings() -> None:
-    settings = {"cmdline": "quiet rootdelay=5", "identity": "liveinit-x", "kver": "6.1.0-1-amd64",
-                "moddir": "/lib/modules/6.1.0-1-amd64", "index": "/lib/modules/6.1.0-1-amd64/liveinit.index",
-                "busybox": None}
-    text = initramfs.render_init(PY, settings).decode()
+    baked = {"cmdline": "quiet rootdelay=5", "identity": "liveinit-x", "kver": "6.1.0-1-amd64",
+             "moddir": "/lib/modules/6.1.0-1-amd64", "index": "/lib/modules/6.1.0-1-amd64/liveinit.index"}
+    # Only the baked fields reach /init; the boot-time ones are set by /init itself.
+    text = initramfs.render_init(PY, Settings(**baked, max_attempts=3)).decode()
     first = text.splitlines()[0]
     assert first == f"#!{PY} -IS"           # the kernel passes "-IS" as ONE argument
     tree = ast.parse(text)
     assigned = {t.targets[0].id: t.value for t in tree.body
                 if isinstance(t, ast.Assign) and isinstance(t.targets[0], ast.Name)}
-    assert ast.literal_eval(assigned["SETTINGS"]) == settings
+    assert ast.literal_eval(assigned["SETTINGS"]) == baked
+    assert baked_settings(text) == baked
     assert 'sys.path.insert(0, "/usr/lib/liveinit")' in text
     # The runtime's clock starts on /init's first statements, before any other
     # import, and reaches main() as t0.
     body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
     assert ast.unparse(body[0]) == "import time" and ast.unparse(body[1]) == "T0 = time.monotonic()"
-    assert "main(dict(SETTINGS, t0=T0))" in text
+    assert "main(Settings(t0=T0, **SETTINGS))" in text
 
 
 def test_init_without_the_runtime_reports_and_opens_a_shell(tmp_path: Path) -> None:
     # On the host /usr/lib/liveinit does not exist: the import fails the way
     # a broken image would, and /init must say so and exec a shell, not die.
     init = tmp_path / "init"
-    init.write_bytes(initramfs.render_init(PY, {"kver": "x"}))
+    init.write_bytes(initramfs.render_init(PY, Settings(kver="x")))
     init.chmod(0o755)
     proc = subprocess.run([str(init)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert "liveinit: FAILED: cannot import the runtime: ModuleNotFoundError" in proc.stdout
@@ -88,7 +91,7 @@ def test_init_without_the_runtime_reports_and_opens_a_shell(tmp_path: Path) -> N
 
 
 def test_init_shebang_fixes_the_hash_seed_and_isolates_python() -> None:
-    assert initramfs.render_init(PY, {}, "/usr/bin/env").decode().splitlines()[0] == \
+    assert initramfs.render_init(PY, Settings(), "/usr/bin/env").decode().splitlines()[0] == \
         f"#!/usr/bin/env -S -i PYTHONHASHSEED=0 {PY} -sSP"
     assert initramfs.env_program() == Path("/usr/bin/env")      # GNU env with -S on this host
     assert initramfs.env_program(Path("/bin/busybox")) is None  # busybox env has no -S
@@ -101,7 +104,7 @@ def main(settings):
     print(repr({"flags": [sys.flags.hash_randomization, sys.flags.no_user_site, sys.flags.safe_path,
                           sys.flags.inspect, sys.flags.verbose, sys.flags.optimize, sys.flags.no_site],
                 "path": sys.path, "env": dict(os.environ), "hash": hash("liveinit"),
-                "argv": sys.argv, "settings": settings}))
+                "argv": sys.argv, "settings": {k: getattr(settings, k) for k in settings.BAKED}}))
 """
 
 
