@@ -7,16 +7,15 @@ initramfs-tools spellings users already know are accepted too (docs/CMDLINE.md).
 default is used, so a typo on the boot prompt still boots (and says so)."""
 from __future__ import annotations
 
+from liveinit.contract import LIVE_IMAGE, STAGES
 from liveinit.plain import Plain
 
 SPACE = " \t\n\v\f\r"          # the kernel's isspace()
 DEFAULT_ROOTDELAY = 30.0        # seconds to wait for the root / live medium
 ROOTWAIT_SECONDS = 24 * 3600.0  # `rootwait`: wait (practically) forever
-DEFAULT_IMAGE = "/live/filesystem.squashfs"
 DEFAULT_OVERLAY_SIZE = "50%"
 UNIONS = ("overlay", "aufs", "unionfs", "bind", "none")
 UNION_ALIASES = {"overlayfs": "overlay", "unionfs-fuse": "unionfs", "off": "none"}
-STAGES = ("early", "cmdline", "coldplug", "findroot", "stack", "handover")
 
 # Other initramfs generators' break points mapped onto our stages (break
 # happens *before* the named stage).
@@ -54,6 +53,9 @@ class RootSpec(Plain):
     live: the device holds a live image."""
 
     __slots__ = ("kind", "value", "live")
+    kind: str
+    value: str
+    live: bool
 
 
 AUTO = RootSpec("auto", "", True)
@@ -65,9 +67,29 @@ class BootConfig(Plain):
     __slots__ = ("root", "rootfstype", "rootflags", "readonly", "rootdelay", "init", "init_args",
                  "live_image", "union", "toram", "findiso", "persistence", "overlay_size",
                  "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "errors")
+    root: RootSpec
+    rootfstype: str | None
+    rootflags: str
+    readonly: bool
+    rootdelay: float
+    init: str | None
+    init_args: tuple[str, ...]
+    live_image: str
+    union: str
+    toram: bool
+    findiso: str | None
+    persistence: str | None
+    overlay_size: str
+    modules_early: tuple[str, ...]
+    blacklist: frozenset[str]
+    module_options: dict[str, str]
+    break_at: frozenset[str]
+    debug: bool
+    quiet: bool
+    errors: tuple[str, ...]
     _defaults = {
         "root": AUTO, "rootfstype": None, "rootflags": "", "readonly": True,
-        "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": DEFAULT_IMAGE,
+        "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": LIVE_IMAGE,
         "union": "overlay", "toram": False, "findiso": None, "persistence": None,
         "overlay_size": DEFAULT_OVERLAY_SIZE, "modules_early": (), "blacklist": frozenset(),
         "break_at": frozenset(), "debug": False, "quiet": False, "errors": (),
@@ -142,9 +164,9 @@ def parse_root(spec: str) -> RootSpec | None:
         return None
     if spec and all(c in "0123456789abcdefABCDEF" for c in spec):
         dev = int(spec, 16)  # the kernel's new_decode_dev
-        major = (dev & 0xFFF00) >> 8
-        minor = (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
-        return RootSpec("devno", f"{major}:{minor}", live)
+        devmajor = (dev & 0xFFF00) >> 8
+        devminor = (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+        return RootSpec("devno", f"{devmajor}:{devminor}", live)
     if spec and spec.replace("-", "").replace("_", "").isalnum():
         return RootSpec("path", "/dev/" + spec, live)
     return None
@@ -164,7 +186,6 @@ class _State:
 
     def __init__(self) -> None:
         self.v: dict = {}
-        self.root_given = False
         self.live = False
         self.persist_on = False
         self.persist_label = "persistence"
@@ -220,7 +241,6 @@ def _word(st: _State, word: str, source: str) -> None:
                              "searching for the live medium instead")
             spec = AUTO
         v["root"] = spec
-        st.root_given = True
     elif key == "rootfstype" and val:
         v["rootfstype"] = val
     elif key == "rootflags" and val is not None:
@@ -261,9 +281,7 @@ def _word(st: _State, word: str, source: str) -> None:
             v["union"] = u
         else:
             st.errors.append(f"{key}={val}: unknown union (use {', '.join(UNIONS)}); using overlay")
-    elif word == "toram" or key == "liveinit.toram":
-        v["toram"] = _bool(st, key, val)
-    elif key == "rd.live.ram":
+    elif word == "toram" or key == "liveinit.toram" or key == "rd.live.ram":
         v["toram"] = _bool(st, key, val)
     elif key in ("findiso", "iso-scan/filename") and val:
         v["findiso"] = _abs(val)

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liveinit.cmdline import (DEFAULT_IMAGE, DEFAULT_ROOTDELAY, ROOTWAIT_SECONDS, BootConfig,
+from liveinit.cmdline import (DEFAULT_ROOTDELAY, ROOTWAIT_SECONDS, BootConfig,
                               RootSpec, parse, parse_root, quote, split)
+from liveinit.contract import LIVE_IMAGE
 
 
 # -- split ------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_init_and_init_args() -> None:
 
 # -- live image location -------------------------------------------------------
 @pytest.mark.parametrize("text, path", [
-    ("", DEFAULT_IMAGE),
+    ("", LIVE_IMAGE),
     ("liveinit.image=/boot/root.sfs", "/boot/root.sfs"),
     ("liveinit.image=boot/root.sfs", "/boot/root.sfs"),
     ("live-media-path=/casper", "/casper/filesystem.squashfs"),
