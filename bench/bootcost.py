@@ -166,7 +166,7 @@ def measure_warm(vmlinuz: Path, img: Path, work: Path, timeout: float = 400) -> 
 
 
 if __name__ == "__main__":
-    from packer.kernelpkg import fetch_kernel
+    from qemu.testkernel import fetch_kernel
     with tempfile.TemporaryDirectory() as tmp:
         for k, v in measure(fetch_kernel().vmlinuz, Path(tmp)).items():
             print(f"{k:40} {v * 1000:8.0f} ms")

@@ -204,7 +204,7 @@ def main_bench(args: argparse.Namespace) -> int:
     boot_all(run, args.rounds)
     scale_rows = scale(args.scale)
     from bench.bootcost import measure as bootcost
-    from packer.kernelpkg import fetch_kernel
+    from qemu.testkernel import fetch_kernel
     costs = bootcost(fetch_kernel().vmlinuz, run.out)
     from bench.report import write_report
     report = write_report(run, image_rows, read_tsv(run.out / "raw" / "boots.tsv"),

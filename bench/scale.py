@@ -31,7 +31,8 @@ def measure(n: int, repeat: int = 5) -> dict[str, float]:
     from liveinit.coldplug import Coldplug
     from liveinit.kmodindex import ModuleIndex
     from liveinit.modload import ModuleLoader
-    from packer.kernelpkg import DEFAULT_CACHE, fetch_kernel
+    from packer.config import DEFAULT_CACHE
+    from qemu.testkernel import fetch_kernel
 
     kernel = fetch_kernel()
     moddir = DEFAULT_CACHE / "depmod" / kernel.version / "lib" / "modules" / kernel.version

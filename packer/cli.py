@@ -21,10 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("packer.cmd_archive", "extract an initramfs image into a directory"),
     "probe": ("packer.cmd_probe", "identify a block device or image file, like blkid -p"),
     "image": ("packer.cmd_image", "build a bootable live ISO / USB image from a root directory"),
-    "demo-root": ("packer.cmd_image", "build the small embedded demo root"),
+    "demo-root": ("qemu.demoroot", "build the small embedded demo root"),
     "boot": ("qemu.cmd_boot", "boot an image in the QEMU boot lab"),
-    "fetch-kernel": ("packer.kernelpkg", "fetch and unpack the Debian test kernel into the cache"),
-    "capture-sysfs": ("packer.cmd_capture", "copy the discovery-relevant part of /sys into a fake tree"),
+    "fetch-kernel": ("qemu.testkernel", "fetch and unpack the Debian test kernel into the cache"),
+    "capture-sysfs": ("qemu.cmd_capture", "copy the discovery-relevant part of /sys into a fake tree"),
     "bench": ("bench.cmd_bench", "benchmark liveinit against other initramfs generators"),
 }
 

@@ -1,4 +1,4 @@
-"""`liveinit image ROOT --output X.iso` and `liveinit demo-root DIR`."""
+"""`liveinit image ROOT --output X.iso`: a bootable live ISO of a root tree."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +6,10 @@ from pathlib import Path
 
 from packer import image
 from packer.errors import CommandError
+from packer.kernel import KernelTree
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
-    if command == "demo-root":
-        parser.add_argument("dir", type=Path, help="directory to create the demo root in")
-        parser.add_argument("--busybox", type=Path, default=Path("/bin/busybox"),
-                            help="static busybox to install (default: /bin/busybox)")
-        parser.add_argument("--force", action="store_true", help="replace DIR if it is not empty")
-        return
     parser.add_argument("root", type=Path, help="root filesystem tree to put on the medium")
     parser.add_argument("-o", "--output", type=Path, required=True, help="ISO file to write")
     parser.add_argument("--initrd", type=Path, help="prebuilt initramfs; the medium gets the identity "
@@ -35,9 +30,9 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
                              "unprivileged user; default: keep owners, groups and setuid/setgid bits as in ROOT)")
 
 
-def _kernel(root: Path | None) -> "image.KernelTree":
-    from packer.kernelpkg import KernelTree, fetch_kernel
+def _kernel(root: Path | None) -> KernelTree:
     if root is None:
+        from qemu.testkernel import fetch_kernel
         return fetch_kernel()
     vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
     if not vmlinuz:
@@ -46,12 +41,6 @@ def _kernel(root: Path | None) -> "image.KernelTree":
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.command == "demo-root":
-        from packer.demoroot import build_demo_root
-        build_demo_root(args.dir, busybox=args.busybox, force=args.force)
-        if not args.quiet:
-            print(f"demo root in {args.dir}")
-        return 0
     result = image.build_image(args.root, args.output, _kernel(args.kernel_root), initrd=args.initrd,
                                identity=args.identity, compression=args.compression, label=args.label,
                                cmdline=args.cmdline, console=args.console, all_root=args.all_root)

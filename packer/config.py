@@ -6,7 +6,7 @@ built-in default < `--config FILE` < command-line flag.
 
 Defaults, and why:
 - `kver`/`moddir`: the running kernel when the host has /lib/modules/$(uname -r),
-  else the Debian test kernel from `packer.kernelpkg.fetch_kernel()` (CI hosts
+  else the Debian test kernel from `qemu.testkernel.fetch_kernel()` (CI hosts
   and containers often have no modules of their own).
 - `compress`: auto, a codec per segment (packer/segments.py: xz -9 for the
   big stable kernel and python segments, cached; zstd -19 for the small
@@ -35,10 +35,11 @@ from typing import Any, Callable
 from packer.errors import CommandError
 from packer.compress import METHODS as COMPRESSIONS
 
+# The cache of compiled pycs, module info, compressed segments and the lab's test kernel.
+DEFAULT_CACHE = Path(os.environ.get("LIVEINIT_CACHE", "/var/cache/liveinit"))
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SKELETON = REPO_ROOT / "rootfs-skel"
 DEFAULT_PYTHON = Path("/usr/bin/python3")
-DEFAULT_BUSYBOX = Path("/bin/busybox")
 DEFAULT_OUTPUT = Path("initrd.img")
 UNIVERSAL_GROUPS = ("storage", "usb", "cdrom", "fs", "live", "keyboard")
 DEFAULT_PACKAGES: tuple[str, ...] = ()   # + whatever the runtime imports (see pyruntime)

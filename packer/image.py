@@ -21,7 +21,7 @@ from liveinit.contract import ID_FILE, INITRD_FILE, KERNEL_FILE, LIVE_IMAGE
 from packer import tools
 from packer.errors import CommandError
 from packer.config import check_cmdline, source_date_epoch
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 
 # Where things are in the ISO's tree (the contract's absolute medium paths).
 SQUASHFS_PATH = LIVE_IMAGE.lstrip("/")

@@ -20,8 +20,8 @@ from pathlib import Path
 from liveinit.contract import FAILED_LINE, PREFIX, SHELL_LINE, Settings, index_for, moddir_for
 from packer import pyruntime, segments, tools
 from packer.errors import CommandError
-from packer.config import DEFAULT_BUSYBOX, PackConfig, check_cmdline
-from packer.demoroot import busybox_applets
+from packer.busybox import BUSYBOX, applets
+from packer.config import DEFAULT_CACHE, PackConfig, check_cmdline
 from packer.progress import Reporter
 
 # Directories every image has (mode), and the console/entropy nodes CPython
@@ -73,7 +73,8 @@ def resolve_kernel(cfg: PackConfig) -> tuple[str, Path]:
             raise CommandError(f"--moddir {cfg.moddir} is not a directory",
                                hint="give a lib/modules/KVER directory")
         return cfg.kver or cfg.moddir.name, cfg.moddir
-    from packer.kernelpkg import fetch_kernel
+    # The lab's test kernel, for hosts (CI, containers) with no modules of their own.
+    from qemu.testkernel import fetch_kernel
     if cfg.kver is not None:
         host = Path("/lib/modules") / cfg.kver
         if host.is_dir():
@@ -314,7 +315,6 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     from packer.compress import microcode_entries
     from packer.cpio import ArchiveBuilder
     from packer.elf import resolve
-    from packer.kernelpkg import DEFAULT_CACHE
     rep = rep or Reporter(quiet=True)
     codecs = segments.codecs(cfg.compress, cfg.compress_level)   # bad flags fail before any work
     check_cmdline(cfg.cmdline)
@@ -343,7 +343,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
             img.symlink(name, target, "python")
 
     with rep.phase("elf"):
-        busybox = DEFAULT_BUSYBOX if cfg.busybox and DEFAULT_BUSYBOX.exists() else None
+        busybox = BUSYBOX if cfg.busybox and BUSYBOX.exists() else None
         # -P (no script directory on sys.path) exists from Python 3.11 on.
         safe_path = tuple(int(x) for x in rt.interpreter.version.split(".")[:2]) >= (3, 11)
         env = env_program() if safe_path else None
@@ -365,7 +365,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         if busybox is not None:
             img.host_path(busybox, "busybox")
             real = "/" + img.canon(str(busybox).lstrip("/"))
-            for applet in busybox_applets(busybox):
+            for applet in applets(busybox):
                 if applet in BUSYBOX_SKIP:
                     continue
                 img.symlink(applet, real, "busybox")

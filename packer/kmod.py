@@ -23,7 +23,7 @@ from liveinit.kmodindex import (INDEX_NAME, ModuleIndex, modname, parse_alias, p
                                 pci_entry)
 from packer import tools
 from packer.errors import CommandError
-from packer.kernelpkg import DEFAULT_CACHE
+from packer.config import DEFAULT_CACHE
 
 CACHE_FORMAT = 2
 DEFAULT_KMOD_CACHE = DEFAULT_CACHE / "kmod"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packer import tools
+from packer.config import DEFAULT_CACHE
 from packer.errors import CommandError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -257,7 +258,6 @@ def check_abi(so: Path, interp: Interpreter, package: str) -> None:
 
 
 def _cache_root(cache: Path | None) -> Path:
-    from packer.kernelpkg import DEFAULT_CACHE
     return (cache or DEFAULT_CACHE) / "pyruntime"
 
 

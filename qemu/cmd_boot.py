@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                                     "or build an ISO with `liveinit image ROOT --initrd FILE`")
         args.initrd, args.image = args.image, None
         if args.kernel is None:
-            from packer.kernelpkg import fetch_kernel
+            from qemu.testkernel import fetch_kernel
             args.kernel = fetch_kernel().vmlinuz
     if args.image is None and (args.initrd is None or not prof.direct):
         raise CommandError("nothing to boot: " + ("no initramfs (--initrd) for --kernel" if prof.direct

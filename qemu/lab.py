@@ -19,7 +19,8 @@ from typing import TextIO
 
 import psutil
 
-from packer.kernelpkg import DEFAULT_CACHE, KernelTree
+from packer.config import DEFAULT_CACHE
+from packer.kernel import KernelTree
 from qemu.profiles import OVMF_VARS, UEFI, Profile, profile as get_profile
 
 QEMU = "qemu-system-x86_64"
@@ -192,7 +193,7 @@ def kvm_works(vmlinuz: Path | None = None, timeout: float = KVM_PROBE_TIMEOUT_S)
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     if vmlinuz is None:
-        from packer.kernelpkg import fetch_kernel
+        from qemu.testkernel import fetch_kernel
         vmlinuz = fetch_kernel().vmlinuz
     with tempfile.TemporaryDirectory(prefix="liveinit-kvm-") as tmp:
         log = Path(tmp) / "console.log"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from packer.kernelpkg import DEFAULT_CACHE, KernelTree, fetch_kernel
+from packer.config import DEFAULT_CACHE
+from packer.kernel import KernelTree
+from qemu.testkernel import fetch_kernel
 
 
 @pytest.fixture(scope="session")

@@ -422,7 +422,8 @@ def _bench_main() -> None:
     import tempfile
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from liveinit.kmodindex import ModuleIndex
-    from packer.kernelpkg import DEFAULT_CACHE, fetch_kernel
+    from packer.config import DEFAULT_CACHE
+    from qemu.testkernel import fetch_kernel
     kernel = fetch_kernel()
     moddir = DEFAULT_CACHE / "depmod" / kernel.version / "lib" / "modules" / kernel.version
     index = ModuleIndex.from_moddir(str(moddir))

@@ -541,7 +541,7 @@ def test_forced_union_the_kernel_lacks_ends_in_the_emergency_shell(kernel, tmp_p
     """Debian's kernel has no aufs: union=aufs must fail in stage stack with
     the contract lines, and the shell must open (not a kernel panic)."""
     from packer import image
-    from packer.demoroot import build_demo_root
+    from qemu.demoroot import build_demo_root
     from qemu import lab as qlab
 
     iso = image.build_image(build_demo_root(tmp_path / "root"), tmp_path / "demo.iso", kernel)
@@ -560,7 +560,7 @@ def test_forced_union_the_kernel_lacks_ends_in_the_emergency_shell(kernel, tmp_p
 def demo(kernel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The demo ISO and an ext4 disk (label plainroot) holding the same root."""
     from packer import image
-    from packer.demoroot import build_demo_root
+    from qemu.demoroot import build_demo_root
 
     work = tmp_path_factory.mktemp("boot-paths")
     root = build_demo_root(work / "root")

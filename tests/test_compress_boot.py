@@ -17,7 +17,7 @@ import pytest
 
 from packer.compress import METHODS, microcode_entries
 from packer.cpio import ArchiveBuilder, image_bytes
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 from qemu import lab
 from qemu.lab import BootResult
 

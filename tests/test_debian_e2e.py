@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from packer import image
-from packer.kernelpkg import DEFAULT_CACHE, KernelTree
+from packer.config import DEFAULT_CACHE
+from packer.kernel import KernelTree
 from qemu import lab
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from packer import hostonly
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 
 
 def _proc_root() -> tuple[str, str]:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from liveinit.contract import DEMO_MODULES, DEMO_OK, Settings
 from packer import image
-from packer.errors import CommandError
-from liveinit.contract import Settings
 from packer.cpio import ArchiveBuilder, image_bytes
-from packer.demoroot import INIT_SCRIPT, MODULES_MARKER, SUCCESS_MARKER, _is_static, build_demo_root
-from packer.kernelpkg import KernelTree
+from packer.errors import CommandError
+from packer.kernel import KernelTree
 from qemu import lab
+from qemu.demoroot import INIT_SCRIPT, _is_static, build_demo_root
 
 HANDMADE_MARK = "handmade-initramfs: running"
 # What the hand-made /init loads (with their dependencies, ordered by kmod):
@@ -143,7 +143,7 @@ def test_demo_root_is_a_busybox_system(demo_root: Path) -> None:
 
 
 def test_demo_init_prints_the_contract_line(demo_root: Path) -> None:
-    line = next(ln for ln in INIT_SCRIPT.splitlines() if ln.startswith(f'echo "{SUCCESS_MARKER} '))
+    line = next(ln for ln in INIT_SCRIPT.splitlines() if ln.startswith(f'echo "{DEMO_OK} '))
     for key in ("uptime=", "root=", "writable=", "persisted=", "init="):
         assert key in line
     assert "liveinit.demo=poweroff" in INIT_SCRIPT and "poweroff -f" in INIT_SCRIPT
@@ -153,7 +153,7 @@ def test_demo_init_reports_modules_and_the_boot_record(tmp_path: Path) -> None:
     """Run the init's report lines with busybox on a fake /proc/modules and /run."""
     lines = INIT_SCRIPT.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("record=no"))
-    end = next(i for i, ln in enumerate(lines) if ln.startswith(f'echo "{MODULES_MARKER} '))
+    end = next(i for i, ln in enumerate(lines) if ln.startswith(f'echo "{DEMO_MODULES} '))
     snippet = "\n".join(lines[start:end + 1])
     (tmp_path / "modules").write_text("nvme 49152 2 - Live 0x0\nahci 45056 0 - Live 0x0\n"
                                       "nvme_core 180224 3 nvme, Live 0x0\n")

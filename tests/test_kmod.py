@@ -15,7 +15,7 @@ import pytest
 from liveinit import kmodindex as K
 from liveinit.kmodindex import ModuleIndex
 from packer.errors import CommandError, main
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 from packer.kmod import GROUPS, ModuleTree, read_modinfo
 
 SYSFS_DATA = Path(__file__).parent / "data" / "sysfs"

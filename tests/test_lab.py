@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from packer.cpio import ArchiveBuilder, image_bytes
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 from qemu import cmd_boot, lab, profiles
 
 TINY_MARK = "tiny-initramfs-up"

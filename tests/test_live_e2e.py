@@ -17,8 +17,8 @@ import pytest
 
 from packer import image
 from packer.cpio import flatten, read_archive
-from packer.demoroot import STAMP, build_demo_root
-from packer.kernelpkg import KernelTree
+from qemu.demoroot import STAMP, build_demo_root
+from packer.kernel import KernelTree
 from qemu import lab, profiles
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]

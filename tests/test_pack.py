@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from liveinit.kmodindex import ModuleIndex
 from liveinit.contract import Settings
+from liveinit.kmodindex import ModuleIndex
 from packer import cli, initramfs, pyruntime
-from packer.errors import CommandError
-from packer.image import baked_settings
 from packer.config import PackConfig
 from packer.cpio import Entry, read_archive, segment_bytes
-from packer.kernelpkg import KernelTree
+from packer.errors import CommandError
+from packer.image import baked_settings
+from packer.kernel import KernelTree
 from packer.kmod import ModuleTree
 from packer.progress import Reporter
 

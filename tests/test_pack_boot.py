@@ -11,7 +11,7 @@ import pytest
 
 from packer import initramfs
 from packer.config import PackConfig
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 from qemu import lab
 
 BOOT_TIMEOUT_S = 180

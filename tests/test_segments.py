@@ -15,7 +15,7 @@ from packer.errors import CommandError
 from packer.compress import Codec
 from packer.config import PackConfig
 from packer.cpio import ArchiveBuilder, read_archive, segment_bytes
-from packer.kernelpkg import KernelTree
+from packer.kernel import KernelTree
 
 FAST = {"compress": "xz", "compress_level": 0, "groups": ("live",), "microcode": False}
 

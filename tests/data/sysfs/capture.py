@@ -28,7 +28,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from packer.kernelpkg import DEFAULT_CACHE, fetch_kernel  # noqa: E402
+from packer.config import DEFAULT_CACHE  # noqa: E402
+from qemu.testkernel import fetch_kernel  # noqa: E402
 
 WORK = DEFAULT_CACHE / "sysfs-capture"
 BUSYBOX = Path("/bin/busybox")
@@ -48,7 +49,7 @@ MODULE_SKIP = ("drivers/scsi/fcoe", "drivers/scsi/qla", "drivers/scsi/lpfc",
                "drivers/block/drbd", "drivers/block/rnbd", "drivers/block/mtip32xx",
                "drivers/block/xen", "drivers/block/rbd", "drivers/block/null_blk")
 
-# Files copied from every device directory (see packer/cmd_capture.py).
+# Files copied from every device directory (see qemu/cmd_capture.py).
 FILES = ("modalias", "uevent", "vendor", "device", "subsystem_vendor",
          "subsystem_device", "class", "dev", "size", "removable", "ro",
          "partition", "start", "backing_file")

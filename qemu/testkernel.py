@@ -1,4 +1,4 @@
-"""The Debian kernel used by tests, the demo and the benchmark.
+"""The boot lab's test kernel: the Debian kernel used by tests, the demo and the benchmark.
 
 `linux-image-amd64` names the current `linux-image-<ver>-amd64`; that package
 is fetched with `apt-get download` and unpacked with `dpkg -x` into a cache
@@ -6,35 +6,15 @@ outside the repository. Nothing here is ever committed."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from packer import tools
+from packer.config import DEFAULT_CACHE
+from packer.errors import CommandError
+from packer.kernel import KernelTree
 
-DEFAULT_CACHE = Path(os.environ.get("LIVEINIT_CACHE", "/var/cache/liveinit"))
 META_PACKAGE = "linux-image-amd64"
-
-
-@dataclass(frozen=True)
-class KernelTree:
-    """An unpacked kernel package: the kernel image and its module tree."""
-
-    version: str
-    root: Path
-
-    @property
-    def vmlinuz(self) -> Path:
-        return self.root / "boot" / f"vmlinuz-{self.version}"
-
-    @property
-    def moddir(self) -> Path:
-        return self.root / "lib" / "modules" / self.version
-
-    @property
-    def config(self) -> Path:
-        return self.root / "boot" / f"config-{self.version}"
 
 
 def _current_package() -> str:
@@ -47,7 +27,6 @@ def _current_package() -> str:
         out = tools.run(depends, f"find the package {META_PACKAGE} depends on", text=True).stdout
         m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", out)
     if not m:
-        from packer.errors import CommandError
         raise CommandError(f"cannot tell which kernel {META_PACKAGE} depends on",
                            hint="run `apt-get update` (Debian's package lists are needed once), "
                                 "or pass an unpacked kernel (--kernel-root / --moddir)")

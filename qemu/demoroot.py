@@ -13,21 +13,18 @@ then powers off when the kernel cmdline has `liveinit.demo=poweroff` (the lab's
 default) or opens a shell on the console."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 from pathlib import Path
 
-from packer import tools
-from packer.errors import CommandError
+from liveinit.contract import DEMO_KMSG, DEMO_MODULES, DEMO_OK, DEMO_POWEROFF, RECORD
+from packer.busybox import BUSYBOX, applets
 from packer.elf import resolve
+from packer.errors import CommandError
 
-BUSYBOX = Path("/bin/busybox")
-SUCCESS_MARKER = "LIVEINIT-DEMO-OK"
-MODULES_MARKER = "LIVEINIT-DEMO-MODULES"
-BOOT_RECORD = "/run/liveinit/boot.json"
 # A file written on every boot; finding it at the next boot means the
 # writable layer persisted (persistence partition), not a tmpfs.
-KMSG_MARK = "liveinit-demo: init running"
 STAMP = "/var/lib/liveinit-demo/boot-stamp"
 
 OS_RELEASE = """\
@@ -47,20 +44,20 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 [ -d /sys/kernel ] || mount -t sysfs sysfs /sys
 [ -c /dev/null ] || mount -t devtmpfs devtmpfs /dev 2>/dev/null
 # a printk-timestamped mark: when the real init started, to the microsecond
-[ -c /dev/kmsg ] && echo "{KMSG_MARK}" > /dev/kmsg
+[ -c /dev/kmsg ] && echo "{DEMO_KMSG}" > /dev/kmsg
 persisted=no
 [ -f {STAMP} ] && persisted=yes
 writable=no
 mkdir -p {os.path.dirname(STAMP)} 2>/dev/null && echo "$$ $(date +%s)" > {STAMP} 2>/dev/null && sync && writable=yes
 fstype=$(awk '$2 == "/" {{ t = $3 }} END {{ print t }}' /proc/mounts)
 record=no
-[ -f {BOOT_RECORD} ] && record=yes
+[ -f {RECORD} ] && record=yes
 mods=$(awk '{{ print $1 }}' /proc/modules | sort | awk '{{ printf "%s%s", s, $1; s = "," }}')
-echo "{MODULES_MARKER} record=$record modules=$mods"
+echo "{DEMO_MODULES} record=$record modules=$mods"
 read up _idle < /proc/uptime
-echo "{SUCCESS_MARKER} uptime=$up root=$fstype writable=$writable persisted=$persisted init=$$"
+echo "{DEMO_OK} uptime=$up root=$fstype writable=$writable persisted=$persisted init=$$"
 case " $(cat /proc/cmdline) " in
-  *" liveinit.demo=poweroff "*) sync; poweroff -f ;;
+  *" {DEMO_POWEROFF} "*) sync; poweroff -f ;;
 esac
 echo "liveinit demo: shell on the console; 'poweroff -f' to leave"
 while true; do setsid cttyhack sh -l; done
@@ -68,12 +65,6 @@ while true; do setsid cttyhack sh -l; done
 
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
         "root", "mnt", "var/lib", "var/tmp")
-
-
-def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
-    """Paths (relative, e.g. 'bin/ls') of every applet the busybox binary offers."""
-    out = tools.run([str(busybox), "--list-full"], "list its applets", text=True).stdout
-    return [line.strip().lstrip("/") for line in out.splitlines() if line.strip()]
 
 
 def _is_static(binary: Path) -> bool:
@@ -104,7 +95,7 @@ def build_demo_root(dest: Path, busybox: Path = BUSYBOX, force: bool = False) ->
     os.chmod(dest / "root", 0o700)
     shutil.copy2(busybox, dest / "bin" / "busybox")
     os.chmod(dest / "bin" / "busybox", 0o755)
-    for rel in busybox_applets(busybox):
+    for rel in applets(busybox):
         link = dest / rel
         if link.name == "busybox" or link.exists() or link.is_symlink():
             continue
@@ -126,3 +117,17 @@ def build_demo_root(dest: Path, busybox: Path = BUSYBOX, force: bool = False) ->
     (etc / "fstab").write_text("")
     (etc / "profile").write_text("export PATH=/bin:/sbin:/usr/bin:/usr/sbin\nPS1='liveinit-demo# '\n")
     return dest
+
+
+def configure(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("dir", type=Path, help="directory to create the demo root in")
+    parser.add_argument("--busybox", type=Path, default=BUSYBOX,
+                        help=f"static busybox to install (default: {BUSYBOX})")
+    parser.add_argument("--force", action="store_true", help="replace DIR if it is not empty")
+
+
+def run(args: argparse.Namespace) -> int:
+    build_demo_root(args.dir, busybox=args.busybox, force=args.force)
+    if not args.quiet:
+        print(f"demo root in {args.dir}")
+    return 0
