@@ -18,10 +18,11 @@ import os
 import shutil
 from pathlib import Path
 
-from liveinit.contract import DEMO_KMSG, DEMO_MODULES, DEMO_OK, DEMO_POWEROFF, RECORD
+from liveinit.contract import DEMO_KMSG, DEMO_OK, DEMO_POWEROFF, RECORD
 from packer.busybox import BUSYBOX, applets
 from packer.elf import resolve
 from packer.errors import CommandError
+from qemu.console import DEMO_MODULES_LINE
 
 # A file written on every boot; finding it at the next boot means the
 # writable layer persisted (persistence partition), not a tmpfs.
@@ -53,7 +54,7 @@ fstype=$(awk '$2 == "/" {{ t = $3 }} END {{ print t }}' /proc/mounts)
 record=no
 [ -f {RECORD} ] && record=yes
 mods=$(awk '{{ print $1 }}' /proc/modules | sort | awk '{{ printf "%s%s", s, $1; s = "," }}')
-echo "{DEMO_MODULES} record=$record modules=$mods"
+echo "{DEMO_MODULES_LINE.format(record="$record", modules="$mods")}"
 read up _idle < /proc/uptime
 echo "{DEMO_OK} uptime=$up root=$fstype writable=$writable persisted=$persisted init=$$"
 case " $(cat /proc/cmdline) " in

@@ -19,32 +19,22 @@ from typing import TextIO
 
 import psutil
 
+from liveinit.contract import DEMO_OK, DEMO_POWEROFF
 from packer.config import DEFAULT_CACHE
 from packer.kernel import KernelTree
+from qemu import console
 from qemu.profiles import OVMF_VARS, UEFI, Profile, profile as get_profile
 
 QEMU = "qemu-system-x86_64"
-DEFAULT_SUCCESS = r"LIVEINIT-DEMO-OK"
+DEFAULT_SUCCESS = re.escape(DEMO_OK)
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_MEMORY_MIB = 1024
 LAB_CMDLINE = "console=ttyS0,115200 panic=-1"
-DEMO_POWEROFF = "liveinit.demo=poweroff"
 ACCEL_CACHE = DEFAULT_CACHE / "lab" / "accel.json"
 KVM_PROBE_TIMEOUT_S = 10.0
 POLL_S = 0.05
 AFTER_FAILURE_S = 2.0   # keep reading after FAILED: the hint and the shell line follow
 AFTER_SUCCESS_S = 5.0   # let a powering-off guest exit by itself (disk caches flushed)
-
-RUN_INIT_RE = re.compile(r"^\[\s*(\d+\.\d+)\] Run (\S+) as init process", re.M)
-STAGE_RE = re.compile(r"liveinit: stage (\S+) (\d+(?:\.\d+)?) ms")
-STARTING_RE = re.compile(r"liveinit: starting (\S+) after (\d+(?:\.\d+)?) ms")
-FAILED_RE = re.compile(r"liveinit: FAILED: ?(.*)")
-HINT_RE = re.compile(r"liveinit: hint: ?(.*)")
-SHELL_RE = re.compile(r"liveinit: emergency shell")
-PANIC_RE = re.compile(r"Kernel panic - not syncing: ?(.*)")
-DEMO_RE = re.compile(r"LIVEINIT-DEMO-OK((?: [\w.-]+=\S*)+)")
-DEMO_KMSG_RE = re.compile(r"^\[\s*(\d+\.\d+)\] liveinit-demo: init running", re.M)
-DEMO_MODULES_RE = re.compile(r"LIVEINIT-DEMO-MODULES record=(yes|no) modules=([\w,-]*)")
 
 
 @dataclass(frozen=True)
@@ -93,15 +83,15 @@ def parse_console(text: str, success: str | re.Pattern[str] = DEFAULT_SUCCESS) -
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     succ = re.compile(success) if isinstance(success, str) else success
     stages: dict[str, float] = {}
-    for m in STAGE_RE.finditer(text):
-        stages.setdefault(m.group(1), float(m.group(2)))
-    run_init = RUN_INIT_RE.search(text)
-    starting = STARTING_RE.search(text)
-    kmsg = DEMO_KMSG_RE.search(text)
-    demo_m = DEMO_RE.search(text)
+    for m in console.STAGE.finditer(text):
+        stages.setdefault(m["name"], float(m["ms"]))
+    run_init = console.RUN_INIT.search(text)
+    starting = console.STARTING.search(text)
+    kmsg = console.DEMO_KMSG.search(text)
+    demo_m = console.DEMO_OK.search(text)
     demo: dict[str, str] = {}
     if demo_m:
-        for kv in demo_m.group(1).split():
+        for kv in demo_m["fields"].split():
             k, _, v = kv.partition("=")
             demo[k] = v
     uptime = None
@@ -109,22 +99,24 @@ def parse_console(text: str, success: str | re.Pattern[str] = DEFAULT_SUCCESS) -
         uptime = float(demo["uptime"]) if "uptime" in demo else None
     except ValueError:
         pass
-    failed, hint, panic = FAILED_RE.search(text), HINT_RE.search(text), PANIC_RE.search(text)
-    failure = failed.group(1).strip() if failed else (f"kernel panic: {panic.group(1).strip()}" if panic else None)
+    failed, hint = console.FAILED.search(text), console.HINT.search(text)
+    panic = console.PANIC.search(text)
+    failure = (failed["message"].strip() if failed
+               else f"kernel panic: {panic['message'].strip()}" if panic else None)
     timings = Timings(
-        run_init=float(run_init.group(1)) if run_init else None,
+        run_init=float(run_init["time"]) if run_init else None,
         stages_ms=tuple(stages.items()),
-        handover_ms=float(starting.group(2)) if starting else None,
-        init_started=float(kmsg.group(1)) if kmsg else None,
+        handover_ms=float(starting["ms"]) if starting else None,
+        init_started=float(kmsg["time"]) if kmsg else None,
         uptime=uptime,
     )
-    mods = DEMO_MODULES_RE.search(text)
+    mods = console.DEMO_MODULES.search(text)
     return ConsoleReport(success=bool(succ.search(text)), failure=failure,
-                         hint=hint.group(1).strip() if hint else None,
-                         emergency_shell=bool(SHELL_RE.search(text)),
-                         init=starting.group(1) if starting else None, demo=demo, timings=timings,
-                         modules=tuple(filter(None, mods.group(2).split(","))) if mods else None,
-                         boot_record=(mods.group(1) == "yes") if mods else None)
+                         hint=hint["hint"].strip() if hint else None,
+                         emergency_shell=bool(console.SHELL.search(text)),
+                         init=starting["init"] if starting else None, demo=demo, timings=timings,
+                         modules=tuple(filter(None, mods["modules"].split(","))) if mods else None,
+                         boot_record=(mods["record"] == "yes") if mods else None)
 
 
 @dataclass(frozen=True)
@@ -326,9 +318,9 @@ def _watch(proc: subprocess.Popen[bytes], log: Path, succ: re.Pattern[str], time
                     if succ.search(new) or succ.search(text[-4096:] + partial):
                         reason = "success line seen"
                         settle_until = time.monotonic() + (AFTER_SUCCESS_S if wait_exit else 0.2)
-                    elif FAILED_RE.search(new) or SHELL_RE.search(new) or PANIC_RE.search(new):
-                        m = FAILED_RE.search(text) or PANIC_RE.search(text) or SHELL_RE.search(text)
-                        reason = "FAILED: " + (m.group(1) if m and m.groups() else "emergency shell")
+                    elif any(p.search(new) for p in (console.FAILED, console.SHELL, console.PANIC)):
+                        m = console.FAILED.search(text) or console.PANIC.search(text)
+                        reason = "FAILED: " + (m["message"] if m else "emergency shell")
                         settle_until = time.monotonic() + AFTER_FAILURE_S
         if proc.poll() is not None:
             return reason or f"qemu exited (rc {proc.returncode}) before the success line"

@@ -14,9 +14,10 @@ import psutil
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from liveinit import contract
 from packer.cpio import ArchiveBuilder, image_bytes
 from packer.kernel import KernelTree
-from qemu import cmd_boot, lab, profiles
+from qemu import cmd_boot, console, lab, profiles
 
 TINY_MARK = "tiny-initramfs-up"
 
@@ -228,6 +229,44 @@ def test_timing_lines_roundtrip(stages: list[tuple[str, float]], noise: list[str
 def test_demo_line_fields(fields: dict[str, str]) -> None:
     text = "LIVEINIT-DEMO-OK " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n"
     assert lab.parse_console(text).demo == fields
+
+
+# ---- console patterns from the contract's formats ----------------------------------------
+
+def test_line_pattern_escapes_literals_and_names_the_fields() -> None:
+    p = console.line_pattern("a.b (x) {name} [{ms:.0f}] ms", name=console.WORD, ms=console.NUMBER)
+    m = p.search("noise a.b (x) coldplug [840] ms")
+    assert m is not None and m["name"] == "coldplug" and m["ms"] == "840"
+    assert p.search("aXb (x) coldplug [840] ms") is None     # '.' is literal, not any character
+    assert console.line_pattern("FAILED: {message}").search("FAILED: no medium: try X")["message"] == \
+        "no medium: try X"                                   # no pattern given: the rest of the line
+    with pytest.raises(ValueError, match="no field"):
+        console.line_pattern("stage {name}", nmae=console.WORD)
+
+
+@given(name=st.from_regex(r"[a-z_][a-z0-9_.-]{0,12}", fullmatch=True),
+       ms=st.floats(min_value=0, max_value=1e7, allow_nan=False),
+       init=st.from_regex(r"/[a-z/]{1,20}", fullmatch=True),
+       text=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=40))
+def test_runtime_lines_parse_what_the_contract_formats(name: str, ms: float, init: str, text: str) -> None:
+    """Each pattern reads back the fields of the line the runtime prints with the same format."""
+    stage = console.STAGE.search(contract.PREFIX + contract.STAGE_LINE.format(name=name, ms=ms))
+    assert stage is not None and stage["name"] == name and float(stage["ms"]) == round(ms)
+    starting = console.STARTING.search(contract.PREFIX + contract.STARTING_LINE.format(init=init, ms=ms))
+    assert starting is not None and starting["init"] == init and float(starting["ms"]) == round(ms)
+    failed = console.FAILED.search(contract.PREFIX + contract.FAILED_LINE.format(message=text))
+    assert failed is not None and failed["message"] == text
+    hint = console.HINT.search(contract.PREFIX + contract.HINT_LINE.format(hint=text))
+    assert hint is not None and hint["hint"] == text
+    assert console.SHELL.search(contract.PREFIX + contract.SHELL_LINE)
+
+
+@given(record=st.sampled_from(["yes", "no"]),
+       modules=st.lists(st.from_regex(r"[a-z0-9_-]{1,10}", fullmatch=True), max_size=6))
+def test_demo_modules_line_roundtrip(record: str, modules: list[str]) -> None:
+    line = console.DEMO_MODULES_LINE.format(record=record, modules=",".join(modules))
+    r = lab.parse_console(line + "\n")
+    assert r.modules == tuple(modules) and r.boot_record is (record == "yes")
 
 
 # ---- accelerator and cleanup -------------------------------------------------
