@@ -16,6 +16,9 @@ ID_FILE = LIVE_DIR + "/liveinit.id"              # the identity the packer baked
 KERNEL_FILE = LIVE_DIR + "/vmlinuz"
 INITRD_FILE = LIVE_DIR + "/initrd.img"
 CHECKSUMS_FILE = LIVE_DIR + "/SHA256SUMS"        # sha256sum format, paths relative to the medium
+# Persistence on a stick (`liveinit usb` makes them, the boot menu names them):
+PERSISTENCE_LABEL = "persistence"                # ext4 label of a persistence partition
+PERSISTENCE_IMAGE = "/persistence.img"           # an ext4 image file on the medium itself
 
 # -- the runtime's mounts under /run (moved into the new root at hand-over) ---
 RUN_DIR = "/run/liveinit"

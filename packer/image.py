@@ -66,6 +66,18 @@ MENU: tuple[MenuEntry, ...] = (
 )
 
 
+def menu_entry(spec: str, number: int) -> MenuEntry:
+    """A custom entry from `--menu-entry 'TITLE=kernel parameters'` (the `number`th one)."""
+    title, sep, extra = spec.partition("=")
+    title, extra = title.strip(), extra.strip()
+    if not sep or not title or any(c in title for c in '"\\\n$'):
+        raise CommandError(f"bad menu entry {spec!r}",
+                           hint="write it as 'TITLE=kernel parameters', a title without quotes, "
+                                "backslashes or '$', e.g. 'Safe graphics=nomodeset'")
+    check_cmdline(extra, f"menu entry {title!r}:")
+    return MenuEntry(f"custom{number}", title, extra)
+
+
 @dataclass(frozen=True)
 class ImageResult:
     """What `build_image` made."""
@@ -197,20 +209,20 @@ def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str
     return output
 
 
-def isolinux_cfg(label: str, cmdline: str) -> str:
-    """The BIOS boot menu (isolinux, serial and screen)."""
+def isolinux_cfg(label: str, cmdline: str, entries: tuple[MenuEntry, ...] = MENU) -> str:
+    """The BIOS boot menu (isolinux, serial and screen; syslinux reads the same)."""
     lines = ["SERIAL 0 115200", "UI menu.c32", f"MENU TITLE {label}: liveinit live system",
-             f"TIMEOUT {BOOT_MENU_TIMEOUT_S * 10}", "PROMPT 0", f"DEFAULT {MENU[0].key}", ""]
-    for e in MENU:
+             f"TIMEOUT {BOOT_MENU_TIMEOUT_S * 10}", "PROMPT 0", f"DEFAULT {entries[0].key}", ""]
+    for e in entries:
         lines += [f"LABEL {e.key}", f"  MENU LABEL {e.title}", f"  LINUX /{KERNEL_PATH}",
                   f"  INITRD /{INITRD_PATH}", f"  APPEND {' '.join(filter(None, (cmdline, e.extra)))}", ""]
     return "\n".join(lines)
 
 
-def grub_cfg(label: str, cmdline: str) -> str:
+def grub_cfg(label: str, cmdline: str, entries: tuple[MenuEntry, ...] = MENU) -> str:
     """The UEFI boot menu (GRUB), same entries as isolinux."""
     lines = ["set default=0", f"set timeout={BOOT_MENU_TIMEOUT_S}", "insmod all_video", ""]
-    for e in MENU:
+    for e in entries:
         lines += [f'menuentry "{e.title}" {{',
                   f"  linux /{KERNEL_PATH} {' '.join(filter(None, (cmdline, e.extra)))}",
                   f"  initrd /{INITRD_PATH}", "}", ""]
@@ -225,8 +237,8 @@ def _grub_embedded_cfg(label: str) -> str:
             f"configfile ($root)/{GRUB_CFG_PATH}\n")
 
 
-def build_efi_image(work: Path, label: str, epoch: int) -> Path:
-    """A FAT image holding EFI/BOOT/BOOTX64.EFI (standalone GRUB), made without root."""
+def build_grub_efi(work: Path, label: str, epoch: int) -> Path:
+    """work/BOOTX64.EFI: a GRUB that finds the medium labelled `label` and reads its menu."""
     embedded = work / "grub-embedded.cfg"
     embedded.write_text(_grub_embedded_cfg(label))
     efi = work / "BOOTX64.EFI"
@@ -235,6 +247,12 @@ def build_efi_image(work: Path, label: str, epoch: int) -> Path:
     # builds differ; a core image with the modules built in is reproducible.
     tools.run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(efi), "-p", "/boot/grub", "-c", str(embedded),
           *GRUB_EFI_MODULES], "build the GRUB EFI binary", env=_env(epoch))
+    return efi
+
+
+def build_efi_image(work: Path, label: str, epoch: int) -> Path:
+    """A FAT image holding EFI/BOOT/BOOTX64.EFI (standalone GRUB), made without root."""
+    efi = build_grub_efi(work, label, epoch)
     img = work / "efi.img"
     size_kib = (efi.stat().st_size // 1024) + 512
     size_kib += (-size_kib) % 64
