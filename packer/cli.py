@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-kernel": ("qemu.testkernel", "fetch and unpack the Debian test kernel into the cache"),
     "capture-sysfs": ("qemu.cmd_capture", "copy the discovery-relevant part of /sys into a fake tree"),
     "bench": ("bench.cmd_bench", "benchmark liveinit against other initramfs generators"),
+    "install-hooks": ("packer.cmd_hooks", "install the kernel hooks that pack each new kernel's initramfs"),
 }
 
 
