@@ -174,7 +174,7 @@ while [ $# -gt 0 ]; do [ "$1" = --output ] && echo image > "$2"; shift; done
 """
 
 
-def _run_hook(root: Path, path: object, *args: str, fail: bool = False, **env: str
+def _run_hook(root: Path, path: object, *args: str, fail: bool = False, env: dict[str, str] | None = None
               ) -> subprocess.CompletedProcess[str]:
     """Run a hook with its absolute paths moved under `root`."""
     text = _p(root, path).read_text()
@@ -185,8 +185,9 @@ def _run_hook(root: Path, path: object, *args: str, fail: bool = False, **env: s
     (bin_dir / "liveinit").write_text(STUB)
     (bin_dir / "liveinit").chmod(0o755)
     full = {"PATH": f"{bin_dir}:/usr/bin:/bin", "STUB_LOG": str(root / "stub.log"),
-            "STUB_FAIL": "1" if fail else "", **env}
-    return subprocess.run(["sh", "-c", text, "hook", *args], env=full, capture_output=True, text=True)
+            "STUB_FAIL": "1" if fail else "", **(env or {})}
+    return subprocess.run(["sh", "-c", text, "hook", *args], env=full, capture_output=True, text=True,
+                          check=False)
 
 
 def test_postinst_hook_makes_initrd_img_when_liveinit_is_the_generator(tmp_path: Path) -> None:
@@ -194,7 +195,7 @@ def test_postinst_hook_makes_initrd_img_when_liveinit_is_the_generator(tmp_path:
     boot = tmp_path / "boot"
     boot.mkdir()
     res = _run_hook(tmp_path, POSTINST, "6.1.0-9-amd64", f"{boot}/vmlinuz-6.1.0-9-amd64",
-                    DEB_MAINT_PARAMS="configure 6.1.0-9")
+                    env={"DEB_MAINT_PARAMS": "configure 6.1.0-9"})
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""                  # Debian hooks keep stdout clean (debconf)
     assert (boot / "initrd.img-6.1.0-9-amd64").read_text() == "image\n"
@@ -203,7 +204,7 @@ def test_postinst_hook_makes_initrd_img_when_liveinit_is_the_generator(tmp_path:
     assert argv[argv.index("--kver") + 1] == "6.1.0-9-amd64"
     # Only on configure: an abort-upgrade run does nothing.
     (tmp_path / "stub.log").unlink()
-    res = _run_hook(tmp_path, POSTINST, "6.1.0-9-amd64", DEB_MAINT_PARAMS="abort-upgrade 6.1.0-9")
+    res = _run_hook(tmp_path, POSTINST, "6.1.0-9-amd64", env={"DEB_MAINT_PARAMS": "abort-upgrade 6.1.0-9"})
     assert res.returncode == 0 and not (tmp_path / "stub.log").exists()
 
 
@@ -253,7 +254,7 @@ def test_postrm_hook_deletes_liveinits_images(tmp_path: Path) -> None:
     for name in ("initrd.img-6.1.0-9-amd64", "liveinit.img-6.1.0-9-amd64", "initrd.img-6.1.0-8-amd64"):
         (boot / name).write_text("x")
     res = _run_hook(tmp_path, POSTRM, "6.1.0-9-amd64", f"{boot}/vmlinuz-6.1.0-9-amd64",
-                    DEB_MAINT_PARAMS="remove")
+                    env={"DEB_MAINT_PARAMS": "remove"})
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in boot.iterdir()) == ["initrd.img-6.1.0-8-amd64"]
 
@@ -264,16 +265,16 @@ def test_install_plugin_runs_only_as_the_chosen_generator(tmp_path: Path) -> Non
     staging.mkdir()
     args = ("add", "6.1.0-9-amd64", str(tmp_path / "entry"), str(tmp_path / "vmlinuz"))
     env = {"KERNEL_INSTALL_STAGING_AREA": str(staging)}
-    assert _run_hook(tmp_path, PLUGIN, *args, **env).returncode == 0
+    assert _run_hook(tmp_path, PLUGIN, *args, env=env).returncode == 0
     assert not (staging / "initrd").exists()
     env["KERNEL_INSTALL_INITRD_GENERATOR"] = "liveinit"
-    res = _run_hook(tmp_path, PLUGIN, *args, **env)
+    res = _run_hook(tmp_path, PLUGIN, *args, env=env)
     assert res.returncode == 0, res.stderr
     assert (staging / "initrd").read_text() == "image\n"
     (staging / "initrd").unlink()
-    assert _run_hook(tmp_path, PLUGIN, *args, "/boot/given.img", **env).returncode == 0
+    assert _run_hook(tmp_path, PLUGIN, *args, "/boot/given.img", env=env).returncode == 0
     assert not (staging / "initrd").exists()
-    assert _run_hook(tmp_path, PLUGIN, *args, fail=True, **env).returncode == 3
+    assert _run_hook(tmp_path, PLUGIN, *args, fail=True, env=env).returncode == 3
 
 
 def test_cli_install_hooks_into_a_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
