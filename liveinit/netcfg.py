@@ -161,13 +161,13 @@ def parse_ip(value: str) -> IpConfig:
     low = v.lower()
     if low in IPV6_AUTOCONF or v.startswith("["):
         raise ValueError(f"ip={value}: IPv6 is not supported at boot; use ip=dhcp or a static IPv4 ip=")
-    if ":" not in v:
+    if ":" not in v and not is_ipv4(v):
         if low not in AUTOCONF or low == "":
             raise ValueError(f"ip={value}: unknown; write ip=dhcp, ip=off, ip=IFACE:dhcp or "
                              "ip=CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:none")
         return IpConfig(AUTOCONF[low])
     fields = v.split(":")
-    if len(fields) <= 4 and fields[1].lower() in AUTOCONF and not is_ipv4(fields[0]):
+    if not all(c.isdigit() or c == "." for c in fields[0]):   # the kernel form starts with the client address
         return _iface_form(value, fields)
     return _kernel_form(value, fields)
 
@@ -194,8 +194,10 @@ def _iface_form(value: str, fields: list[str]) -> IpConfig:
     device, word = fields[0], fields[1]
     if not device:
         raise ValueError(f"ip={value}: the interface name before ':' is empty")
+    if not word:
+        raise ValueError(f"ip={value}: say dhcp or off after the interface name (ip={device}:dhcp)")
     mtu = _mtu(value, fields[2]) if len(fields) > 2 else 0
-    if len(fields) > 3 and fields[3]:
+    if any(fields[3:]):
         raise ValueError(f"ip={value}: setting the MAC address is not supported at boot; leave it out")
     return IpConfig(_autoconf(value, word), device=device, mtu=mtu)
 
@@ -233,10 +235,13 @@ def _kernel_form(value: str, fields: list[str]) -> IpConfig:
 
 def parse_bootif(value: str) -> str:
     """BOOTIF=01-aa-bb-cc-dd-ee-ff (pxelinux, iPXE: ARP type 01 = Ethernet,
-    then the MAC) -> "aa:bb:cc:dd:ee:ff". A bare MAC (- or : separated) is taken too."""
-    parts = value.strip().lower().replace(":", "-").split("-")
-    if len(parts) == 7 and parts[0] == "01":
-        parts = parts[1:]
+    then the MAC) -> "aa:bb:cc:dd:ee:ff". A bare aa:bb:cc:dd:ee:ff is taken too."""
+    text = value.strip().lower()
+    if ":" in text:
+        parts = text.split(":")
+    else:
+        parts = text.split("-")
+        parts = parts[1:] if len(parts) == 7 and parts[0] == "01" else []
     if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
         raise ValueError(f"BOOTIF={value}: not a MAC address; PXE writes it as 01-aa-bb-cc-dd-ee-ff")
     return ":".join(parts)
