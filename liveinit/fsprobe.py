@@ -838,7 +838,7 @@ def _probe_squashfs3(dev: _Dev) -> dict[str, str] | None:
         return None
     if major > 3:
         return None
-    return {"VERSION": f"{major}.{minor}"}
+    return {"VERSION": f"{major}.{minor}", "BLOCK_SIZE": "1024"}   # blkid's fixed value for v3
 
 
 BTRFS_MIN_SIZE = 1 << 20   # blkid's minsz for btrfs
