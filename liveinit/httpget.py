@@ -201,7 +201,7 @@ class _Get:
             raise _Retry(f"connection refused by {ip}:{url.port}") from None
         except TimeoutError:
             s.close()
-            raise _Retry(f"no answer from {ip}:{url.port} in {self.timeout:.0f} s (connect)") from None
+            raise _Retry(f"no answer from {ip}:{url.port} in {self.timeout:g} s (connect)") from None
         except OSError as e:
             s.close()
             raise _Retry(f"cannot connect to {ip}:{url.port}: {e.strerror or e}") from None
@@ -233,7 +233,7 @@ class _Get:
                 resp, rest = self._head(s)
             except TimeoutError:
                 s.close()
-                raise _Retry(f"no answer in {self.timeout:.0f} s") from None
+                raise _Retry(f"no answer in {self.timeout:g} s") from None
             except (_Retry, _Fatal, OSError) as e:
                 s.close()
                 if isinstance(e, OSError):
@@ -316,7 +316,7 @@ class _Get:
         try:
             return s.recv_into(view)
         except TimeoutError:
-            raise _Retry(f"no data for {self.timeout:.0f} s after {self.sink.size} bytes") from None
+            raise _Retry(f"no data for {self.timeout:g} s after {self.sink.size} bytes") from None
         except OSError as e:
             raise _Retry(f"connection lost after {self.sink.size} bytes: {e.strerror or e}") from None
 
@@ -368,7 +368,7 @@ class _Get:
                 need(2)
                 del pending[:2]
         except TimeoutError:
-            raise _Retry(f"no data for {self.timeout:.0f} s after {self.sink.size} bytes") from None
+            raise _Retry(f"no data for {self.timeout:g} s after {self.sink.size} bytes") from None
         except OSError as e:
             raise _Retry(f"connection lost after {self.sink.size} bytes: {e.strerror or e}") from None
 
