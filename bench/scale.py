@@ -29,9 +29,9 @@ def measure(n: int, repeat: int = 5) -> dict[str, float]:
     from liveinit import blockdev
     from liveinit.cmdline import parse
     from liveinit.coldplug import Coldplug
-    from liveinit.kmodindex import ModuleIndex
     from liveinit.modload import ModuleLoader
     from packer.config import DEFAULT_CACHE
+    from packer.modindex import from_moddir
     from qemu.testkernel import fetch_kernel
 
     kernel = fetch_kernel()
@@ -40,7 +40,7 @@ def measure(n: int, repeat: int = 5) -> dict[str, float]:
         moddir.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-al", str(kernel.moddir), str(moddir)], check=True)
         subprocess.run(["depmod", "-b", str(DEFAULT_CACHE / "depmod" / kernel.version), kernel.version], check=True)
-    index = ModuleIndex.from_moddir(str(moddir))
+    index = from_moddir(str(moddir))
 
     class MatchOnly(ModuleLoader):
         """Matches like the real loader but inserts nothing."""

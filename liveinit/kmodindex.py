@@ -1,33 +1,32 @@
-"""The kernel module index: kmod-compatible alias matching, PCI map matching
-and load order, shared by the packer and PID 1.
+"""The kernel module index PID 1 reads: kmod-compatible alias matching, PCI
+map matching and load order over the index the packer compiled
+(packer.modindex).
 
-The packer builds a `ModuleIndex` for exactly the packed modules and dumps it
-with `marshal` (`liveinit.index`): alias patterns arrive precompiled and
-bucketed by their literal prefix, so PID 1 only loads plain tuples and dicts
-and matches a modalias against a handful of candidates. Matching follows
-kmod: both the pattern and the modalias are normalised (`-` -> `_` outside
-brackets), patterns use glibc `fnmatch(3)` semantics with flags 0 (`*`, `?`,
-`[...]` with `!`/`^`, ranges and classes, backslash escapes), and a lookup
-tries, in order, modprobe.d aliases, module names, modules.alias, then the
-builtin modules and their aliases.
+The index is one `marshal` blob (`liveinit.index`) of plain tuples and dicts:
+alias patterns arrive precompiled and bucketed by their literal prefix, so
+PID 1 only loads the blob and matches a modalias against a handful of
+candidates. Matching follows kmod: both the pattern and the modalias are
+normalised (`-` -> `_` outside brackets), patterns use glibc `fnmatch(3)`
+semantics with flags 0 (`*`, `?`, `[...]` with `!`/`^`, ranges and classes,
+backslash escapes), and a lookup tries, in order, modprobe.d aliases, module
+names, modules.alias, then the builtin modules and their aliases.
 
-Stdlib only and import-light: no `re`, no `fnmatch` (our matcher is cheaper
-than compiling a regex per pattern at boot)."""
+Stdlib only and import-light: marshal and nothing else; no `re`, no `fnmatch`
+(our matcher is cheaper than compiling a regex per pattern at boot)."""
 from __future__ import annotations
 
 import marshal
-import os
 
-FORMAT = 2
-# Version 2 writes no object references: equal indexes give equal bytes.
+# Format 3: a PCI map entry is (module, pattern, (vendor, device, subvendor,
+# subdevice, class, class_mask)).
+FORMAT = 3
+# Version 2 writes no object references: equal indexes give equal bytes
+# (the packer's index and its module cache are written with it).
 MARSHAL_VERSION = 2
-CPU_ALIAS = "cpu:type:"     # MODULE_DEVICE_TABLE(x86cpu, ...) entries
 INDEX_NAME = "liveinit.index"
 PCI_ANY = 0xFFFFFFFF
-# Literal prefixes longer than this are cut: fewer distinct key lengths to
-# probe per modalias, still selective enough ("usb:v0627p0001d" has 15).
-PREFIX_CAP = 24
-_HEX = "0123456789ABCDEF"
+HEX_DIGITS = "0123456789ABCDEF"  # the kernel writes modalias ids in upper-case hex
+_PCI_KEYS = "pci:vdsvsdbcsci"   # a PCI modalias without its ids
 _CLASSES = {
     "alnum": "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
     "alpha": "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
@@ -77,12 +76,6 @@ def normalize_alias(alias: str) -> str | None:
             out.append(c)
         i += 1
     return "".join(out)
-
-
-def _underscores(s: str) -> str:
-    """kmod's lenient variant used for names in modprobe.d files."""
-    norm = normalize_alias(s)
-    return norm if norm is not None else s.replace("-", "_")
 
 
 # ---------------------------------------------------------------- matcher
@@ -148,7 +141,7 @@ def compile_pattern(pat: str) -> tuple:
     """Compile a glob into (fixed length, segments): the pattern split at its
     stars; a segment is a str (all literal) or a tuple of elements (a 1-char
     str, None for `?`, (negated, chars) for a bracket)."""
-    segs: list[object] = []
+    segs: list[list[object]] = []
     cur: list[object] = []
     i, n = 0, len(pat)
     while i < n:
@@ -176,7 +169,7 @@ def compile_pattern(pat: str) -> tuple:
         else:
             cur.append(c)
     segs.append(cur)
-    out = []
+    out: list[str | tuple[object, ...]] = []
     for seg in segs:
         if all(e.__class__ is str for e in seg):
             out.append("".join(seg))  # type: ignore[arg-type]
@@ -251,362 +244,71 @@ def fnmatch(pattern: str, s: str) -> bool:
     return match_compiled(cp, s)
 
 
-def _literal_prefix(cp: tuple) -> str | None:
-    """The literal text every match starts with; None when the pattern has no
-    wildcard at all (an exact alias)."""
-    fixed, segs = cp
-    first = segs[0]
-    if len(segs) == 1 and first.__class__ is str:
-        return None
-    if first.__class__ is str:
-        return first
-    out = []
-    for e in first:
-        if e.__class__ is not str:
-            break
-        out.append(e)
-    return "".join(out)
-
-
 # ---------------------------------------------------------------- PCI
 
-def pci_entry(pattern: str) -> tuple[int, int, int, int, int, int] | None:
-    """The modules.pcimap fields (vendor, device, subvendor, subdevice, class,
-    class_mask) equivalent to a `pci:` alias on well-formed PCI modaliases,
-    or None when the map cannot represent it (partial wildcards, ranges...)."""
-    if not pattern.startswith("pci:"):
-        return None
-    vals = []
-    pos = 4
-    n = len(pattern)
-    for key, width in (("v", 8), ("d", 8), ("sv", 8), ("sd", 8), ("bc", 2), ("sc", 2), ("i", 2)):
-        if pos >= n and vals and vals[-1] is None:
-            vals.append(None)  # after a trailing star every field is free
-            continue
-        if not pattern.startswith(key, pos):
-            return None
-        pos += len(key)
-        if pattern.startswith("*", pos):
-            vals.append(None)
-            pos += 1
-            continue
-        field = pattern[pos:pos + width]
-        if len(field) != width or any(c not in _HEX for c in field):
-            return None
-        vals.append(int(field, 16))
-        pos += width
-    rest = pattern[pos:]
-    if rest not in ("", "*"):
-        return None
-    ids = [PCI_ANY if v is None else v for v in vals[:4]]
-    cls = mask = 0
-    for v, shift in zip(vals[4:], (16, 8, 0)):
-        if v is not None:
-            cls |= v << shift
-            mask |= 0xFF << shift
-    return (ids[0], ids[1], ids[2], ids[3], cls, mask)
-
-
-def _hex(s: str) -> int:
-    for c in s:
-        if c not in _HEX:
-            return -1
-    return int(s, 16)
-
-
 def parse_pci_modalias(s: str) -> tuple[int, int, int, int, int] | None:
-    """(vendor, device, subvendor, subdevice, class) of a well-formed
-    `pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X` modalias, else None."""
-    if (len(s) != 53 or not s.startswith("pci:v") or s[13] != "d" or s[22:24] != "sv"
-            or s[32:34] != "sd" or s[42:44] != "bc" or s[46:48] != "sc" or s[50] != "i"):
+    """(vendor, device, subvendor, subdevice, class) of a modalias exactly as
+    the kernel writes it, "pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X", the
+    class as 24 bits (class << 16 | subclass << 8 | prog-if); else None."""
+    if len(s) != 53 or s[:5] + s[13] + s[22:24] + s[32:34] + s[42:44] + s[46:48] + s[50] != _PCI_KEYS:
         return None
-    v, d, sv, sd = _hex(s[5:13]), _hex(s[14:22]), _hex(s[24:32]), _hex(s[34:42])
-    bc, sc, pi = _hex(s[44:46]), _hex(s[48:50]), _hex(s[51:53])
-    if min(v, d, sv, sd, bc, sc, pi) < 0:
-        return None
-    return (v, d, sv, sd, (bc << 16) | (sc << 8) | pi)
+    ids = s[5:13] + s[14:22] + s[24:32] + s[34:42] + s[44:46] + s[48:50] + s[51:53]
+    if ids.strip(HEX_DIGITS):
+        return None  # not upper-case hex digits only
+    return (int(ids[:8], 16), int(ids[8:16], 16), int(ids[16:24], 16), int(ids[24:32], 16),
+            int(ids[32:], 16))
 
 
 def pci_modalias(vendor: int, device: int, subvendor: int, subdevice: int, class_: int) -> str:
     """The modalias the kernel shows for a PCI function."""
-    return "pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X" % (
-        vendor, device, subvendor, subdevice, class_ >> 16 & 0xFF, class_ >> 8 & 0xFF, class_ & 0xFF)
+    return (f"pci:v{vendor:08X}d{device:08X}sv{subvendor:08X}sd{subdevice:08X}"
+            f"bc{class_ >> 16 & 0xFF:02X}sc{class_ >> 8 & 0xFF:02X}i{class_ & 0xFF:02X}")
 
 
-def pci_match_entry(e: tuple, v: int, d: int, sv: int, sd: int, cls: int) -> bool:
-    """Classic pcimap semantics: 0xffffffff is a wildcard, the class is masked."""
-    return ((e[0] == PCI_ANY or e[0] == v) and (e[1] == PCI_ANY or e[1] == d)
-            and (e[2] == PCI_ANY or e[2] == sv) and (e[3] == PCI_ANY or e[3] == sd)
-            and (cls & e[5]) == e[4])
-
-
-def parse_pcimap(text: str) -> list[tuple]:
-    """Entries (vendor, device, subvendor, subdevice, class, mask, module) of a modules.pcimap."""
-    out = []
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) < 7 or f[0].startswith("#"):
-            continue
-        try:
-            nums = [int(x, 16) for x in f[1:7]]
-        except ValueError:
-            continue
-        out.append((nums[0], nums[1], nums[2], nums[3], nums[4], nums[5], modname(f[0])))
-    return out
-
-
-# ---------------------------------------------------------------- text readers
-
-def parse_dep(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
-    """modules.dep lines as (name, relative path, dependency names in file order)."""
-    out = []
-    for line in text.splitlines():
-        path, sep, deps = line.partition(":")
-        if not sep:
-            continue
-        path = path.strip()
-        out.append((modname(path), path, tuple(modname(d) for d in deps.split())))
-    return out
-
-
-def parse_alias(text: str) -> list[tuple[str, str]]:
-    """(pattern, module) pairs of a modules.alias file."""
-    out = []
-    for line in text.splitlines():
-        f = line.split()
-        if len(f) >= 3 and f[0] == "alias":
-            out.append((f[1], modname(f[2])))
-    return out
-
-
-def parse_builtin(text: str) -> list[str]:
-    """Module names of modules.builtin."""
-    return [modname(line.strip()) for line in text.splitlines() if line.strip()]
-
-
-def parse_builtin_modinfo(data: bytes) -> list[tuple[str, str, str]]:
-    """(module, key, value) triples of modules.builtin.modinfo."""
-    out = []
-    for item in data.split(b"\0"):
-        if not item:
-            continue
-        s = item.decode("utf-8", "replace")
-        mod, dot, rest = s.partition(".")
-        key, eq, value = rest.partition("=")
-        if dot and eq:
-            out.append((mod.replace("-", "_"), key, value))
-    return out
-
-
-def parse_softdep_value(value: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(pre, post) of a softdep body "pre: a b post: c"; words before any
-    `pre:`/`post:` are ignored, as kmod does."""
-    pre: list[str] = []
-    post: list[str] = []
-    mode = None
-    for w in value.split():
-        if w == "pre:":
-            mode = pre
-        elif w == "post:":
-            mode = post
-        elif mode is not None:
-            mode.append(w)
-    return tuple(pre), tuple(post)
-
-
-def parse_config(text: str) -> list[tuple[str, ...]]:
-    """modprobe.d directives: ("alias", pattern, module), ("blacklist", module),
-    ("options", module, opts), ("softdep", pattern, body), ("install", module, cmd).
-    Names are normalised as kmod does; bad lines are skipped."""
-    out: list[tuple[str, ...]] = []
-    lines = text.replace("\\\n", "").splitlines()
-    for line in lines:
-        if not line or line[0] == "#":
-            continue
-        f = line.split(None, 2)
-        if not f:
-            continue
-        cmd = f[0]
-        if cmd == "alias" and len(f) == 3 and f[2].split():
-            out.append(("alias", _underscores(f[1]), _underscores(f[2].split()[0])))
-        elif cmd == "blacklist" and len(f) >= 2:
-            out.append(("blacklist", _underscores(f[1])))
-        elif cmd in ("options", "softdep", "install", "remove") and len(f) == 3:
-            out.append((cmd, _underscores(f[1]), f[2].strip()))
-    return out
+def pci_match_entry(ids: tuple[int, int, int, int, int, int], vendor: int, device: int, subvendor: int,
+                    subdevice: int, class_: int) -> bool:
+    """Classic pcimap semantics for the map fields `ids` (vendor, device,
+    subvendor, subdevice, class, class_mask): 0xffffffff is a wildcard, the
+    class is masked."""
+    v, d, sv, sd, cls, mask = ids
+    return (v in (PCI_ANY, vendor) and d in (PCI_ANY, device) and sv in (PCI_ANY, subvendor)
+            and sd in (PCI_ANY, subdevice) and (class_ & mask) == cls)
 
 
 # ---------------------------------------------------------------- the index
 
 class ModuleIndex:
     """Modules, their dependencies, aliases, softdeps, builtins and modprobe.d
-    settings of one kernel, ready for matching and load ordering."""
+    settings of one kernel, ready for matching and load ordering.
 
-    __slots__ = ("kver", "modules", "exact", "wild", "wild_lens", "pci", "builtin",
+    `data` is the compiled form (packer.modindex builds and writes it; see
+    there for how each part is made)."""
+
+    __slots__ = ("data", "kver", "modules", "exact", "wild", "wild_lens", "pci", "builtin",
                  "builtin_aliases", "softdeps", "options_", "blacklist", "config_aliases",
                  "cpu_gated", "_rank", "_pci_by_vendor")
 
     def __init__(self, data: dict) -> None:
+        self.data = data
         self.kver: str = data["kver"]
-        # name -> (relative path, dependency names in modules.dep order)
-        self.modules: dict = data["modules"]
-        self.exact: dict = data["exact"]          # alias -> module names
-        self.wild: dict = data["wild"]            # literal prefix -> ((compiled, modules), ...)
-        self.wild_lens: tuple = data["wild_lens"]
-        self.pci: tuple = data["pci"]             # (v, d, sv, sd, class, mask, module, pattern)
-        self.builtin: frozenset = frozenset(data["builtin"])
+        # name -> (relative path, dependency names in modules.dep order), in modules.order priority
+        self.modules: dict[str, tuple[str, tuple[str, ...]]] = data["modules"]
+        self.exact: dict[str, tuple[str, ...]] = data["exact"]  # alias -> module names
+        self.wild: dict[str, tuple] = data["wild"]   # literal prefix -> ((compiled, module names), ...)
+        self.wild_lens: tuple[int, ...] = data["wild_lens"]    # the prefix lengths, ascending
+        self.pci: tuple = data["pci"]                # (module, pattern, (v, d, sv, sd, class, class_mask))
+        self.builtin: frozenset[str] = frozenset(data["builtin"])
         self.builtin_aliases: tuple = data["builtin_aliases"]  # (compiled, module)
-        self.softdeps: tuple = data["softdeps"]   # (compiled name pattern, pre, post), first match wins
-        self.options_: dict = data["options"]
-        self.blacklist: frozenset = frozenset(data["blacklist"])
+        self.softdeps: tuple = data["softdeps"]      # (compiled name pattern, pre, post), first match wins
+        self.options_: dict[str, str] = data["options"]
+        self.blacklist: frozenset[str] = frozenset(data["blacklist"])
         self.config_aliases: tuple = data["config_aliases"]  # (compiled, module)
         # Modules with an x86cpu device table (`cpu:type:...:feature:...` aliases):
         # their init returns ENODEV on a CPU without those features (crc32c_intel
         # without SSE4.2), so the loader checks the CPU before trying them.
-        self.cpu_gated: frozenset = frozenset(data["cpu_gated"])
-        self._rank: dict | None = None
-        self._pci_by_vendor: dict | None = None
-
-    # -- construction
-
-    @classmethod
-    def build(cls, kver: str, modules: list | tuple, aliases: list | tuple, builtin: list | tuple = (),
-              builtin_aliases: list | tuple = (), config: list | tuple = ()) -> ModuleIndex:
-        """Compile an index. `modules`: (name, relpath, dep names) in kmod's
-        priority order (modules.order); `aliases`: (pattern, module);
-        `builtin_aliases`: (pattern, module) from modules.builtin.modinfo;
-        `config`: (file name, text) of modprobe.d files and modules.softdep,
-        applied in file-name order as kmod does."""
-        mods = {m[0]: (m[1], tuple(m[2])) for m in modules}
-        exact: dict[str, list[str]] = {}
-        wild: dict[str, list] = {}
-        pci = []
-        compiled: dict[str, tuple] = {}
-        cpu_gated = set()
-        for pattern, mod in aliases:
-            norm = normalize_alias(pattern)
-            if norm is None:
-                continue  # depmod drops these too
-            if norm.startswith(CPU_ALIAS):
-                cpu_gated.add(mod)
-            ent = pci_entry(norm)
-            if ent is not None:
-                pci.append(ent + (mod, norm))
-                continue
-            cp = compiled.get(norm)
-            if cp is None:
-                cp = compiled[norm] = compile_pattern(norm)
-            if cp[0] < 0:
-                continue  # glibc would refuse it for every string
-            prefix = _literal_prefix(cp)
-            if prefix is None:
-                lst = exact.setdefault(norm, [])
-                if mod not in lst:
-                    lst.append(mod)
-            else:
-                wild.setdefault(prefix[:PREFIX_CAP], []).append((norm, mod))
-        wild_t = {}
-        for prefix, items in wild.items():
-            by_pat: dict[str, list[str]] = {}
-            for norm, mod in items:
-                lst = by_pat.setdefault(norm, [])
-                if mod not in lst:
-                    lst.append(mod)
-            wild_t[prefix] = tuple((compiled[p], tuple(ms)) for p, ms in by_pat.items())
-        b_aliases = []
-        for pattern, mod in builtin_aliases:
-            norm = normalize_alias(pattern)
-            if norm is not None:
-                b_aliases.append((compile_pattern(norm), mod))
-        softdeps, options, blacklist, c_aliases = [], {}, set(), []
-        for _name, text in sorted(config, key=lambda c: c[0]):
-            for d in parse_config(text):
-                if d[0] == "softdep":
-                    pre, post = parse_softdep_value(d[2])
-                    softdeps.append((compile_pattern(d[1]), pre, post))
-                elif d[0] == "options":
-                    options[d[1]] = (options[d[1]] + " " + d[2]) if d[1] in options else d[2]
-                elif d[0] == "blacklist":
-                    blacklist.add(d[1])
-                elif d[0] == "alias":
-                    c_aliases.append((compile_pattern(d[1]), d[2]))
-        return cls({
-            "kver": kver, "modules": mods,
-            "exact": {k: tuple(v) for k, v in exact.items()},
-            "wild": wild_t, "wild_lens": tuple(sorted({len(p) for p in wild_t})),
-            "pci": tuple(pci), "builtin": tuple(sorted(set(builtin))),
-            "builtin_aliases": tuple(b_aliases), "softdeps": tuple(softdeps),
-            "options": options, "blacklist": tuple(sorted(blacklist)),
-            "config_aliases": tuple(c_aliases), "cpu_gated": tuple(sorted(cpu_gated)),
-        })
-
-    @classmethod
-    def from_moddir(cls, moddir: str, config_dirs: list | tuple = ()) -> ModuleIndex:
-        """The index of a module directory: `liveinit.index` when present,
-        else modules.dep/alias/softdep/builtin(.modinfo) and modules.order.
-        With `config_dirs` (modprobe.d directories) the text files are read,
-        so their settings apply."""
-        moddir = str(moddir).rstrip("/")
-        if not config_dirs:
-            try:
-                return cls.load(moddir + "/" + INDEX_NAME)
-            except OSError:
-                pass
-
-        def read(name: str) -> str:
-            try:
-                with open(moddir + "/" + name, "rb") as f:
-                    return f.read().decode("utf-8", "replace")
-            except OSError:
-                return ""
-
-        dep_text = read("modules.dep")
-        if not dep_text:
-            raise OSError(f"{moddir}: no {INDEX_NAME} and no modules.dep")
-        deps = parse_dep(dep_text)
-        order = {modname(p): i for i, p in enumerate(read("modules.order").split())}
-        big = len(order)
-        deps.sort(key=lambda m: order.get(m[0], big))
-        try:
-            with open(moddir + "/modules.builtin.modinfo", "rb") as f:
-                binfo = parse_builtin_modinfo(f.read())
-        except OSError:
-            binfo = []
-        config = [("modules.softdep", read("modules.softdep"))]
-        seen = {"modules.softdep"}
-        for d in config_dirs:
-            try:
-                names = sorted(os.listdir(d))
-            except OSError:
-                continue
-            for fn in names:
-                if fn in seen or fn.startswith(".") or not fn.endswith((".conf", ".alias")):
-                    continue
-                seen.add(fn)
-                with open(str(d) + "/" + fn, "rb") as f:
-                    config.append((fn, f.read().decode("utf-8", "replace")))
-        kver = moddir.rpartition("/")[2]
-        return cls.build(kver, deps, parse_alias(read("modules.alias")),
-                         parse_builtin(read("modules.builtin")),
-                         [(v, m) for m, k, v in binfo if k == "alias"], config)
-
-    def to_dict(self) -> dict:
-        return {
-            "format": FORMAT, "kver": self.kver, "modules": self.modules, "exact": self.exact,
-            "wild": self.wild, "wild_lens": self.wild_lens, "pci": self.pci,
-            "builtin": tuple(sorted(self.builtin)), "builtin_aliases": self.builtin_aliases,
-            "softdeps": self.softdeps, "options": self.options_,
-            "blacklist": tuple(sorted(self.blacklist)), "config_aliases": self.config_aliases,
-            "cpu_gated": tuple(sorted(self.cpu_gated)),
-        }
-
-    def dumps(self) -> bytes:
-        return marshal.dumps(self.to_dict(), MARSHAL_VERSION)
-
-    def dump(self, path: str) -> None:
-        """Write the index as one marshal blob (deterministic for equal input)."""
-        with open(str(path), "wb") as f:
-            f.write(self.dumps())
+        self.cpu_gated: frozenset[str] = frozenset(data["cpu_gated"])
+        self._rank: dict[str, int] | None = None
+        self._pci_by_vendor: dict[int, list[tuple]] | None = None
 
     @classmethod
     def loads(cls, blob: bytes) -> ModuleIndex:
@@ -617,7 +319,7 @@ class ModuleIndex:
 
     @classmethod
     def load(cls, path: str) -> ModuleIndex:
-        """Read an index written by `dump`."""
+        """Read an index the packer wrote."""
         with open(str(path), "rb") as f:
             return cls.loads(f.read())
 
@@ -632,11 +334,17 @@ class ModuleIndex:
     def path(self, name: str) -> str | None:
         """The module's path relative to the module directory, None if not a module."""
         ent = self.modules.get(modname(name))
-        return ent[0] if ent else None
+        if ent is None:
+            return None
+        path, _deps = ent
+        return path
 
-    def deps(self, name: str) -> tuple:
+    def deps(self, name: str) -> tuple[str, ...]:
         ent = self.modules.get(modname(name))
-        return ent[1] if ent else ()
+        if ent is None:
+            return ()
+        _path, deps = ent
+        return deps
 
     def is_builtin(self, name: str) -> bool:
         return modname(name) in self.builtin
@@ -656,7 +364,7 @@ class ModuleIndex:
         """Options from modprobe.d for a module ("" if none)."""
         return self.options_.get(modname(name), "")
 
-    def _sorted(self, mods: list) -> list:
+    def _sorted(self, mods: list[str]) -> list[str]:
         if len(mods) < 2:
             return mods
         rank = self._rank
@@ -665,23 +373,18 @@ class ModuleIndex:
         big = len(rank)
         return sorted(mods, key=lambda m: rank.get(m, big))
 
-    def _pci_table(self) -> dict:
+    def _pcimap(self, vendor: int, device: int, subvendor: int, subdevice: int, class_: int,
+                out: list[str]) -> None:
         table = self._pci_by_vendor
         if table is None:
             table = self._pci_by_vendor = {}
-            for e in self.pci:
-                table.setdefault(e[0], []).append(e)
-        return table
-
-    def _pcimap(self, ids: tuple, out: list) -> None:
-        table = self._pci_table()
-        v, d, sv, sd, cls = ids
-        for e in table.get(v, ()):
-            if pci_match_entry(e, v, d, sv, sd, cls) and e[6] not in out:
-                out.append(e[6])
-        for e in table.get(PCI_ANY, ()):
-            if pci_match_entry(e, v, d, sv, sd, cls) and e[6] not in out:
-                out.append(e[6])
+            for entry in self.pci:
+                _mod, _pattern, ids = entry
+                table.setdefault(ids[0], []).append(entry)
+        for key in (vendor, PCI_ANY):
+            for mod, _pattern, ids in table.get(key, ()):
+                if mod not in out and pci_match_entry(ids, vendor, device, subvendor, subdevice, class_):
+                    out.append(mod)
 
     def match_aliases(self, modalias: str) -> list[str]:
         """Modules whose modules.alias patterns match (kmod's alias step only)."""
@@ -704,20 +407,19 @@ class ModuleIndex:
         if s.startswith("pci:") and self.pci:
             ids = parse_pci_modalias(s)
             if ids is not None:
-                self._pcimap(ids, out)
+                self._pcimap(*ids, out)
             else:  # not a kernel-made PCI modalias: match the original patterns
-                for e in self.pci:
-                    if e[6] not in out and fnmatch(e[7], s):
-                        out.append(e[6])
+                for mod, pattern, _ids in self.pci:
+                    if mod not in out and fnmatch(pattern, s):
+                        out.append(mod)
         return self._sorted(out)
 
     def match_pci(self, vendor: int, device: int, subvendor: int, subdevice: int, class_: int) -> list[str]:
         """Modules for a PCI function: the pcimap entries plus the pci aliases
         the map cannot represent."""
         out: list[str] = []
-        self._pcimap((vendor, device, subvendor, subdevice, class_), out)
-        s = pci_modalias(vendor, device, subvendor, subdevice, class_)
-        for m in self.match_aliases(s):
+        self._pcimap(vendor, device, subvendor, subdevice, class_, out)
+        for m in self.match_aliases(pci_modalias(vendor, device, subvendor, subdevice, class_)):
             if m not in out:
                 out.append(m)
         return self._sorted(out)
@@ -771,17 +473,15 @@ class ModuleIndex:
                 res.append(m)
         return res
 
-    def _probe(self, mod: str, visited: set, out: list) -> None:
+    def _probe(self, mod: str, visited: set[str], out: list[str]) -> None:
         if mod in visited:
             return
         visited.add(mod)
-        ent = self.modules.get(mod)
-        if ent:
-            for dep in reversed(ent[1]):
-                self._with_softdeps(dep, visited, out)
+        for dep in reversed(self.deps(mod)):
+            self._with_softdeps(dep, visited, out)
         self._with_softdeps(mod, visited, out)
 
-    def _with_softdeps(self, mod: str, visited: set, out: list) -> None:
+    def _with_softdeps(self, mod: str, visited: set[str], out: list[str]) -> None:
         pre, post = self.softdeps_of(mod) if self.softdeps else ((), ())
         for p in pre:
             for m in self.lookup(p):

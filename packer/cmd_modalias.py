@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from liveinit.kmodindex import INDEX_NAME, ModuleIndex, parse_pci_modalias, parse_pcimap, pci_match_entry
+from liveinit.kmodindex import INDEX_NAME, ModuleIndex, parse_pci_modalias, pci_match_entry
 from packer.errors import CommandError
+from packer.modindex import PcimapEntry, from_moddir, parse_pcimap
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -37,15 +38,16 @@ def open_index(moddir: Path, config: list[Path] | None = None, cache: Path | Non
         raise CommandError(f"{moddir} is not a directory", hint="pass --moddir /lib/modules/KVER")
     if (moddir / "modules.dep").is_file() or ((moddir / INDEX_NAME).is_file() and not config):
         try:
-            return ModuleIndex.from_moddir(str(moddir), tuple(str(c) for c in config or ()))
+            return from_moddir(moddir, config or ())
         except (ValueError, EOFError, TypeError, KeyError) as e:
-            raise CommandError(f"{moddir / INDEX_NAME} is not a readable module index: {e}",
-                               hint="rebuild it with `liveinit pack`, or delete it to use modules.dep") from None
+            raise CommandError(
+                f"{moddir / INDEX_NAME} is not a readable module index: {e}",
+                hint="rebuild it with `liveinit pack`, or delete it to use modules.dep") from None
     from packer.kmod import ModuleTree
     return ModuleTree(moddir, cache=cache).index(config or ())
 
 
-def _pcimap_matches(entries: list[tuple], modalias: str) -> list[str]:
+def _pcimap_matches(entries: list[PcimapEntry], modalias: str) -> list[str]:
     ids = parse_pci_modalias(modalias)
     if ids is None:
         raise CommandError(f"{modalias} is not a PCI modalias",
@@ -53,8 +55,8 @@ def _pcimap_matches(entries: list[tuple], modalias: str) -> list[str]:
                                 "as in /sys/bus/pci/devices/*/modalias")
     out: list[str] = []
     for e in entries:
-        if pci_match_entry(e, *ids) and e[6] not in out:
-            out.append(e[6])
+        if e.module not in out and pci_match_entry(e.ids, *ids):
+            out.append(e.module)
     return out
 
 

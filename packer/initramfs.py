@@ -218,7 +218,8 @@ def _split_modules(specs: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
                  rep: Reporter) -> tuple[tuple[str, ...], int]:
-    from packer.kmod import ModuleTree, plain_modules, plain_name
+    from liveinit.modfile import uncompressed_name
+    from packer.kmod import ModuleTree, uncompressed_modules
     tree = ModuleTree(moddir, cache=(cfg.cache / "kmod") if cfg.cache else None)
     if cfg.host_only:
         from packer import hostonly
@@ -243,19 +244,19 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
             if name.startswith(MODPROBE_D) and name.endswith(".conf") and src.is_file():
                 (conf / Path(name).name).write_bytes(src.read_bytes())
         mods = sorted(tree.closure(wanted, config_dirs=[conf]))
-        # Every module is stored as a plain .ko (the segment is compressed
-        # anyway): the runtime only ever finit_modules plain files, whatever
+        # Every module is stored as an uncompressed .ko (the segment is compressed
+        # anyway): the runtime only ever finit_modules uncompressed files, whatever
         # compression the distribution ships (.ko.zst on Ubuntu/Arch).
-        unpacked = plain_modules(tree.path(name) for name in mods)
+        unpacked = uncompressed_modules(tree.path(name) for name in mods)
         for name in rep.progress(mods, len(mods), "modules"):
             ko = tree.path(name)
-            target = f"{dest}/{plain_name(str(ko.relative_to(moddir)))}"
+            target = f"{dest}/{uncompressed_name(str(ko.relative_to(moddir)))}"
             if ko in unpacked:
                 img.file(target, "modules", data=unpacked[ko], mode=ko.stat().st_mode)
             else:
                 img.file(target, "modules", src=ko)
         out = Path(tmp) / "index"
-        tree.write_index(out, mods, config_dirs=[conf], plain=True)
+        tree.write_index(out, mods, config_dirs=[conf], uncompressed=True)
         for p in sorted(out.rglob("*")):
             if p.is_file():
                 img.file(f"{dest}/{p.relative_to(out)}", "modindex", data=p.read_bytes(), mode=0o644)

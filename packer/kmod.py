@@ -2,39 +2,48 @@
 same data from every module's `.modinfo` (pyelftools), cache it per kernel,
 select modules by name, path glob or group, close over dependencies and
 softdeps, find firmware, and write the index of exactly the packed modules
-(modules.dep/alias/softdep/builtin/pcimap and the boot-time `liveinit.index`)."""
+(modules.dep/alias/softdep/builtin/pcimap and the boot-time `liveinit.index`,
+compiled by packer.modindex)."""
 from __future__ import annotations
 
 import fnmatch
-import gzip
 import hashlib
 import io
-import lzma
 import marshal
 import os
 import tempfile
-import zlib
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
-from typing import Iterable
 
-from liveinit.kmodindex import (INDEX_NAME, ModuleIndex, modname, parse_alias, parse_builtin,
-                                parse_builtin_modinfo, parse_config, parse_dep, parse_softdep_value,
-                                pci_entry)
+from liveinit import kmodindex
+from liveinit.kmodindex import INDEX_NAME, MARSHAL_VERSION, ModuleIndex, modname
+from liveinit.modfile import SUFFIXES as MODULE_SUFFIXES
+from liveinit.modfile import ModuleFileError, read_module, uncompressed_name
 from packer import tools
-from packer.errors import CommandError
 from packer.config import DEFAULT_CACHE
+from packer.errors import CommandError
+from packer.modindex import (
+    Alias,
+    Builtins,
+    Command,
+    Module,
+    build_index,
+    dumps,
+    parse_config,
+    parse_softdep_value,
+    pcimap_lines,
+    read_builtins,
+    read_config_dirs,
+    read_depmod_modules,
+    softdep_text,
+)
 
-CACHE_FORMAT = 2
+# 3: Module rows in field order, builtins as paths and (pattern, module) aliases.
+CACHE_FORMAT = 3
 DEFAULT_KMOD_CACHE = DEFAULT_CACHE / "kmod"
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 FIRMWARE_ROOT = Path("/lib/firmware")
 FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
-PCIMAP_HEADER = ("# pci module         vendor     device     subvendor  subdevice  class      class_mask"
-                 " driver_data\n")
-# marshal version 2 writes no object references, so equal data gives equal
-# bytes whatever path built it (reproducible images and cache files).
-MARSHAL_VERSION = 2
 INDEX_FILES = ("modules.dep", "modules.alias", "modules.softdep", "modules.builtin",
                "modules.builtin.modinfo", "modules.order")
 
@@ -80,58 +89,31 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class Module:
-    """One module as depmod sees it."""
-
-    name: str
-    path: str                    # relative to the module directory
-    depends: tuple[str, ...]     # every dependency, in modules.dep order
-    aliases: tuple[str, ...]
-    softdeps: tuple[str, ...]    # raw softdep= values ("pre: a b post: c")
-    firmware: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class IndexReport:
     """What `write_index` wrote."""
 
     modules: int
     aliases: int
     pcimap_entries: int
-    unrepresentable: tuple[tuple[str, str], ...]  # (pci alias, module): kept in the alias index only
+    unrepresentable: tuple[Alias, ...]  # pci aliases the map cannot hold: kept in the alias index only
     index_bytes: int
 
 
-# ---------------------------------------------------------------- .modinfo
-
-def plain_name(rel: str) -> str:
-    """A module path with its compression suffix dropped (`a/b.ko.zst` -> `a/b.ko`)."""
-    for suffix in MODULE_SUFFIXES[1:]:
-        if rel.endswith(suffix):
-            return rel[:-len(suffix)] + ".ko"
-    return rel
-
+# ---------------------------------------------------------------- module files
 
 def module_bytes(path: Path) -> bytes:
-    """The plain ELF bytes of a module file (.ko, or .ko.xz/.ko.gz/.ko.zst decompressed)."""
-    name = path.name
-    try:
-        if name.endswith(".ko"):
-            return path.read_bytes()
-        if name.endswith(".ko.xz"):
-            return lzma.decompress(path.read_bytes())
-        if name.endswith(".ko.gz"):
-            return gzip.decompress(path.read_bytes())
-    except (OSError, lzma.LZMAError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise CommandError(f"cannot decompress {path}: {e}",
-                           hint="is the module tree complete and not corrupted?") from None
-    if name.endswith(".ko.zst"):
+    """The ELF bytes of a module file (.ko, or .ko.xz/.ko.gz/.ko.zst decompressed)."""
+    if path.name.endswith(".ko.zst"):  # the stdlib has no zstd: the host's zstd has
         return tools.run(["zstd", "-dcq", str(path)], f"decompress the module {path}").stdout
-    raise CommandError(f"{path} is not a kernel module")
+    try:
+        return read_module(str(path))
+    except (OSError, ModuleFileError) as e:
+        raise CommandError(f"cannot read the module {path}: {e}",
+                           hint="is the module tree complete and not corrupted?") from None
 
 
-def plain_modules(paths: Iterable[Path]) -> dict[Path, bytes]:
-    """The plain ELF bytes of every compressed module in `paths` (plain .ko
+def uncompressed_modules(paths: Iterable[Path]) -> dict[Path, bytes]:
+    """The ELF bytes of every compressed module in `paths` (uncompressed .ko
     files are left out: read them where they are). The .ko.zst files go
     through ONE zstd run per batch of distinct file names, not one each."""
     out: dict[Path, bytes] = {}
@@ -164,7 +146,7 @@ def read_modinfo(path: Path) -> list[tuple[str, str]]:
     from elftools.elf.elffile import ELFFile
     try:
         if path.name.endswith(".ko"):
-            with open(path, "rb") as f:  # plain modules: read only headers and the section
+            with open(path, "rb") as f:  # uncompressed: read only the headers and the section
                 sec = ELFFile(f).get_section_by_name(".modinfo")
                 raw = sec.data() if sec is not None else b""
         else:
@@ -230,10 +212,11 @@ class ModuleTree:
         self.cache = DEFAULT_KMOD_CACHE if cache is None else Path(cache)
         data = self._load()
         self.source: str = data["source"]
-        self.modules: dict[str, Module] = {m[0]: Module(*m) for m in data["modules"]}
-        self.builtin_paths: tuple[str, ...] = tuple(data["builtin"])
-        self.builtin: frozenset[str] = frozenset(modname(p) for p in self.builtin_paths)
-        self.builtin_modinfo: tuple[tuple[str, str, str], ...] = tuple(data["builtin_modinfo"])
+        # The cache's rows are the Module fields in declaration order (astuple).
+        self.modules: dict[str, Module] = {row[0]: Module(*row) for row in data["modules"]}
+        self.builtins = Builtins(tuple(data["builtin_paths"]),
+                                 tuple(Alias(*a) for a in data["builtin_aliases"]))
+        self.builtin: frozenset[str] = self.builtins.names
         self.softdep_providers: dict[str, tuple[str, ...]] = data["softdep_providers"]
         self._index: ModuleIndex | None = None
 
@@ -282,85 +265,48 @@ class ModuleTree:
             pass  # a read-only cache only costs time
         return data
 
-    def _read(self, name: str) -> str | None:
-        try:
-            return (self.moddir / name).read_text(errors="replace")
-        except OSError:
-            return None
-
     def _scan(self, files: list[str]) -> dict:
-        """The slow path: depmod's files when present, .modinfo of every module."""
-        infos = {}
-        for rel in files:
-            infos[modname(rel)] = (rel, read_modinfo(self.moddir / rel))
-        order_text = self._read("modules.order") or ""
-        order_names = [modname(p) for p in order_text.split()]
-        order = [n for n in dict.fromkeys(order_names) if n in infos]
+        """The slow path: .modinfo of every module, and depmod's files when present."""
+        infos = {modname(rel): (rel, read_modinfo(self.moddir / rel)) for rel in files}
+        try:
+            order_text = (self.moddir / "modules.order").read_text(errors="replace")
+        except OSError:
+            order_text = ""
+        order = [n for n in dict.fromkeys(modname(p) for p in order_text.split()) if n in infos]
         order += sorted(set(infos) - set(order), key=lambda n: infos[n][0])
-        dep_text = self._read("modules.dep")
-        if dep_text is not None:
+        if (self.moddir / "modules.dep").exists():
             source = "depmod"
-            parsed = {n: (p, deps) for n, p, deps in parse_dep(dep_text)}
-            aliases: dict[str, list[str]] = {}
-            for pat, mod in parse_alias(self._read("modules.alias") or ""):
-                aliases.setdefault(mod, []).append(pat)
-            softdeps: dict[str, list[str]] = {}
-            for d in parse_config(self._read("modules.softdep") or ""):
-                if d[0] == "softdep":
-                    softdeps.setdefault(d[1], []).append(d[2])
-            full = {n: parsed[n][1] if n in parsed else () for n in order}
+            depmod = {m.name: m for m in read_depmod_modules(self.moddir)}
+            modules = []
+            for n in order:
+                rel, kv = infos[n]
+                dm = depmod.get(n, Module(n, rel))
+                modules.append(Module(n, rel, dm.depends, dm.aliases, dm.softdeps,
+                                      tuple(v for k, v in kv if k == "firmware")))
         else:
             source = "modinfo"
-            direct = {}
-            aliases, softdeps = {}, {}
-            for n in order:
-                kv = infos[n][1]
-                direct[n] = [modname(d) for k, v in kv if k == "depends" for d in v.split(",") if d]
-                aliases[n] = [v for k, v in kv if k == "alias"]
-                softdeps[n] = [v for k, v in kv if k == "softdep"]
+            direct = {n: [modname(d) for k, v in infos[n][1] if k == "depends" for d in v.split(",") if d]
+                      for n in order}
             full = _depmod_order(direct, order)
-        modules = []
-        for n in order:
-            rel, kv = infos[n]
-            modules.append((n, rel, tuple(full[n]), tuple(aliases.get(n, ())), tuple(softdeps.get(n, ())),
-                            tuple(v for k, v in kv if k == "firmware")))
-        builtin_text = self._read("modules.builtin") or ""
-        builtin = [line.strip() for line in builtin_text.splitlines() if line.strip()]
-        try:
-            binfo = parse_builtin_modinfo((self.moddir / "modules.builtin.modinfo").read_bytes())
-        except OSError:
-            binfo = []
-        data = {"format": CACHE_FORMAT, "source": source, "modules": modules, "builtin": builtin,
-                "builtin_modinfo": [t for t in binfo if t[1] in ("alias", "softdep")]}
-        data["softdep_providers"] = self._resolve_softdeps(data)
-        return data
-
-    @staticmethod
-    def _resolve_softdeps(data: dict) -> dict[str, tuple[str, ...]]:
-        """Every module's softdep targets (all lines, pre and post) resolved
-        through kmod's lookup to module names (aliases give all providers)."""
-        index = _full_index(data, "")
-        out = {}
-        for m in data["modules"]:
-            names: list[str] = []
-            for value in m[4]:
-                pre, post = parse_softdep_value(value)
-                for target in pre + post:
-                    names.extend(x for x in index.lookup(target) if x not in names)
-            if names:
-                out[m[0]] = tuple(names)
-        return out
+            modules = []
+            for n in order:
+                rel, kv = infos[n]
+                modules.append(Module(n, rel, full[n], tuple(v for k, v in kv if k == "alias"),
+                                      tuple(v for k, v in kv if k == "softdep"),
+                                      tuple(v for k, v in kv if k == "firmware")))
+        builtins = read_builtins(self.moddir)
+        return {"format": CACHE_FORMAT, "source": source, "modules": [astuple(m) for m in modules],
+                "builtin_paths": builtins.paths, "builtin_aliases": [tuple(a) for a in builtins.aliases],
+                "softdep_providers": _softdep_providers(build_index(self.kver, modules, builtins), modules)}
 
     # -- queries
 
     def index(self, config_dirs: Iterable[Path] = ()) -> ModuleIndex:
         """The kmod view of the whole tree (~0.2 s; kept when no modprobe.d
         directories are given)."""
-        confs = _config_files(config_dirs)
+        confs = read_config_dirs(config_dirs)
         if self._index is None or confs:
-            index = _full_index({"modules": [_astuple(m) for m in self.modules.values()],
-                                 "builtin": self.builtin_paths,
-                                 "builtin_modinfo": self.builtin_modinfo}, self.kver, confs)
+            index = build_index(self.kver, list(self.modules.values()), self.builtins, confs)
             if confs:
                 return index
             self._index = index
@@ -426,16 +372,15 @@ class ModuleTree:
     def closure(self, names: Iterable[str], config_dirs: Iterable[Path] = ()) -> set[str]:
         """`names` plus every dependency and softdep provider, transitively
         (softdeps from modprobe.d files in `config_dirs` too)."""
-        extra: list[tuple[str, tuple[str, ...]]] = []
-        confs = _config_files(config_dirs)
+        extra: list[tuple[str, tuple[str, ...]]] = []   # (module name pattern, providers)
+        confs = read_config_dirs(config_dirs)
         if confs:
             idx = self.index()
-            for _fn, text in confs:
-                for d in parse_config(text):
-                    if d[0] == "softdep":
-                        pre, post = parse_softdep_value(d[2])
-                        provs = tuple(x for t in pre + post for x in idx.lookup(t))
-                        extra.append((d[1], provs))
+            for conf in confs:
+                for d in parse_config(conf.text):
+                    if d.command is Command.SOFTDEP:
+                        pre, post = parse_softdep_value(d.value)
+                        extra.append((d.name, tuple(x for t in pre + post for x in idx.lookup(t))))
         todo = [modname(n) for n in names]
         out: set[str] = set()
         while todo:
@@ -445,9 +390,9 @@ class ModuleTree:
             out.add(n)
             todo.extend(self.modules[n].depends)
             todo.extend(self.softdep_providers.get(n, ()))
-            for pat, provs in extra:
-                if fnmatch.fnmatchcase(n, pat):
-                    todo.extend(provs)
+            for pattern, providers in extra:
+                if kmodindex.fnmatch(pattern, n):   # kmod matches softdep names as fnmatch(3) globs
+                    todo.extend(providers)
         return out
 
     def firmware(self, names: Iterable[str], fw_root: Path = FIRMWARE_ROOT) -> list[Path]:
@@ -466,23 +411,24 @@ class ModuleTree:
                         found.add(p)
         return sorted(found)
 
+
     # -- writing
 
     def write_index(self, dest_moddir: Path, names: Iterable[str],
-                    config_dirs: Iterable[Path] = (), plain: bool = False) -> IndexReport:
+                    config_dirs: Iterable[Path] = (), uncompressed: bool = False) -> IndexReport:
         """Write modules.{dep,alias,softdep,builtin,builtin.modinfo,order,pcimap}
         and `liveinit.index` for exactly `names` (which must hold their own
         dependencies), with the modprobe.d files of `config_dirs` baked in.
 
-        `plain`: the modules are stored decompressed, so every path names
-        the plain `.ko` (see plain_name)."""
+        `uncompressed`: the modules are stored decompressed, so every path
+        names the `.ko` (see uncompressed_name)."""
         wanted = {modname(n) for n in names} - self.builtin
         unknown = sorted(n for n in wanted if n not in self.modules)
         if unknown:
             raise CommandError(f"not modules of {self.moddir}: {', '.join(unknown)}")
-        mods = [m for n, m in self.modules.items() if n in wanted]
-        if plain:
-            mods = [replace(m, path=plain_name(m.path)) for m in mods]
+        mods = [_merged_softdeps(m) for n, m in self.modules.items() if n in wanted]
+        if uncompressed:
+            mods = [replace(m, path=uncompressed_name(m.path)) for m in mods]
         missing = sorted({d for m in mods for d in m.depends if d not in wanted})
         if missing:
             raise CommandError(f"the module set lacks dependencies: {', '.join(missing)}",
@@ -490,86 +436,53 @@ class ModuleTree:
         dest = Path(dest_moddir)
         dest.mkdir(parents=True, exist_ok=True)
         path_of = {m.name: m.path for m in mods}
-        dep_lines = [f"{m.path}: {' '.join(path_of[d] for d in m.depends)}".rstrip() + "\n" for m in mods]
-        alias_pairs = [(a, m.name) for m in mods for a in m.aliases]
-        alias_lines = ["# Aliases extracted from modules themselves.\n"]
-        alias_lines += [f"alias {a} {n}\n" for a, n in alias_pairs]
-        soft_lines = ["# Soft dependencies extracted from modules themselves.\n"]
-        for m in mods:
-            # One line per module: kmod honours only the first matching line,
-            # and a packed module needs all its softdeps at boot.
-            pre: list[str] = []
-            post: list[str] = []
-            for value in m.softdeps:
-                p, q = parse_softdep_value(value)
-                pre += [x for x in p if x not in pre]
-                post += [x for x in q if x not in post]
-            if pre or post:
-                body = f" pre: {' '.join(pre)}" if pre else ""
-                body += f" post: {' '.join(post)}" if post else ""
-                soft_lines.append(f"softdep {m.name}{body}\n")
-        pcimap, unrepresentable = pcimap_lines(alias_pairs)
-        binfo = b"".join(f"{m}.{k}={v}".encode() + b"\0" for m, k, v in self.builtin_modinfo if k == "alias")
+        aliases = [Alias(a, m.name) for m in mods for a in m.aliases]
+        pcimap, unrepresentable = pcimap_lines(aliases)
         files = {
-            "modules.dep": "".join(dep_lines),
-            "modules.alias": "".join(alias_lines),
-            "modules.softdep": "".join(soft_lines),
-            "modules.builtin": "".join(p + "\n" for p in self.builtin_paths),
+            "modules.dep": "".join(f"{m.path}: {' '.join(path_of[d] for d in m.depends)}".rstrip() + "\n"
+                                   for m in mods),
+            "modules.alias": "# Aliases extracted from modules themselves.\n"
+                             + "".join(f"alias {a.pattern} {a.module}\n" for a in aliases),
+            "modules.softdep": softdep_text(mods),
+            "modules.builtin": "".join(p + "\n" for p in self.builtins.paths),
             "modules.order": "".join(m.path + "\n" for m in mods),
             "modules.pcimap": "".join(pcimap),
         }
         for name, text in files.items():
             (dest / name).write_text(text)
-        (dest / "modules.builtin.modinfo").write_bytes(binfo)
-        config = [("modules.softdep", files["modules.softdep"])] + _config_files(config_dirs)
-        index = ModuleIndex.build(self.kver, [(m.name, m.path, m.depends) for m in mods], alias_pairs,
-                                  [modname(p) for p in self.builtin_paths],
-                                  [(v, m) for m, k, v in self.builtin_modinfo if k == "alias"], config)
-        blob = index.dumps()
+        (dest / "modules.builtin.modinfo").write_bytes(
+            b"".join(f"{a.module}.alias={a.pattern}".encode() + b"\0" for a in self.builtins.aliases))
+        blob = dumps(build_index(self.kver, mods, self.builtins, read_config_dirs(config_dirs)))
         (dest / INDEX_NAME).write_bytes(blob)
-        return IndexReport(len(mods), len(alias_pairs), len(pcimap) - 1, tuple(unrepresentable), len(blob))
+        return IndexReport(len(mods), len(aliases), len(pcimap) - 1, tuple(unrepresentable), len(blob))
 
 
-def _astuple(m: Module) -> tuple:
-    return (m.name, m.path, m.depends, m.aliases, m.softdeps, m.firmware)
+def _merged_softdeps(m: Module) -> Module:
+    """The module with its softdep values merged into one: kmod honours only
+    the first matching softdep line, and a packed module needs all its
+    softdeps at boot."""
+    pre: list[str] = []
+    post: list[str] = []
+    for value in m.softdeps:
+        p, q = parse_softdep_value(value)
+        pre += [x for x in p if x not in pre]
+        post += [x for x in q if x not in post]
+    if not pre and not post:
+        return replace(m, softdeps=())
+    body = " ".join((["pre:", *pre] if pre else []) + (["post:", *post] if post else []))
+    return replace(m, softdeps=(body,))
 
 
-def _full_index(data: dict, kver: str, confs: list[tuple[str, str]] | None = None) -> ModuleIndex:
-    mods = data["modules"]
-    return ModuleIndex.build(
-        kver, [(m[0], m[1], m[2]) for m in mods], [(a, m[0]) for m in mods for a in m[3]],
-        [modname(p) for p in data["builtin"]],
-        [(v, m) for m, k, v in data["builtin_modinfo"] if k == "alias"],
-        [("modules.softdep", "".join(f"softdep {m[0]} {v}\n" for m in mods for v in m[4]))] + (confs or []))
-
-
-def _config_files(dirs: Iterable[Path]) -> list[tuple[str, str]]:
-    """(file name, text) of modprobe.d-style directories, kmod's rules: *.conf
-    and *.alias, the first directory wins a name."""
-    out: dict[str, str] = {}
-    for d in dirs:
-        d = Path(d)
-        if not d.is_dir():
-            continue
-        for p in sorted(d.iterdir()):
-            if p.name.startswith(".") or not p.name.endswith((".conf", ".alias")) or p.name in out:
-                continue
-            if p.is_file():
-                out[p.name] = p.read_text(errors="replace")
-    return sorted(out.items())
-
-
-def pcimap_lines(alias_pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[tuple[str, str]]]:
-    """modules.pcimap lines (header first) for the `pci:` aliases, and the
-    (alias, module) pairs the map cannot represent."""
-    lines = [PCIMAP_HEADER]
-    bad = []
-    for pattern, mod in alias_pairs:
-        if not pattern.startswith("pci:"):
-            continue
-        e = pci_entry(pattern)
-        if e is None:
-            bad.append((pattern, mod))
-            continue
-        lines.append("%-20s 0x%08x 0x%08x 0x%08x 0x%08x 0x%08x 0x%08x 0x0\n" % ((mod,) + e))
-    return lines, bad
+def _softdep_providers(index: ModuleIndex, modules: Iterable[Module]) -> dict[str, tuple[str, ...]]:
+    """Every module's softdep targets (all lines, pre and post) resolved
+    through kmod's lookup to module names (aliases give all providers)."""
+    out = {}
+    for m in modules:
+        names: list[str] = []
+        for value in m.softdeps:
+            pre, post = parse_softdep_value(value)
+            for target in pre + post:
+                names.extend(x for x in index.lookup(target) if x not in names)
+        if names:
+            out[m.name] = tuple(names)
+    return out

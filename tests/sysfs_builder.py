@@ -421,12 +421,12 @@ def _bench_main() -> None:
     import sys
     import tempfile
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from liveinit.kmodindex import ModuleIndex
     from packer.config import DEFAULT_CACHE
+    from packer.modindex import from_moddir
     from qemu.testkernel import fetch_kernel
     kernel = fetch_kernel()
     moddir = DEFAULT_CACHE / "depmod" / kernel.version / "lib" / "modules" / kernel.version
-    index = ModuleIndex.from_moddir(str(moddir))
+    index = from_moddir(str(moddir))
     data = Path(__file__).parent / "data" / "sysfs"
     with tempfile.TemporaryDirectory() as tmp:
         trees: dict[str, Path] = {}

@@ -11,10 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from liveinit import kmodindex as K
+from liveinit import modfile
 from liveinit.kmodindex import ModuleIndex
-from packer.errors import CommandError, main
+from packer import modindex as C
+from packer.cli import main
+from packer.errors import CommandError
 from packer.kernel import KernelTree
 from packer.kmod import GROUPS, ModuleTree, read_modinfo
 
@@ -81,7 +86,7 @@ def modaliases(depmod_dir: Path) -> list[str]:
     for f in sorted(SYSFS_DATA.rglob("modalias")):
         out.append(f.read_text().strip())
     rng = random.Random(20240611)
-    pats = [p for p, _m in K.parse_alias((depmod_dir / "modules.alias").read_text())]
+    pats = [a.pattern for a in C.parse_alias((depmod_dir / "modules.alias").read_text())]
     by_bus: dict[str, list[str]] = {}
     for p in pats:
         by_bus.setdefault(p.split(":", 1)[0], []).append(p)
@@ -94,9 +99,9 @@ def modaliases(depmod_dir: Path) -> list[str]:
                 i = rng.randrange(len(s))
                 out.append(s[:i] + rng.choice("0F_a-") + s[i + 1:])  # near misses
     # builtin modules and their aliases (modules.builtin, modules.builtin.modinfo)
-    out += K.parse_builtin((depmod_dir / "modules.builtin").read_text())
-    out += [v for _m, k, v in K.parse_builtin_modinfo((depmod_dir / "modules.builtin.modinfo").read_bytes())
-            if k == "alias"]
+    out += C.parse_builtin((depmod_dir / "modules.builtin").read_text())
+    out += [e.value for e in C.parse_builtin_modinfo((depmod_dir / "modules.builtin.modinfo").read_bytes())
+            if e.key == "alias"]
     for _ in range(40):  # well-formed PCI functions of every class
         out.append(K.pci_modalias(rng.choice([0x8086, 0x1AF4, 0x1000, 0x10DE, 0x1B36, 0x1022]),
                                   rng.randrange(0x10000), rng.choice([0x1AF4, 0x8086, 0]),
@@ -109,10 +114,11 @@ def modaliases(depmod_dir: Path) -> list[str]:
 def instantiate(pattern: str, rng: random.Random) -> str:
     """A concrete string for an alias pattern: wildcards filled with plausible values."""
     if pattern.startswith("pci:"):
-        e = K.pci_entry(pattern)
+        e = C.pci_entry(pattern)
         if e is not None:
-            ids = [rng.randrange(0x10000) if v == K.PCI_ANY else v for v in e[:4]]
-            cls = (e[4] & e[5]) | (rng.randrange(1 << 24) & ~e[5])
+            ids = [rng.randrange(0x10000) if v == K.PCI_ANY else v
+                   for v in (e.vendor, e.device, e.subvendor, e.subdevice)]
+            cls = (e.class_ & e.class_mask) | (rng.randrange(1 << 24) & ~e.class_mask)
             return K.pci_modalias(*ids, cls)
     out = []
     i = 0
@@ -197,10 +203,10 @@ def test_lookup_equals_modprobe_R(computed: ModuleTree, depmod_root: Path, depmo
                                   kernel: KernelTree, modaliases: list[str]) -> None:
     assert len(modaliases) >= 300
     expected = modprobe(depmod_root, kernel.version, ["-R"], modaliases)
-    from_text = ModuleIndex.from_moddir(str(depmod_dir))
+    from_text = C.from_moddir(depmod_dir)
     from_modinfo = computed.index()
     found = 0
-    for alias, exp in zip(modaliases, expected):
+    for alias, exp in zip(modaliases, expected, strict=True):
         want = set(exp)
         assert set(from_text.lookup(alias)) == want, alias
         assert set(from_modinfo.lookup(alias)) == want, alias
@@ -212,8 +218,8 @@ def test_lookup_equals_modprobe_R(computed: ModuleTree, depmod_root: Path, depmo
 def test_load_order_equals_modprobe_show_depends(computed: ModuleTree, depmod_root: Path, depmod_dir: Path,
                                                  kernel: KernelTree) -> None:
     expected = modprobe(depmod_root, kernel.version, ["--show-depends"], list(SHOW_DEPENDS))
-    from_text = ModuleIndex.from_moddir(str(depmod_dir))
-    for name, lines in zip(SHOW_DEPENDS, expected):
+    from_text = C.from_moddir(depmod_dir)
+    for name, lines in zip(SHOW_DEPENDS, expected, strict=True):
         insmods = [K.modname(line.split()[1]) for line in lines if line.startswith("insmod ")]
         want = list(dict.fromkeys(insmods))  # a dry run prints a module twice when two routes reach it
         assert name in want
@@ -230,16 +236,17 @@ def test_load_order_equals_modprobe_show_depends(computed: ModuleTree, depmod_ro
 def test_pcimap_agrees_with_alias_matching(computed: ModuleTree, depmod_root: Path, kernel: KernelTree,
                                            modaliases: list[str], tmp_path: Path) -> None:
     report = computed.write_index(tmp_path, computed.modules)
-    entries = K.parse_pcimap((tmp_path / "modules.pcimap").read_text())
+    entries = C.parse_pcimap((tmp_path / "modules.pcimap").read_text())
     assert len(entries) == report.pcimap_entries > 8000
     pci = [a for a in modaliases if K.parse_pci_modalias(a)]
     assert len(pci) >= 100
     expected = modprobe(depmod_root, kernel.version, ["-R"], pci)
     index = ModuleIndex.load(str(tmp_path / K.INDEX_NAME))
-    for alias, exp in zip(pci, expected):
+    for alias, exp in zip(pci, expected, strict=True):
         ids = K.parse_pci_modalias(alias)
-        from_map = {e[6] for e in entries if K.pci_match_entry(e, *ids)}
-        from_map |= {m for p, m in report.unrepresentable if K.fnmatch(K.normalize_alias(p), alias)}
+        from_map = {e.module for e in entries if K.pci_match_entry(e.ids, *ids)}
+        from_map |= {a.module for a in report.unrepresentable
+                     if K.fnmatch(K.normalize_alias(a.pattern) or "", alias)}
         assert from_map == set(exp), alias
         assert set(index.match_pci(*ids)) == set(exp) == set(index.match(alias)), alias
 
@@ -307,10 +314,10 @@ def packed(computed: ModuleTree, tmp_path_factory: pytest.TempPathFactory) -> tu
 def test_write_index_holds_exactly_the_packed_modules(computed: ModuleTree, packed: tuple[Path, set[str]],
                                                       tmp_path: Path) -> None:
     dest, names = packed
-    deps = K.parse_dep((dest / "modules.dep").read_text())
-    assert {d[0] for d in deps} == names
-    assert {m for _p, m in K.parse_alias((dest / "modules.alias").read_text())} <= names
-    assert len(K.parse_builtin((dest / "modules.builtin").read_text())) == len(computed.builtin)
+    deps = C.parse_dep((dest / "modules.dep").read_text())
+    assert {d.name for d in deps} == names
+    assert {a.module for a in C.parse_alias((dest / "modules.alias").read_text())} <= names
+    assert len(C.parse_builtin((dest / "modules.builtin").read_text())) == len(computed.builtin)
     header = (dest / "modules.pcimap").read_text().splitlines()[0]
     assert header.split() == ["#", "pci", "module", "vendor", "device", "subvendor", "subdevice", "class",
                               "class_mask", "driver_data"]
@@ -334,7 +341,7 @@ def _text_index(dest: Path) -> ModuleIndex:
     saved = blob.read_bytes()
     blob.unlink()
     try:
-        return ModuleIndex.from_moddir(str(dest))
+        return C.from_moddir(dest)
     finally:
         blob.write_bytes(saved)
 
@@ -396,7 +403,8 @@ def small_tree(computed: ModuleTree, kernel: KernelTree, tmp_path: Path) -> Path
     return moddir
 
 
-def test_compressed_modules_read_like_plain(computed: ModuleTree, small_tree: Path, tmp_path: Path) -> None:
+def test_compressed_modules_read_like_uncompressed(computed: ModuleTree, small_tree: Path,
+                                                   tmp_path: Path) -> None:
     tree = ModuleTree(small_tree, cache=tmp_path / "c")
     assert set(tree.modules) == set(SMALL)
     suffixes = {p.name.partition(".ko")[2] for p in small_tree.rglob("*.ko*")}
@@ -487,8 +495,8 @@ def test_load_order_of_every_packed_module_equals_modprobe(packed: tuple[Path, s
                                                           depmod_dir: Path, kernel: KernelTree) -> None:
     names = sorted(packed[1])
     expected = modprobe(depmod_root, kernel.version, ["--show-depends"], names)
-    from_text = ModuleIndex.from_moddir(str(depmod_dir))
-    for name, lines in zip(names, expected):
+    from_text = C.from_moddir(depmod_dir)
+    for name, lines in zip(names, expected, strict=True):
         want = list(dict.fromkeys(K.modname(line.split()[1]) for line in lines if line.startswith("insmod ")))
         assert from_text.load_order(name) == want, name
 
@@ -499,8 +507,8 @@ def test_cli_corrupt_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "not a readable module index" in capsys.readouterr().err
 
 
-def test_plain_modules_decompresses_every_kind_in_few_zstd_runs(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_uncompressed_modules_decompresses_every_kind_in_few_zstd_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from packer import kmod, tools
     payloads = {}
     files = []
@@ -517,18 +525,44 @@ def test_plain_modules_decompresses_every_kind_in_few_zstd_runs(tmp_path: Path,
             p.write_bytes(gzip.compress(raw))
         payloads[p] = raw
         files.append(p)
-    plain = tmp_path / "f" / "z.ko"
-    plain.parent.mkdir()
-    plain.write_bytes(b"plain")
+    ko = tmp_path / "f" / "z.ko"
+    ko.parent.mkdir()
+    ko.write_bytes(b"uncompressed")
     runs = []
     real_run = tools.run
-    monkeypatch.setattr(tools, "run", lambda argv, what, **kw: runs.append(argv) or real_run(argv, what, **kw))
-    out = kmod.plain_modules([*files, plain])
-    assert out == payloads                                   # plain .ko files are read where they are
+    monkeypatch.setattr(tools, "run",
+                        lambda argv, what, **kw: runs.append(argv) or real_run(argv, what, **kw))
+    out = kmod.uncompressed_modules([*files, ko])
+    assert out == payloads                                   # .ko files are read where they are
     assert len(runs) == 2                                    # dup.ko.zst twice: two zstd runs, not three
-    assert kmod.plain_name("kernel/fs/ext4/ext4.ko.zst") == "kernel/fs/ext4/ext4.ko"
-    assert kmod.plain_name("a/b.ko.xz") == "a/b.ko" and kmod.plain_name("a/b.ko") == "a/b.ko"
+    assert modfile.uncompressed_name("kernel/fs/ext4/ext4.ko.zst") == "kernel/fs/ext4/ext4.ko"
+    assert modfile.uncompressed_name("a/b.ko.xz") == "a/b.ko"
+    assert modfile.uncompressed_name("a/b.ko") == "a/b.ko"
     bad = tmp_path / "bad.ko.zst"
     bad.write_bytes(b"not zstd at all")
     with pytest.raises(CommandError, match=r"zstd failed to decompress 1 zstd-compressed kernel module"):
-        kmod.plain_modules([bad])
+        kmod.uncompressed_modules([bad])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=4096))
+def test_modfile_decompresses_what_xz_and_gzip_wrote(data: bytes) -> None:
+    """liveinit.modfile, the one decompressor of PID 1 and the packer: xz and gzip round trip."""
+    assert modfile.decompress("a/m.ko", data) == data
+    assert modfile.decompress("a/m.ko.xz", lzma.compress(data, check=lzma.CHECK_CRC32)) == data
+    assert modfile.decompress("a/m.ko.gz", gzip.compress(data)) == data
+
+
+def test_modfile_reports_what_it_cannot_read(tmp_path: Path) -> None:
+    with pytest.raises(modfile.ModuleFileError, match="zstd-compressed modules cannot be loaded at boot"):
+        modfile.decompress("m.ko.zst", b"\x28\xb5\x2f\xfd")
+    with pytest.raises(modfile.ModuleFileError, match="not a kernel module file name"):
+        modfile.decompress("m.o", b"")
+    truncated = tmp_path / "m.ko.xz"
+    truncated.write_bytes(lzma.compress(b"x" * 1000)[:-8])
+    with pytest.raises(modfile.ModuleFileError, match="end-of-stream"):
+        modfile.read_module(str(truncated))
+    (tmp_path / "m.ko.gz").write_bytes(b"not gzip")
+    with pytest.raises(CommandError, match=r"cannot read the module .*m\.ko\.gz"):
+        from packer import kmod
+        kmod.module_bytes(tmp_path / "m.ko.gz")

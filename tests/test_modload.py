@@ -15,6 +15,7 @@ import pytest
 from liveinit.cmdline import parse
 from liveinit.kmodindex import ModuleIndex
 from liveinit.modload import ModuleLoader
+from packer.modindex import dumps, from_moddir
 from sysfs_builder import KMOD_DIR, SysfsBuilder, link_kernel_modules, log_text, machine, quiet_log, write_moddir
 
 DEPS = {"ext4": ["jbd2", "mbcache", "crc16"], "jbd2": [], "mbcache": [], "crc16": [],
@@ -26,7 +27,7 @@ ALIASES = [("fs-ext4", "ext4"), ("crypto-crc32c", "crc32c_generic"), ("fs-iso966
 def setup(tmp_path: Path, cmdline: str = "", **kw):
     fail = kw.pop("fail", {})
     moddir = write_moddir(tmp_path, kw.pop("deps", DEPS), kw.pop("aliases", ALIASES), **kw)
-    index = ModuleIndex.from_moddir(str(moddir), (str(tmp_path / "etc" / "modprobe.d"),))
+    index = from_moddir(str(moddir), (str(tmp_path / "etc" / "modprobe.d"),))
     SysfsBuilder(tmp_path)
     m, sysc = machine(tmp_path, fail=fail)
     log = quiet_log()
@@ -165,7 +166,7 @@ def test_cpu_gating_on_the_debian_tree(depmod_root, kernel):
     """The real crc32c_intel is gated on SSE4.2 and crc32c_generic is not: a
     captured QEMU `-cpu max` guest fits it, the same CPU without SSE4.2 does not."""
     moddir = depmod_root / "lib" / "modules" / kernel.version
-    index = ModuleIndex.from_moddir(str(moddir))
+    index = from_moddir(str(moddir))
     assert "crc32c_intel" in index.cpu_gated and "crc32c_generic" not in index.cpu_gated
     assert "aesni_intel" in index.cpu_gated and "ext4" not in index.cpu_gated
     capture = Path(__file__).parent / "data" / "sysfs" / "virtio-blk" / "sys" / "devices" / "system" / "cpu"
@@ -175,7 +176,7 @@ def test_cpu_gating_on_the_debian_tree(depmod_root, kernel):
     assert not index.cpu_fits("crc32c_intel", cpu.replace(",0094,", ","))
     assert index.cpu_fits("crc32c_generic", cpu.replace(",0094,", ","))
     assert index.cpu_fits("crc32c_intel", "")   # unknown CPU: try it
-    assert ModuleIndex.loads(index.dumps()).cpu_gated == index.cpu_gated
+    assert ModuleIndex.loads(dumps(index)).cpu_gated == index.cpu_gated
 
 
 def modprobe_order(depmod_root: Path, kver: str, name: str, tmp_path: Path) -> list[str]:
@@ -193,7 +194,7 @@ def modprobe_order(depmod_root: Path, kver: str, name: str, tmp_path: Path) -> l
                                   "nvme", "isofs", "squashfs", "overlay", "xhci_pci", "btrfs"])
 def test_order_matches_kmod_on_the_debian_tree(name, tmp_path, depmod_root, kernel):
     moddir = depmod_root / "lib" / "modules" / kernel.version
-    index = ModuleIndex.from_moddir(str(moddir))
+    index = from_moddir(str(moddir))
     SysfsBuilder(tmp_path)
     kdir = link_kernel_modules(tmp_path, moddir, kernel.version)
     m, sysc = machine(tmp_path)

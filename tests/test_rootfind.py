@@ -15,9 +15,9 @@ from fakes import FakeSyscalls, FakeUevents
 from liveinit import blockdev, rootfind
 from liveinit.cmdline import parse
 from liveinit.emergency import BootFailure
-from liveinit.kmodindex import ModuleIndex
 from liveinit.machine import Machine
 from liveinit.modload import ModuleLoader
+from packer.modindex import from_moddir
 from sysfs_builder import KMOD_DIR, SysfsBuilder, quiet_log, write_moddir
 
 IMAGE = "live/filesystem.squashfs"
@@ -56,7 +56,7 @@ class World:
         moddir = write_moddir(tmp_path, {"ext4": [], "isofs": [], "vfat": [], "loop": [], "usb_storage": []},
                               [("fs-ext4", "ext4"), ("fs-iso9660", "isofs"), ("fs-vfat", "vfat"),
                                ("usb:v46F4p0001d*dc*dsc*dp*ic08isc06ip50in*", "usb_storage")])
-        self.index = ModuleIndex.from_moddir(str(moddir))
+        self.index = from_moddir(str(moddir))
         self.sysc = MediaSyscalls(str(tmp_path), self.media)
         self.m = Machine(str(tmp_path), self.sysc)
         self.log = quiet_log()
