@@ -28,12 +28,14 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from packer.compress import Compression
 from packer.errors import CommandError
-from packer.compress import METHODS as COMPRESSIONS
 
 # The cache of compiled pycs, module info, compressed segments and the lab's test kernel.
 DEFAULT_CACHE = Path(os.environ.get("LIVEINIT_CACHE", "/var/cache/liveinit"))
@@ -41,8 +43,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SKELETON = REPO_ROOT / "rootfs-skel"
 DEFAULT_PYTHON = Path("/usr/bin/python3")
 DEFAULT_OUTPUT = Path("initrd.img")
+AUTO = "auto"    # --compress: a codec per segment (packer.segments.AUTO_CODECS)
 UNIVERSAL_GROUPS = ("storage", "usb", "cdrom", "fs", "live", "keyboard")
 DEFAULT_PACKAGES: tuple[str, ...] = ()   # + whatever the runtime imports (see pyruntime)
+
+
+class Kind(StrEnum):
+    """What a setting's value is: its argparse action/type and its TOML type."""
+
+    STR = "str"
+    PATH = "path"
+    INT = "int"
+    BOOL = "bool"        # --name / --no-name
+    LIST = "list"        # comma-separated or repeated
+    CHOICE = "choice"    # one of Setting.choices
 
 
 @dataclass(frozen=True)
@@ -50,7 +64,7 @@ class Setting:
     """One pack setting: its flag `--name`, its TOML key `name`, its field."""
 
     name: str                      # flag without "--" and TOML key
-    kind: str                      # "str" | "path" | "int" | "bool" | "list" | "choice"
+    kind: Kind
     default: Any
     help: str
     short: str | None = None
@@ -86,45 +100,45 @@ def check_cmdline(text: str, flag: str = "--cmdline") -> None:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("output", "path", DEFAULT_OUTPUT, "where to write the initramfs", short="-o", metavar="FILE"),
-    Setting("kver", "str", None, "kernel version whose modules to pack (default: running kernel "
+    Setting("output", Kind.PATH, DEFAULT_OUTPUT, "where to write the initramfs", short="-o", metavar="FILE"),
+    Setting("kver", Kind.STR, None, "kernel version whose modules to pack (default: running kernel "
             "if /lib/modules/$(uname -r) exists, else the fetched test kernel)", metavar="VERSION"),
-    Setting("moddir", "path", None, "module directory lib/modules/KVER to pack from "
+    Setting("moddir", Kind.PATH, None, "module directory lib/modules/KVER to pack from "
             "(default: /lib/modules/KVER or the fetched test kernel's)", metavar="DIR"),
-    Setting("compress", "choice", "auto", "compression of every segment; auto: xz -9 for the kernel "
-            "and python segments (cached), zstd -19 for the runtime one", choices=("auto", *COMPRESSIONS)),
-    Setting("compress-level", "int", None, "compressor level for an explicit --compress method "
+    Setting("compress", Kind.CHOICE, AUTO, "compression of every segment; auto: xz -9 for the kernel "
+            "and python segments (cached), zstd -19 for the runtime one", choices=(AUTO, *Compression)),
+    Setting("compress-level", Kind.INT, None, "compressor level for an explicit --compress method "
             "(default: the method's own)", metavar="N"),
-    Setting("groups", "list", UNIVERSAL_GROUPS, "module groups to pack (comma-separated; "
+    Setting("groups", Kind.LIST, UNIVERSAL_GROUPS, "module groups to pack (comma-separated; "
             "ignored with --host-only)", metavar="GROUP,..."),
-    Setting("modules", "list", (), "extra modules: names or globs (e.g. 'nvme*', "
+    Setting("modules", Kind.LIST, (), "extra modules: names or globs (e.g. 'nvme*', "
             "'kernel/drivers/md/*'), comma-separated or repeated", metavar="MOD,..."),
-    Setting("firmware", "bool", True, "pack the firmware files the packed modules declare"),
-    Setting("files", "list", (), "extra files SRC[:DEST] (DEST defaults to SRC)", metavar="SRC[:DEST]"),
-    Setting("binaries", "list", (), "extra executables, packed with their ELF closure", metavar="PATH"),
-    Setting("skeleton", "path", DEFAULT_SKELETON, "directory copied as the image's static skeleton",
+    Setting("firmware", Kind.BOOL, True, "pack the firmware files the packed modules declare"),
+    Setting("files", Kind.LIST, (), "extra files SRC[:DEST] (DEST defaults to SRC)", metavar="SRC[:DEST]"),
+    Setting("binaries", Kind.LIST, (), "extra executables, packed with their ELF closure", metavar="PATH"),
+    Setting("skeleton", Kind.PATH, DEFAULT_SKELETON, "directory copied as the image's static skeleton",
             metavar="DIR"),
-    Setting("busybox", "bool", False, "pack the host's static /bin/busybox for the emergency shell "
+    Setting("busybox", Kind.BOOL, False, "pack the host's static /bin/busybox for the emergency shell "
             "(when present; adds ~0.5 MiB)"),
-    Setting("cmdline", "str", "", "default kernel command line baked into /init "
+    Setting("cmdline", Kind.STR, "", "default kernel command line baked into /init "
             "(the boot loader's cmdline overrides it)", metavar="TEXT"),
-    Setting("identity", "str", None, "identity string of the live medium (default: derived from "
+    Setting("identity", Kind.STR, None, "identity string of the live medium (default: derived from "
             "the build inputs)", metavar="ID"),
-    Setting("python", "path", DEFAULT_PYTHON, "interpreter to embed (resolved through symlinks)",
+    Setting("python", Kind.PATH, DEFAULT_PYTHON, "interpreter to embed (resolved through symlinks)",
             metavar="PATH"),
-    Setting("packages", "list", DEFAULT_PACKAGES, "third-party packages to embed, e.g. psutil,pyudev "
+    Setting("packages", Kind.LIST, DEFAULT_PACKAGES, "third-party packages to embed, e.g. psutil,pyudev "
             "(from --site-packages, the packer's venv, then the interpreter's; the ones the runtime "
             "imports are always embedded)", metavar="PKG,..."),
-    Setting("site-packages", "list", (), "extra directories searched first for --packages",
+    Setting("site-packages", Kind.LIST, (), "extra directories searched first for --packages",
             metavar="DIR"),
-    Setting("python-modules", "list", (), "extra stdlib modules to embed beyond the traced ones",
+    Setting("python-modules", Kind.LIST, (), "extra stdlib modules to embed beyond the traced ones",
             metavar="MOD,..."),
-    Setting("host-only", "bool", False, "pack only the drivers of the running machine "
+    Setting("host-only", Kind.BOOL, False, "pack only the drivers of the running machine "
             "(its modaliases, root device chain and root filesystem)"),
-    Setting("microcode", "bool", True, "prepend the host's CPU microcode as an early segment"),
-    Setting("source-date-epoch", "int", None, "clamp every mtime to this (default: "
+    Setting("microcode", Kind.BOOL, True, "prepend the host's CPU microcode as an early segment"),
+    Setting("source-date-epoch", Kind.INT, None, "clamp every mtime to this (default: "
             "$SOURCE_DATE_EPOCH, else 0)", metavar="SECONDS"),
-    Setting("cache", "path", None, "cache directory for compiled pycs, module info and compressed "
+    Setting("cache", Kind.PATH, None, "cache directory for compiled pycs, module info and compressed "
             "segments "
             "(default: $LIVEINIT_CACHE or /var/cache/liveinit)", metavar="DIR"),
 )
@@ -137,7 +151,7 @@ class PackConfig:
     output: Path = DEFAULT_OUTPUT
     kver: str | None = None
     moddir: Path | None = None
-    compress: str = "auto"
+    compress: str = AUTO
     compress_level: int | None = None
     groups: tuple[str, ...] = UNIVERSAL_GROUPS
     modules: tuple[str, ...] = ()
@@ -178,22 +192,22 @@ def _split_list(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting (defaults are None: unset flags don't override TOML)."""
+def add_arguments(parser: argparse.ArgumentParser, table: tuple[Setting, ...] = SETTINGS) -> None:
+    """Add one flag per setting of `table` (defaults are None: unset flags don't override TOML)."""
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML file whose keys are the flags' names (flags override it)")
-    for s in SETTINGS:
+    for s in table:
         names = [f"--{s.name}"] + ([s.short] if s.short else [])
         kw: dict[str, Any] = {"dest": s.field, "default": None, "help": s.help}
-        if s.kind == "bool":
+        if s.kind is Kind.BOOL:
             kw["action"] = argparse.BooleanOptionalAction
             kw["help"] += f" (default: {'on' if s.default else 'off'})"
-        elif s.kind == "list":
+        elif s.kind is Kind.LIST:
             kw["action"] = "append"
             kw["metavar"] = s.metavar
         else:
             kw["metavar"] = s.metavar
-            kw["type"] = {"int": int, "path": Path}.get(s.kind, str)
+            kw["type"] = {Kind.INT: int, Kind.PATH: Path}.get(s.kind, str)
             if s.choices:
                 kw["choices"] = s.choices
                 kw["metavar"] = None
@@ -201,16 +215,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(*names, **kw)
 
 
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "str": str, "path": Path, "int": int, "bool": bool, "choice": str,
-    "list": lambda v: _split_list([v] if isinstance(v, str) else list(v)),
+_CONVERT: dict[Kind, Callable[[Any], Any]] = {
+    Kind.STR: str, Kind.PATH: Path, Kind.INT: int, Kind.BOOL: bool, Kind.CHOICE: str,
+    Kind.LIST: lambda v: _split_list([v] if isinstance(v, str) else list(v)),
 }
-_TOML_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "path": (str,), "int": (int,), "bool": (bool,), "choice": (str,), "list": (str, list),
+_TOML_TYPES: dict[Kind, tuple[type, ...]] = {
+    Kind.STR: (str,), Kind.PATH: (str,), Kind.INT: (int,), Kind.BOOL: (bool,), Kind.CHOICE: (str,),
+    Kind.LIST: (str, list),
 }
 
 
-def load_toml(path: Path) -> dict[str, Any]:
+def load_toml(path: Path, table: tuple[Setting, ...] = SETTINGS) -> dict[str, Any]:
     """Read a config file into {field: value}; unknown keys and wrong types are errors."""
     try:
         data = tomllib.loads(path.read_text())
@@ -218,21 +233,21 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise CommandError(f"cannot read config file {path}: {e.strerror}", hint="check --config")
     except tomllib.TOMLDecodeError as e:
         raise CommandError(f"config file {path} is not valid TOML: {e}")
-    by_name = {s.name: s for s in SETTINGS}
+    by_name = {s.name: s for s in table}
     out: dict[str, Any] = {}
     for key, value in data.items():
         s = by_name.get(key)
         if s is None:
             raise CommandError(f"config file {path}: unknown key {key!r}",
-                               hint="keys are the flag names of `liveinit pack --help` without '--': "
+                               hint="keys are the command's flag names without '--': "
                                + ", ".join(sorted(by_name)))
-        if not isinstance(value, _TOML_TYPES[s.kind]) or (s.kind == "int" and isinstance(value, bool)):
+        if not isinstance(value, _TOML_TYPES[s.kind]) or (s.kind is Kind.INT and isinstance(value, bool)):
             raise CommandError(f"config file {path}: key {key!r} has the wrong type "
                                f"({type(value).__name__})", hint=f"expected {s.kind}")
         if s.choices and value not in s.choices:
             raise CommandError(f"config file {path}: {key} = {value!r} is not one of {', '.join(s.choices)}")
         out[s.field] = _CONVERT[s.kind](value)
-        if s.kind == "path" and key == "skeleton" and not out[s.field].is_absolute():
+        if s.kind is Kind.PATH and key == "skeleton" and not out[s.field].is_absolute():
             out[s.field] = path.parent / out[s.field]
     return out
 
@@ -249,8 +264,13 @@ def from_args(args: argparse.Namespace) -> PackConfig:
     return PackConfig(**values)
 
 
-def check_table() -> None:
-    """Assert SETTINGS and PackConfig describe the same fields (used by tests)."""
-    table = [s.field for s in SETTINGS]
-    dc = [f.name for f in fields(PackConfig)]
-    assert table == dc, (table, dc)
+def values(args: argparse.Namespace, table: tuple[Setting, ...]) -> dict[str, Any]:
+    """{field: value} for every setting of `table`: its default < the --config file < the flag."""
+    out: dict[str, Any] = {s.field: s.default for s in table}
+    if getattr(args, "config", None):
+        out.update(load_toml(args.config, table))
+    for s in table:
+        v = getattr(args, s.field, None)
+        if v is not None:
+            out[s.field] = _CONVERT[s.kind](v)
+    return out

@@ -32,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from packer.compress import Codec
+from packer.compress import Codec, Compression
+from packer.config import AUTO
+from packer.errors import CommandError
 
 KERNEL, PYTHON, RUNTIME = "kernel", "python", "runtime"
 ORDER = (KERNEL, PYTHON, RUNTIME)          # unpack order; the small one last
@@ -46,22 +48,21 @@ DIGEST_LEN = 32                            # each file: blob + sha256(blob)
 # the ELF-heavy python segment and costs 8% on modules. The runtime segment
 # changes on every edit, so it gets a fast, fast-to-unpack zstd.
 AUTO_CODECS: dict[str, Codec] = {
-    KERNEL: Codec("xz", 9),
-    PYTHON: Codec("xz", 9, extreme=True, x86=True),
-    RUNTIME: Codec("zstd", 19),
+    KERNEL: Codec(Compression.XZ, 9),
+    PYTHON: Codec(Compression.XZ, 9, extreme=True, x86=True),
+    RUNTIME: Codec(Compression.ZSTD, 19),
 }
 
 
 def codecs(method: str, level: int | None) -> dict[str, Codec]:
-    """Codec per segment: `auto` is AUTO_CODECS, any other method applies to all."""
-    if method == "auto":
+    """Codec per segment: `auto` is AUTO_CODECS, any Compression applies to all."""
+    if method == AUTO:
         if level is not None:
-            from packer.errors import CommandError
             raise CommandError("--compress-level needs an explicit --compress method",
                                hint="the auto profile sets a level per segment; e.g. --compress xz "
                                     "--compress-level 6")
         return dict(AUTO_CODECS)
-    return {name: Codec(method, level) for name in ORDER}
+    return {name: Codec(Compression(method), level) for name in ORDER}
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,15 @@ class SegmentInfo:
     seconds: float            # compression time (0 when cached)
 
 
-def _compressor_identity(method: str) -> str:
+def _compressor_identity(method: Compression) -> str:
     """What, besides the settings, decides the compressed bytes: the library or tool."""
-    if method == "xz":
+    if method is Compression.XZ:
         import lzma  # noqa: F401  (maps liblzma into this process)
         return _mapped("liblzma") or "liblzma?"
-    if method == "gzip":
+    if method is Compression.GZIP:
         import zlib
         return "zlib " + zlib.ZLIB_RUNTIME_VERSION
-    if method in ("zstd", "lz4"):
+    if method in (Compression.ZSTD, Compression.LZ4):
         tool = shutil.which(method)
         if tool is None:
             return f"{method}?"     # compress() says it is missing

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from packer.compress import METHODS, microcode_entries
+from packer.compress import Compression, microcode_entries
 from packer.cpio import ArchiveBuilder, image_bytes
 from packer.kernel import KernelTree
 from qemu import lab
 from qemu.lab import BootResult
+
+METHODS = tuple(Compression)
 
 BUSYBOX = Path("/bin/busybox")
 BOOT_TIMEOUT = 120.0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import subprocess
 import tempfile
 import tracemalloc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from hypothesis import strategies as st
 
 from packer import cli
 from packer.cmd_archive import extract, format_entry
-from packer.compress import METHODS, compress
+from packer.compress import Compression, compress
 from packer.cpio import ArchiveBuilder, ArchiveError, flatten, image_bytes, read_archive
+
+METHODS = tuple(Compression)
 
 IS_ROOT = os.geteuid() == 0
 NODE_KINDS = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
@@ -445,34 +448,156 @@ def test_a_cut_image_names_the_entry_its_offsets_and_where_the_data_ends() -> No
         assert "cut short" in e.value.hint
 
 
-VALID = _simple({"bin/sh": b"#!" * 40, "etc/hostname": b"live\n"})
+def _offsets(data: bytes) -> list[tuple[int, int, int, int, str]]:
+    """(header, name end, data start, data end, name) of each entry of an
+    uncompressed archive, decoded independently of the reader."""
+    out, pos = [], 0
+    while True:
+        size, namesize = int(data[pos + 54:pos + 62], 16), int(data[pos + 94:pos + 102], 16)
+        name_end = pos + 110 + namesize
+        dpos = name_end + (-name_end % 4)
+        name = data[pos + 110:name_end - 1].decode()
+        out.append((pos, name_end, dpos, dpos + size, name))
+        if name == "TRAILER!!!":
+            return out
+        pos = dpos + size + (-size % 4)
+
+
+def _flat(segs: list) -> list[tuple]:
+    return [(s.compression, s.offset, e.name, e.mode, e.ino, e.nlink, e.mtime, e.data, e.target)
+            for s in segs for e in s.entries]
+
+
+def _offsets_named(message: str) -> list[int]:
+    return [int(w) for w in re.findall(r"offset (\d+)", message)]
+
+
+def _error(data: bytes) -> str:
+    with pytest.raises(ArchiveError) as e:
+        read_archive(data)
+    return str(e.value)
+
+
+VALID = _simple({"bin/sh": b"#!" * 40, "etc/hostname": b"live\n", "usr/empty": b""})
 VALID_COMPRESSED = {m: compress(VALID, m) for m in METHODS}
+LAYOUT = _offsets(VALID)
+_MAGICS = [b"", b"070701", b"070702", b"070707", b"\x1f\x8b\x08\x00", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd",
+           b"\x02\x21\x4c\x18", b"\x04\x22\x4d\x18", b"BZh", b"\x89LZO"]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=400))
-def test_reader_survives_random_bytes(data: bytes) -> None:
-    try:
-        read_archive(data)
-    except ArchiveError:
-        pass
+@given(st.integers(0, 9), st.sampled_from(_MAGICS), st.binary(max_size=400))
+def test_junk_is_refused_naming_where_it_starts(zeros: int, magic: bytes, junk: bytes) -> None:
+    """Junk after zero padding (behind any magic): an ArchiveError naming the
+    offset where the first non-zero byte is, or saying the image is empty."""
+    data = b"\0" * zeros + magic + junk
+    msg = _error(data)
+    start = next((i for i, b in enumerate(data) if b), None)
+    if start is None:
+        assert "empty" in msg
+    elif start % 4 and data[start:start + 6] in (b"070701", b"070702"):
+        assert f"cpio archive at offset {start} is not 4-byte aligned" == msg
+    else:
+        assert f"offset {start}" in msg, msg
+
+
+def test_every_cut_of_an_archive_names_the_entry_or_offset_where_it_ends() -> None:
+    """Cut anywhere: the reader says which entry (by name and header offset) or
+    which offset the data ends in; cut after the trailer it reads everything."""
+    whole = _flat(read_archive(VALID))
+    for cut in range(len(VALID) + 1):
+        data = VALID[:cut]
+        head, name_end, dpos, dend, name = next(e for e in reversed(LAYOUT) if e[0] <= max(cut - 1, 0))
+        if cut == 0:
+            assert "empty" in _error(data)
+        elif name == "TRAILER!!!" and cut >= dpos:
+            assert _flat(read_archive(data)) == whole, cut
+        elif cut == head:
+            assert f"ends at offset {cut} without its TRAILER!!! entry" in _error(data), cut
+        elif cut < head + 6:                        # part of a magic: not a header
+            assert f"offset {head}" in _error(data), cut
+        elif cut < head + 110:
+            assert f"truncated cpio header at offset {head}:" in _error(data), cut
+        elif cut < name_end:
+            assert f"the name of the cpio entry at offset {head} is truncated" in _error(data), cut
+        elif cut < dend or cut < dpos:
+            msg = _error(data)
+            assert f"cpio entry {name!r} (header at offset {head}) is truncated" in msg, (cut, msg)
+            assert f"the data ends at offset {cut}" in msg
+        else:                                       # in the padding after an entry's data
+            assert f"ends at offset {cut} without its TRAILER!!! entry" in _error(data), cut
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, len(VALID) - 1), st.integers(0, 255))
+def test_one_changed_byte_of_an_archive(at: int, value: int) -> None:
+    """A byte changed anywhere in an uncompressed archive: in an entry's data the
+    entry reads back with exactly that byte changed; in padding nothing changes;
+    a header field that stops being hex, or a broken magic, is an error naming
+    the entry's header offset; a field that stays hex changes only that entry
+    (or is an error naming an offset)."""
+    data = bytearray(VALID)
+    old, data[at] = data[at], value
+    whole = read_archive(VALID)[0].entries
+    k, (head, name_end, dpos, dend, name) = next(
+        (i, e) for i, e in reversed(list(enumerate(LAYOUT))) if e[0] <= at)
+    after = LAYOUT[k + 1][0] if k + 1 < len(LAYOUT) else len(VALID)
+    if value == old or (name_end <= at < dpos) or (dend <= at < after and name != "TRAILER!!!"):
+        assert read_archive(bytes(data))[0].entries == whole     # the same byte, or padding
+    elif dpos <= at < dend:
+        got = read_archive(bytes(data))[0].entries
+        assert got[:k] == whole[:k] and got[k + 1:] == whole[k + 1:]
+        changed = bytearray(whole[k].data)
+        changed[at - dpos] = value
+        assert got[k].data == bytes(changed) and got[k].name == name
+    elif at < head + 6:              # a broken magic (zeroed bytes before it are skipped)
+        assert head <= _offsets_named(_error(bytes(data)))[0] <= at + 1
+    elif at < head + 110 and not chr(value).isalnum():
+        assert f"bad cpio header at offset {head}: field" in _error(bytes(data))
+    else:            # a hex digit in a header field, a byte of a name, the zeros after the trailer
+        try:
+            got = read_archive(bytes(data))[0].entries
+        except ArchiveError as e:
+            assert "offset" in str(e)
+        else:
+            assert got[:k] == whole[:k]
+            if 6 <= at - head < 110 and (at - head - 6) // 8 not in (6, 11):   # not filesize, namesize
+                assert len(got) == len(whole) and got[k + 1:] == whole[k + 1:]
 
 
 @pytest.mark.timeout(120)
-@settings(max_examples=250, deadline=None)
-@given(st.sampled_from(METHODS), st.data())
-def test_reader_survives_corrupted_archives(method: str, data: st.DataObject) -> None:
-    blob = bytearray(VALID_COMPRESSED[method])
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["gzip", "xz", "zstd"]), st.data())
+def test_corrupted_checksummed_streams_read_back_exactly_or_are_refused(method: str,
+                                                                      data: st.DataObject) -> None:
+    """gzip, xz and zstd streams carry a checksum: a corrupted or cut stream reads
+    back as the original entries (a byte no decoder looks at) or is an
+    ArchiveError naming the stream's offset, never anything else."""
+    early = _simple({"kernel/x86/microcode/GenuineIntel.bin": b"ucode"})
+    stream = VALID_COMPRESSED[method]
+    blob = bytearray(early + stream)
     for _ in range(data.draw(st.integers(1, 4))):
-        i = data.draw(st.integers(0, len(blob) - 1))
+        i = data.draw(st.integers(len(early), len(blob) - 1))
         blob[i] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(blob)))
+    cut = data.draw(st.integers(len(early) + 1, len(blob)) | st.just(len(blob)))
     try:
-        for seg in read_archive(bytes(blob[:cut])):
-            for e in seg.entries:
-                assert isinstance(e.name, str) and len(e.data) == e.size
-    except ArchiveError:
-        pass
+        segs = read_archive(bytes(blob[:cut]))
+    except ArchiveError as e:
+        assert _offsets_named(str(e))[0] >= len(early), str(e)
+    else:
+        rest = blob[len(early):cut]
+        if any(rest):
+            assert _flat(segs[1:]) == _flat([replace(read_archive(stream)[0], offset=len(early))])
+        else:                                       # nothing but zeros (padding) is left
+            assert _flat(segs) == _flat(read_archive(early))
+
+
+def test_an_empty_compressed_stream_is_refused() -> None:
+    for method, stream in (("lz4", b"\x02\x21\x4c\x18"), ("lz4", b"\x02\x21\x4c\x18" + bytes(12)),
+                           ("gzip", compress(b"", "gzip")), ("xz", compress(bytes(64), "xz"))):
+        assert _error(_simple({"a": b"1"}) + stream) == (
+            f"the {method} stream at offset 512 holds no cpio archive "
+            f"({0 if method != 'xz' else 64} bytes after decompression, all zero)")
 
 
 # -- the commands -----------------------------------------------------------
