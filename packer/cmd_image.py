@@ -19,8 +19,9 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--identity", help="identity string of the medium (default: the one in "
                         "--initrd's /init, else derived from the squashfs and the kernel version); "
                         "required for an --initrd that is not a liveinit initramfs")
-    parser.add_argument("--compression", choices=image.COMPRESSIONS, default="zstd",
-                        help="squashfs compression (default zstd)")
+    parser.add_argument("--compression", choices=list(image.SquashfsCompression),
+                        default=image.SquashfsCompression.ZSTD,
+                        help=f"squashfs compression (default {image.SquashfsCompression.ZSTD})")
     parser.add_argument("--label", default=image.DEFAULT_LABEL, help="ISO volume label")
     parser.add_argument("--cmdline", default="", help="extra kernel parameters for every menu entry")
     parser.add_argument("--console", default=image.DEFAULT_CONSOLE,

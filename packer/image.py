@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from liveinit.contract import ID_FILE, INITRD_FILE, KERNEL_FILE, LIVE_IMAGE
@@ -31,7 +32,17 @@ INITRD_PATH = INITRD_FILE.lstrip("/")
 EFI_IMAGE_PATH = "boot/grub/efi.img"
 GRUB_CFG_PATH = "boot/grub/grub.cfg"
 
-COMPRESSIONS = ("zstd", "xz", "gzip", "lz4")
+
+
+class SquashfsCompression(StrEnum):
+    """mksquashfs -comp methods the live image may use (zstd first: the default)."""
+
+    ZSTD = "zstd"
+    XZ = "xz"
+    GZIP = "gzip"
+    LZ4 = "lz4"
+
+
 # Contents excluded, directories kept: the runtime mounts over them.
 DEFAULT_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
 DEFAULT_LABEL = "LIVEINIT"
@@ -95,7 +106,7 @@ def _env(epoch: int) -> dict[str, str]:
     return {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
 
 
-def build_squashfs(root: Path, output: Path, compression: str = "zstd",
+def build_squashfs(root: Path, output: Path, compression: str = SquashfsCompression.ZSTD,
                    excludes: tuple[str, ...] = DEFAULT_EXCLUDES, all_root: bool = False,
                    epoch: int | None = None) -> Path:
     """mksquashfs `root` into `output`, reproducibly (same tree -> same bytes).
@@ -103,9 +114,9 @@ def build_squashfs(root: Path, output: Path, compression: str = "zstd",
     Owners and groups are kept (setgid-shadow tools, /var/mail, the journal
     need theirs); `all_root` makes every file root's, for a tree built by an
     unprivileged user whose uid means nothing on the live system."""
-    if compression not in COMPRESSIONS:
+    if compression not in set(SquashfsCompression):
         raise CommandError(f"unknown squashfs compression {compression!r}",
-                           hint="choose one of " + ", ".join(COMPRESSIONS))
+                           hint="choose one of " + ", ".join(SquashfsCompression))
     if not (root / "sbin" / "init").exists() and not (root / "sbin" / "init").is_symlink():
         raise CommandError(f"{root} has no /sbin/init: not a root filesystem",
                            hint="use `liveinit demo-root DIR` or debootstrap to make one")
@@ -290,7 +301,8 @@ def build_iso(tree: Path, output: Path, label: str, epoch: int) -> Path:
 
 
 def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | None = None,
-                identity: str | None = None, compression: str = "zstd", label: str = DEFAULT_LABEL,
+                identity: str | None = None, compression: str = SquashfsCompression.ZSTD,
+                label: str = DEFAULT_LABEL,
                 cmdline: str = "", console: str = DEFAULT_CONSOLE, all_root: bool = False,
                 workdir: Path | None = None) -> ImageResult:
     """Build a bootable hybrid live ISO of `root` at `output`.

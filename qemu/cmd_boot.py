@@ -38,7 +38,7 @@ def list_profiles() -> str:
     rows = [f"{'profile':<14} {'machine':<7} {'firmware':<8} description"]
     for name in profiles.names():
         p = profiles.profile(name)
-        rows.append(f"{name:<14} {p.storage.machine:<7} {p.firmware.name:<8} {p.storage.description}"
+        rows.append(f"{name:<14} {p.storage.machine:<7} {p.firmware:<8} {p.storage.description}"
                     + ("" if p.direct else f"; {p.firmware.description}"))
     return "\n".join(rows)
 

@@ -23,7 +23,7 @@ from liveinit.contract import DEMO_OK, DEMO_POWEROFF
 from packer.config import DEFAULT_CACHE
 from packer.kernel import KernelTree
 from qemu import console
-from qemu.profiles import OVMF_VARS, UEFI, Profile, profile as get_profile
+from qemu.profiles import OVMF_VARS, Firmware, Profile, profile as get_profile
 
 QEMU = "qemu-system-x86_64"
 DEFAULT_SUCCESS = re.escape(DEMO_OK)
@@ -267,7 +267,7 @@ def command(prof: Profile, image: Path | None, work: Path, log: Path | None, ker
     cmd = [QEMU, "-nodefaults", "-no-reboot", "-m", str(memory), "-smp", "1"]
     cmd += accel_args if accel_args is not None else ["-accel", "tcg", "-cpu", "max"]
     vars_copy = None
-    if prof.firmware.name == UEFI:
+    if prof.firmware is Firmware.UEFI:
         vars_copy = work / "OVMF_VARS.fd"
         shutil.copyfile(OVMF_VARS, vars_copy)
     if image is not None:

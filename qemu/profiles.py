@@ -8,13 +8,12 @@ firmware's own seconds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
 
-DIRECT, BIOS, UEFI = "direct", "bios", "uefi"
-FIRMWARES = (DIRECT, BIOS, UEFI)
 
 
 @dataclass(frozen=True)
@@ -43,21 +42,32 @@ class Storage:
         return out
 
 
-@dataclass(frozen=True)
-class Firmware:
+class Firmware(StrEnum):
     """What starts the kernel: QEMU itself (direct), SeaBIOS or OVMF."""
 
-    name: str
-    description: str
+    DIRECT = "direct"
+    BIOS = "bios"
+    UEFI = "uefi"
+
+    @property
+    def description(self) -> str:
+        return FIRMWARE_DESCRIPTIONS[self]
 
     def args(self, vars_copy: Path | None = None) -> list[str]:
         """Firmware arguments; UEFI needs a writable copy of OVMF_VARS.fd."""
-        if self.name != UEFI:
+        if self is not Firmware.UEFI:
             return []  # SeaBIOS is QEMU's default; direct boot adds -kernel later
         if vars_copy is None:
             raise ValueError("UEFI boots need a writable copy of OVMF_VARS.fd")
         return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+
+
+FIRMWARE_DESCRIPTIONS: dict[Firmware, str] = {
+    Firmware.DIRECT: "QEMU loads the kernel and initramfs (-kernel/-initrd/-append)",
+    Firmware.BIOS: "SeaBIOS boots the medium (isolinux)",
+    Firmware.UEFI: "OVMF boots the medium (GRUB from the EFI system partition)",
+}
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,7 @@ class Profile:
 
     @property
     def direct(self) -> bool:
-        return self.firmware.name == DIRECT
+        return self.firmware is Firmware.DIRECT
 
     def args(self, image: Path, vars_copy: Path | None = None) -> list[str]:
         """Machine, firmware and medium arguments (no accel, memory, console, kernel)."""
@@ -106,33 +116,28 @@ STORAGES: dict[str, Storage] = {s.name: s for s in (
             drivers=("sdhci_pci", "mmc_block")),
 )}
 
-FIRMWARE: dict[str, Firmware] = {f.name: f for f in (
-    Firmware(DIRECT, "QEMU loads the kernel and initramfs (-kernel/-initrd/-append)"),
-    Firmware(BIOS, "SeaBIOS boots the medium (isolinux)"),
-    Firmware(UEFI, "OVMF boots the medium (GRUB from the EFI system partition)"),
-)}
-
 # Firmware boots worth a name of their own.
-NAMED: dict[str, tuple[str, str]] = {
-    "bios-cd": ("ide-cd", BIOS),
-    "bios-usb": ("usb-ehci", BIOS),
-    "uefi-cd": ("ahci-cd", UEFI),
-    "uefi-usb": ("usb-xhci", UEFI),
+NAMED: dict[str, tuple[str, Firmware]] = {
+    "bios-cd": ("ide-cd", Firmware.BIOS),
+    "bios-usb": ("usb-ehci", Firmware.BIOS),
+    "uefi-cd": ("ahci-cd", Firmware.UEFI),
+    "uefi-usb": ("usb-xhci", Firmware.UEFI),
 }
 
 
 def profile(name: str) -> Profile:
     """Resolve a profile name; raises KeyError naming the valid choices."""
+    fw: str
     if name in NAMED:
         storage, fw = NAMED[name]
     elif "+" in name:
         storage, fw = name.split("+", 1)
     else:
-        storage, fw = name, DIRECT
-    if storage not in STORAGES or fw not in FIRMWARE:
+        storage, fw = name, Firmware.DIRECT
+    if storage not in STORAGES or fw not in set(Firmware):
         raise KeyError(f"unknown profile {name!r}; choose one of {', '.join(names())} "
-                       f"or STORAGE+FIRMWARE ({'|'.join(FIRMWARES)})")
-    return Profile(name, STORAGES[storage], FIRMWARE[fw])
+                       f"or STORAGE+FIRMWARE ({'|'.join(Firmware)})")
+    return Profile(name, STORAGES[storage], Firmware(fw))
 
 
 def names() -> list[str]:

@@ -49,7 +49,7 @@ def test_profile_names_resolve() -> None:
     p = profiles.profile("nvme")
     assert p.direct and p.storage.name == "nvme"
     p = profiles.profile("nvme+uefi")
-    assert p.firmware.name == profiles.UEFI and p.storage.name == "nvme"
+    assert p.firmware is profiles.Firmware.UEFI and p.storage.name == "nvme"
     assert profiles.profile("bios-usb").storage.name.startswith("usb-")
     with pytest.raises(KeyError, match="ide-cd"):
         profiles.profile("floppy")
@@ -67,12 +67,12 @@ def test_storage_args(tmp_path: Path) -> None:
 
 
 def test_firmware_args(tmp_path: Path) -> None:
-    assert profiles.FIRMWARE["bios"].args() == []
-    uefi = profiles.FIRMWARE["uefi"].args(tmp_path / "vars.fd")
+    assert profiles.Firmware.BIOS.args() == []
+    uefi = profiles.Firmware.UEFI.args(tmp_path / "vars.fd")
     assert f"file={profiles.OVMF_CODE}" in uefi[1] and "readonly=on" in uefi[1]
     assert uefi[3].endswith(f"file={tmp_path / 'vars.fd'}")
     with pytest.raises(ValueError):
-        profiles.FIRMWARE["uefi"].args(None)
+        profiles.Firmware.UEFI.args(None)
 
 
 def test_direct_command_line(tmp_path: Path) -> None:
