@@ -21,8 +21,8 @@ LIVE_MODULES = ("loop", "squashfs", "overlay", "isofs")
 
 
 @dataclass(frozen=True)
-class HostProfile:
-    """What the running machine needs to find its root."""
+class HostScan:
+    """What the running machine needs to find its root: the host scan."""
 
     modaliases: tuple[str, ...]     # every device's MODALIAS, sorted, unique
     root_device: str                # e.g. /dev/vda
@@ -77,7 +77,7 @@ def _from_mount_dev(ctx: object) -> object | None:
         return None
 
 
-def probe_host() -> HostProfile:
+def scan_host() -> HostScan:
     """Collect the running machine's modaliases and root device chain."""
     import pyudev
     try:
@@ -97,7 +97,7 @@ def probe_host() -> HostProfile:
                            hint="--host-only cannot follow this root (overlay/network/container?); "
                            "pack the universal image instead")
     drivers, root_aliases = _driver_chain(root, set())
-    return HostProfile(modaliases=tuple(aliases), root_device=device, root_fstype=fstype,
+    return HostScan(modaliases=tuple(aliases), root_device=device, root_fstype=fstype,
                        root_drivers=tuple(dict.fromkeys(drivers)),
                        root_modaliases=tuple(dict.fromkeys(root_aliases)))
 
@@ -106,18 +106,18 @@ def _normal(name: str) -> str:
     return name.replace("-", "_")
 
 
-def host_modules(tree: object, profile: HostProfile, live: bool = True) -> set[str]:
+def host_modules(tree: object, scan: HostScan, live: bool = True) -> set[str]:
     """Module names (before closure) the image needs on this machine.
 
     `tree` is a packer.kmod.ModuleTree; names it does not have (built-in
     drivers, drivers of another kernel) are skipped."""
     names: set[str] = set()
     available = {_normal(n) for n in tree.select(globs=("*",))}  # type: ignore[attr-defined]
-    names |= match_modaliases(tree, profile.modaliases)
-    for d in profile.root_drivers:
+    names |= match_modaliases(tree, scan.modaliases)
+    for d in scan.root_drivers:
         if _normal(d) in available:
             names.add(_normal(d))
-    fs = _normal(profile.root_fstype)
+    fs = _normal(scan.root_fstype)
     if fs in available:
         names.add(fs)
     if live:

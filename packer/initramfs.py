@@ -223,10 +223,10 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
     tree = ModuleTree(moddir, cache=(cfg.cache / "kmod") if cfg.cache else None)
     if cfg.host_only:
         from packer import hostonly
-        profile = hostonly.probe_host()
-        rep.debug(f"host-only: root {profile.root_device} ({profile.root_fstype}), "
-                  f"chain {', '.join(profile.root_drivers)}, {len(profile.modaliases)} modaliases")
-        wanted = hostonly.host_modules(tree, profile)
+        scan = hostonly.scan_host()
+        rep.debug(f"host-only: root {scan.root_device} ({scan.root_fstype}), "
+                  f"chain {', '.join(scan.root_drivers)}, {len(scan.modaliases)} modaliases")
+        wanted = hostonly.host_modules(tree, scan)
     else:
         wanted = set(tree.select(groups=cfg.groups))
     names, globs = _split_modules(cfg.modules)

@@ -33,21 +33,21 @@ def _sys_modaliases() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def profile() -> hostonly.HostProfile:
-    return hostonly.probe_host()
+def scan() -> hostonly.HostScan:
+    return hostonly.scan_host()
 
 
-def test_root_filesystem_matches_proc_mounts(profile: hostonly.HostProfile) -> None:
-    assert (profile.root_device, profile.root_fstype) == _proc_root()
+def test_root_filesystem_matches_proc_mounts(scan: hostonly.HostScan) -> None:
+    assert (scan.root_device, scan.root_fstype) == _proc_root()
 
 
-def test_modaliases_match_sysfs(profile: hostonly.HostProfile) -> None:
+def test_modaliases_match_sysfs(scan: hostonly.HostScan) -> None:
     # udev's MODALIAS property is the sysfs modalias file of each device.
-    assert set(profile.modaliases) == _sys_modaliases()
+    assert set(scan.modaliases) == _sys_modaliases()
 
 
-def test_root_chain_walks_up_to_the_bus_driver(profile: hostonly.HostProfile) -> None:
-    dev = Path("/sys/class/block") / Path(profile.root_device).name
+def test_root_chain_walks_up_to_the_bus_driver(scan: hostonly.HostScan) -> None:
+    dev = Path("/sys/class/block") / Path(scan.root_device).name
     expected = []
     p = dev.resolve()
     while p != Path("/sys/devices"):
@@ -56,35 +56,35 @@ def test_root_chain_walks_up_to_the_bus_driver(profile: hostonly.HostProfile) ->
             expected.append(os.path.basename(os.readlink(drv)))
         p = p.parent
     assert expected, "the root device has no driver in its parents"
-    assert [d for d in profile.root_drivers if d in expected] == expected
-    if profile.root_device.startswith("/dev/vd"):
-        assert "virtio_blk" in profile.root_drivers
+    assert [d for d in scan.root_drivers if d in expected] == expected
+    if scan.root_device.startswith("/dev/vd"):
+        assert "virtio_blk" in scan.root_drivers
 
 
 @pytest.mark.slow
-def test_host_only_module_set_is_a_small_subset(profile: hostonly.HostProfile, kernel: KernelTree,
+def test_host_only_module_set_is_a_small_subset(scan: hostonly.HostScan, kernel: KernelTree,
                                                 tmp_path: Path) -> None:
     from packer.kmod import ModuleTree
     tree = ModuleTree(kernel.moddir)
     universal = tree.closure(tree.select(groups=("storage", "usb", "cdrom", "fs", "live", "keyboard")))
-    mods = tree.closure(hostonly.host_modules(tree, profile))
-    assert profile.root_fstype in mods
+    mods = tree.closure(hostonly.host_modules(tree, scan))
+    assert scan.root_fstype in mods
     assert "virtio_blk" in mods and "virtio_pci" in mods
     assert {"loop", "squashfs", "overlay"} <= mods
     assert len(mods) < len(universal) / 4, (len(mods), len(universal))
 
 
 def test_root_found_by_device_number_when_the_mount_source_has_no_node(
-        monkeypatch: pytest.MonkeyPatch, profile: hostonly.HostProfile) -> None:
+        monkeypatch: pytest.MonkeyPatch, scan: hostonly.HostScan) -> None:
     # Some systems show "/dev/root" in /proc/mounts: fall back to st_dev of /.
-    monkeypatch.setattr(hostonly, "root_filesystem", lambda mountpoint="/": ("/dev/root", profile.root_fstype))
-    other = hostonly.probe_host()
-    assert other.root_drivers == profile.root_drivers
+    monkeypatch.setattr(hostonly, "root_filesystem", lambda mountpoint="/": ("/dev/root", scan.root_fstype))
+    other = hostonly.scan_host()
+    assert other.root_drivers == scan.root_drivers
 
 
 def test_unfollowable_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hostonly, "root_filesystem", lambda mountpoint="/": ("overlay", "overlay"))
     monkeypatch.setattr(hostonly, "_from_mount_dev", lambda ctx: None)
     with pytest.raises(hostonly.CommandError, match="overlay") as e:
-        hostonly.probe_host()
+        hostonly.scan_host()
     assert "universal" in e.value.hint
