@@ -6,6 +6,7 @@ Each subcommand lives in its own module, imported only when used, so that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -21,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("packer.cmd_archive", "extract an initramfs image into a directory"),
     "probe": ("packer.cmd_probe", "identify a block device or image file, like blkid -p"),
     "image": ("packer.cmd_image", "build a bootable live ISO / USB image from a root directory"),
+    "usb": ("packer.cmd_usb", "write a live USB stick (or disk image) that BIOS and UEFI boot"),
     "demo-root": ("qemu.demoroot", "build the small embedded demo root"),
     "boot": ("qemu.cmd_boot", "boot an image in the QEMU boot lab"),
     "fetch-kernel": ("qemu.testkernel", "fetch and unpack the Debian test kernel into the cache"),
@@ -63,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # `liveinit ls IMAGE | head`: the reader left; not an error of ours.
-        try:
+        with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
         return 0
 
 

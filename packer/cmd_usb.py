@@ -1,0 +1,183 @@
+"""`liveinit usb SOURCE TARGET`: write a live stick (or a disk image file) that BIOS and UEFI boot.
+
+SOURCE is a root directory (packed as `liveinit image` packs it) or an ISO that
+`liveinit image` made; TARGET a block device or an image file. See packer/usb.py
+for the layout, packer/blockdev_host.py for the checks before a device is written."""
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from packer import blockdev_host, config, image, usb
+from packer.config import Kind
+
+BOOT_LOADERS = 2 << 20   # syslinux, GRUB EFI and their menus on the FAT, rounded up
+from packer.errors import CommandError
+from packer.progress import human
+
+# Settings that may come from a TOML config file too (one table feeds both, as for
+# `pack`); --force and --yes never do: consent to erase a disk is given on the
+# command line, each time.
+SETTINGS: tuple[config.Setting, ...] = (
+    config.Setting("size", Kind.STR, None, "create TARGET as an image file of this size (e.g. 2G)",
+                   metavar="SIZE"),
+    config.Setting("label", Kind.STR, None, "FAT volume label, up to 11 of A-Z 0-9 _ - "
+                   "(default: the ISO's label)", metavar="LABEL"),
+    config.Setting("persistence", Kind.STR, None, "an ext4 persistence partition of SIZE, or 'rest' of "
+                   "the stick", metavar="SIZE|rest"),
+    config.Setting("persistence-file", Kind.STR, None, f"an ext4 persistence image {usb.PERSISTENCE_IMAGE} "
+                   "of SIZE on the FAT", metavar="SIZE"),
+    config.Setting("fat-size", Kind.STR, None, "size of the FAT partition (default: the whole stick, or "
+                   f"what persistence leaves; with --persistence rest, the live files + "
+                   f"{usb.FAT_FREE // usb.MIB} MiB)", metavar="SIZE"),
+    config.Setting("menu-entry", Kind.LIST, (), "an extra boot menu entry 'TITLE=kernel parameters' "
+                   "(repeatable)", metavar="'TITLE=PARAMS'"),
+    config.Setting("cmdline", Kind.STR, "", "extra kernel parameters for every menu entry", metavar="TEXT"),
+    config.Setting("console", Kind.STR, image.DEFAULT_CONSOLE, "console parameters (ROOT source)",
+                   metavar="TEXT"),
+    config.Setting("compression", Kind.CHOICE, image.SquashfsCompression.ZSTD.value,
+                   "squashfs compression (ROOT source)", choices=tuple(image.SquashfsCompression)),
+    config.Setting("kernel-root", Kind.PATH, None, "unpacked kernel package (ROOT source, as `liveinit "
+                   "image`)", metavar="DIR"),
+    config.Setting("initrd", Kind.PATH, None, "prebuilt initramfs (ROOT source, as `liveinit image`)",
+                   metavar="FILE"),
+    config.Setting("identity", Kind.STR, None, "identity string (ROOT source, as `liveinit image`)",
+                   metavar="ID"),
+    config.Setting("all-root", Kind.BOOL, False, "make every file in the squashfs owned by root "
+                   "(ROOT source)"),
+    config.Setting("workdir", Kind.PATH, None, "directory for scratch files (the FAT is built there "
+                   "first, as big as the files on it)", metavar="DIR"),
+)
+
+
+def configure(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("source", type=Path, help="root directory, or an ISO made by `liveinit image`")
+    parser.add_argument("target", type=Path, help="block device (a USB stick) or image file")
+    config.add_arguments(parser, SETTINGS)
+    parser.add_argument("--force", action="store_true",
+                        help="write a disk that is not removable (never one that is mounted or in use)")
+    parser.add_argument("--yes", action="store_true", help="do not ask to type the device name")
+
+
+def confirm(path: str, disk: blockdev_host.DiskInfo, ask: Callable[[str], str],
+            say: Callable[[str], None]) -> bool:
+    """Show what is on the disk and ask the user to type its name."""
+    say(f"liveinit usb will ERASE everything on {path}:")
+    for line in blockdev_host.describe(disk, path):
+        say("  " + line)
+    answer = ask(f"Type the device name ({disk.name}) to write it, anything else to stop: ").strip()
+    return answer in (disk.name, f"/dev/{disk.name}", path)
+
+
+def check_device(path: Path, force: bool, yes: bool, ask: Callable[[str], str] = input,
+                 say: Callable[[str], None] = print, sys_root: Path = blockdev_host.SYS,
+                 proc: Path = blockdev_host.PROC) -> blockdev_host.DiskInfo:
+    """Refuse a device in use (mounted, root, swap, held) or fixed (without --force); confirm."""
+    name = blockdev_host.disk_name(path, sys_root)
+    disk = blockdev_host.inspect_disk(name, sys_root)
+    state = blockdev_host.host_state(proc)
+    hard = blockdev_host.refusals(disk, state)
+    if hard:
+        raise CommandError(f"refusing to write {path}: " + "; ".join(hard),
+                           hint="unmount it (and swapoff) first, or choose the stick's own device")
+    soft = blockdev_host.needs_force(disk)
+    if soft and not force:
+        raise CommandError(f"refusing to write {path}: " + "; ".join(soft),
+                           hint="check `lsblk -o NAME,SIZE,RM,TRAN,MODEL`; --force writes it anyway")
+    if not yes:
+        if not sys.stdin.isatty() and ask is input:
+            raise CommandError(f"writing {path} needs a confirmation and stdin is not a terminal",
+                               hint="pass --yes once you are sure it is the right device")
+        if not confirm(str(path), disk, ask, say):
+            raise CommandError(f"not confirmed: {path} left untouched")
+    return disk
+
+
+def check_target(target: Path, size: int | None, force: bool, yes: bool,
+                 say: Callable[[str], None]) -> None:
+    """Before minutes of building: is TARGET a device we may write (confirmed), or a usable file?"""
+    if target.exists() and stat.S_ISBLK(os.stat(target).st_mode):
+        check_device(target, force, yes, say=say)
+        return
+    if target.exists():
+        if not target.is_file():
+            raise CommandError(f"{target} is neither a block device nor a regular file")
+        why = blockdev_host.file_refusals(target, blockdev_host.host_state())
+        if why:
+            raise CommandError(f"refusing to write {target}: " + "; ".join(why))
+        if size is not None and size != target.stat().st_size:
+            raise CommandError(f"{target} exists ({human(target.stat().st_size)}) and --size asks for "
+                               f"{human(size)}", hint="remove the file first, or drop --size to write it as is")
+    elif size is None:
+        raise CommandError(f"{target} does not exist", hint="pass --size SIZE to create an image file")
+
+
+def _kernel(root: Path | None) -> image.KernelTree:
+    # the kernel `liveinit image` would take
+    from packer.cmd_image import _kernel as image_kernel
+    return image_kernel(root)
+
+
+def run(args: argparse.Namespace) -> int:
+    v = config.values(args, SETTINGS)
+    say: Callable[[str], None] = (lambda s: None) if args.quiet else print
+    t0 = time.monotonic()
+    target: Path = args.target
+    source: Path = args.source
+    if v["persistence"] and v["persistence_file"]:
+        raise CommandError("--persistence and --persistence-file exclude each other",
+                           hint="a partition (--persistence) or a file on the FAT (--persistence-file)")
+    persist: int | str | None = None
+    if v["persistence"]:
+        persist = "rest" if v["persistence"] == "rest" else usb.parse_size(v["persistence"], "--persistence")
+    pfile = usb.parse_size(v["persistence_file"], "--persistence-file") if v["persistence_file"] else None
+    fat_size = usb.parse_size(v["fat_size"], "--fat-size") if v["fat_size"] else None
+    size = usb.parse_size(v["size"], "--size") if v["size"] else None
+    entries = image.MENU + tuple(image.menu_entry(spec, i) for i, spec in enumerate(v["menu_entry"], 1))
+    if not source.exists():
+        raise CommandError(f"{source} does not exist", hint="give a root directory or an ISO file")
+    check_target(target, size, args.force, args.yes, say)
+
+    with usb.scratch_dir(v["workdir"]) as tmp:
+        work = Path(tmp)
+        # the live files, exactly as `liveinit image` puts them on its ISO
+        if source.is_dir():
+            say(f"packing {source} as `liveinit image` does...")
+            result = image.build_image(source, work / "live.iso", _kernel(v["kernel_root"]), initrd=v["initrd"],
+                                       identity=v["identity"], compression=v["compression"],
+                                       label=v["label"] or image.DEFAULT_LABEL, cmdline=v["cmdline"],
+                                       console=v["console"], all_root=v["all_root"], workdir=work)
+            live = usb.live_files_from_iso(result.iso, work)
+            base = live.cmdline
+        else:
+            live = usb.live_files_from_iso(source, work)
+            base = " ".join(filter(None, (live.cmdline, v["cmdline"])))
+        label = usb.check_label(v["label"] or live.label)
+
+        disk_size = size if size is not None else usb.target_size(target)
+        sizes = [f.stat().st_size for f in live.files] + [BOOT_LOADERS] + ([pfile] if pfile else [])
+        layout = usb.plan(disk_size, usb.fat_needed(sizes), fat_size, persist)
+        cmdline = " ".join(filter(None, (base, usb.persistence_arg(layout, pfile))))
+        config.check_cmdline(cmdline)
+        if size is not None and not target.exists():
+            with target.open("xb") as f:
+                f.truncate(size)
+
+        say(f"building the FAT32 file system '{label}' ({human(layout.fat.size)})...")
+        fat = usb.build_fat(work, layout.fat, live, label, cmdline, entries, pfile,
+                            epoch=config.source_date_epoch())
+        mbr = usb.mbr_sector(layout, usb.disk_id_for(live.identity), work)
+        regions = usb.write_stick(target, layout, fat, mbr, say=say)
+    say(f"{target}: written and verified ({human(sum(r.length for r in regions))} read back, sha256 equal) "
+        f"in {time.monotonic() - t0:.1f} s; label={label} identity={live.identity}")
+    say(f"  partition 1: FAT32 {human(layout.fat.size)}: live files, syslinux (BIOS), GRUB (UEFI)")
+    if layout.persistence is not None:
+        say(f"  partition 2: ext4 '{usb.PERSISTENCE_LABEL}' {human(layout.persistence.size)} (persistence)")
+    elif pfile:
+        say(f"  persistence: {usb.PERSISTENCE_IMAGE} ({human(pfile)}) on the FAT")
+    return 0
