@@ -20,13 +20,20 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO
 
+from packer.compress import (
+    CPIO_MAGICS,
+    CompressionError,
+    compress,
+    decompress_stream,
+    describe_unknown,
+    detect,
+)
 from packer.errors import CommandError
-from packer.compress import (CPIO_MAGICS, CompressionError, compress, decompress_stream, describe_unknown,
-                             detect)
 
 NEWC_MAGIC = b"070701"
 CRC_MAGIC = b"070702"
@@ -474,10 +481,15 @@ def read_archive(data: bytes) -> list[Segment]:
                 segments.append(Segment("none", pos, entries))
             continue
         try:
-            entries = [e for archive in parse_cpio(plain, 0) for e in archive]
+            archives = parse_cpio(plain, 0)
         except ArchiveError as e:
             raise ArchiveError(f"in the {method} segment at offset {pos} (offsets after decompression): "
                                f"{e}", hint=e.hint) from None
+        if not archives:
+            raise ArchiveError(f"the {method} stream at offset {pos} holds no cpio archive "
+                               f"({len(plain)} bytes after decompression, all zero)",
+                               hint="the image is corrupt or truncated")
+        entries = [e for archive in archives for e in archive]
         segments.append(Segment(method, pos, entries))
     if not segments:
         raise ArchiveError("the image is empty (no cpio archive in it)")
