@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from packer import cli
 from packer.cmd_archive import extract, format_entry
-from packer.compress import METHODS, compress
+from packer.compress import Compression, compress
 from packer.cpio import ArchiveBuilder, ArchiveError, flatten, image_bytes, read_archive
+
+METHODS = tuple(Compression)
 
 IS_ROOT = os.geteuid() == 0
 NODE_KINDS = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
