@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("packer.cmd_probe", "identify a block device or image file, like blkid -p"),
     "image": ("packer.cmd_image", "build a bootable live ISO / USB image from a root directory"),
     "usb": ("packer.cmd_usb", "write a live USB stick (or disk image) that BIOS and UEFI boot"),
+    "wraith": ("packer.cmd_wraith", "list the files and directories written since boot, by top directory"),
     "demo-root": ("qemu.demoroot", "build the small embedded demo root"),
     "boot": ("qemu.cmd_boot", "boot an image in the QEMU boot lab"),
     "fetch-kernel": ("qemu.testkernel", "fetch and unpack the Debian test kernel into the cache"),
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # `liveinit ls IMAGE | head`: the reader left; not an error of ours.
         with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (stdout for the rest of the process)
         return 0
 
 
