@@ -43,11 +43,14 @@ HINT = "check the URL (root=live:... or fetch=) and that the HTTP server is runn
 
 
 def _new_sha256() -> _Hash:
-    # _sha256 costs 0.7 ms to import, hashlib (OpenSSL) 4.4 ms natively.
+    # The interpreter's own SHA-256, not hashlib: hashlib pulls OpenSSL's
+    # libcrypto (4.7 MB) into every image. Measured under QEMU TCG: 8.8 MiB/s
+    # against OpenSSL's 21.8 MiB/s (and 218 ms to load it); natively 280 MB/s,
+    # above gigabit Ethernet's line rate.
     try:
-        from _sha256 import sha256
-    except ImportError:       # Python >= 3.12
-        from hashlib import sha256
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        from _sha2 import sha256  # Python >= 3.12
     return sha256()
 
 
