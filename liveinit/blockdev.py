@@ -10,6 +10,11 @@ import os
 
 from liveinit.plain import Plain
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from liveinit.fsprobe import PartitionTable
+    from liveinit.machine import Machine
+
 CLASS_BLOCK = "/sys/class/block"
 SYS_BLOCK = "/sys/block"
 DEV = "/dev"
@@ -71,10 +76,10 @@ def _device(name: str, path: str, disk: str | None) -> BlockDevice | None:
     return BlockDevice(name=name, major=major, minor=minor, size=size, removable=removable,
                        readonly=_read(path + "/ro") == "1", partition=is_part,
                        disk=disk if is_part else name,
-                       partno=int(partno) if is_part and partno.isdigit() else 0)
+                       partno=int(partno) if partno is not None and partno.isdigit() else 0)
 
 
-def scan(m) -> list[BlockDevice]:
+def scan(m: Machine) -> list[BlockDevice]:
     """Every usable disk and partition, sorted by name."""
     found: list[BlockDevice] = []
     base = m.path(CLASS_BLOCK)
@@ -103,7 +108,7 @@ def scan(m) -> list[BlockDevice]:
     return found
 
 
-def node(m, dev: BlockDevice) -> str:
+def node(m: Machine, dev: BlockDevice) -> str:
     """/dev/NAME (as seen by the machine), created with mknod when missing."""
     path = DEV + "/" + dev.name
     if not os.path.exists(m.path(path)):
@@ -111,7 +116,7 @@ def node(m, dev: BlockDevice) -> str:
     return path
 
 
-def identify(m, dev: BlockDevice) -> dict[str, str]:
+def identify(m: Machine, dev: BlockDevice) -> dict[str, str]:
     """fsprobe's blkid-style keys for the device, with PARTUUID/PARTLABEL for partitions."""
     from liveinit import fsprobe
     path = m.path(node(m, dev))
@@ -129,7 +134,7 @@ def identify(m, dev: BlockDevice) -> dict[str, str]:
     return info
 
 
-def _partition_entry(m, dev: BlockDevice) -> dict[str, str]:
+def _partition_entry(m: Machine, dev: BlockDevice) -> dict[str, str]:
     """PARTUUID/PARTLABEL of `dev` from its disk's partition table."""
     from liveinit import fsprobe
     path = DEV + "/" + dev.disk
@@ -148,7 +153,7 @@ def _partition_entry(m, dev: BlockDevice) -> dict[str, str]:
     return partition_keys(table, dev.partno)
 
 
-def partition_keys(table, partno: int) -> dict[str, str]:
+def partition_keys(table: PartitionTable, partno: int) -> dict[str, str]:
     """PARTUUID/PARTLABEL for partition number `partno` of a fsprobe.PartitionTable."""
     for p in table.partitions:
         if p.number == partno:

@@ -350,9 +350,8 @@ def _fat_geometry(bs: bytes) -> tuple[int, int] | None:
             break
     if not magic_len:
         return None
-    if magic_len <= 2:
-        if bs[510:512] != b"\x55\xaa" or bs[0x36:0x3E] in (b"JFS     ", b"HPFS    "):
-            return None
+    if magic_len <= 2 and (bs[510:512] != b"\x55\xaa" or bs[0x36:0x3E] in (b"JFS     ", b"HPFS    ")):
+        return None
     cluster_size, reserved, fats = bs[13], _unpack_from("<H", bs, 14)[0], bs[16]
     media = bs[21]
     if not fats or not reserved or not (media >= 0xF8 or media == 0xF0) or not _pow2(cluster_size):
@@ -623,7 +622,7 @@ def _probe_udf(dev: _Dev) -> dict[str, str] | None:
             udf_cs = _udf_charset_ok(vd[200:264])
             if "VOLUME_ID" not in vals and udf_cs:
                 v = _udf_id_label(vd[24:56])
-                if v is not False and v is not None:
+                if isinstance(v, str):
                     vals["VOLUME_ID"] = v
             if "UUID" not in vals and udf_cs:
                 u = _udf_uuid(vd[72:200])
@@ -631,7 +630,7 @@ def _probe_udf(dev: _Dev) -> dict[str, str] | None:
                     vals["UUID"] = u
             if "VOLUME_SET_ID" not in vals and udf_cs:
                 v = _udf_id_label(vd[72:200])
-                if v is not False and v is not None:
+                if isinstance(v, str):
                     vals["VOLUME_SET_ID"] = v
             if "APPLICATION_ID" not in vals:
                 app = _cstr(vd[345:368])
@@ -646,9 +645,8 @@ def _probe_udf(dev: _Dev) -> dict[str, str] | None:
                     if v is not None:
                         vals["APPLICATION_ID"] = v
         elif tag == 6:
-            if not lvid_len or not lvid_loc:
-                if _unpack_from("<I", vd, 268)[0]:
-                    lvid_len, lvid_loc = _unpack_from("<II", vd, 432)
+            if (not lvid_len or not lvid_loc) and _unpack_from("<I", vd, 268)[0]:
+                lvid_len, lvid_loc = _unpack_from("<II", vd, 432)
             if not udf_rev and _cstr(vd[217:240]) == b"*OSTA UDF Compliant":
                 udf_rev = _unpack_from("<H", vd, 240)[0]
             if ("LABEL" not in vals or "LOGICAL_VOLUME_ID" not in vals) and _udf_charset_ok(vd[20:84]):
@@ -661,7 +659,7 @@ def _probe_udf(dev: _Dev) -> dict[str, str] | None:
                             vals["LABEL"] = _dec(lab)
                     if "LOGICAL_VOLUME_ID" not in vals:
                         v = _udf_id_label(vd[84:212])
-                        if v:
+                        if isinstance(v, str) and v:
                             vals["LOGICAL_VOLUME_ID"] = v
         if all(k in vals for k in keys) and lvid_len and lvid_loc:
             break
@@ -745,10 +743,10 @@ def _iso_field(d: dict[str, str], key: str, pvd: bytes, jol: bytes | None, off: 
         return
     ascii_empty = _is_str_empty(p) or p[0] == 0x5F
     uni_empty = j is None or _is_utf16be_empty(j) or (j[0] == 0 and j[1] == 0x5F)
-    merged = _merge_utf16be_ascii(j, p) if not uni_empty and not ascii_empty else None
+    merged = _merge_utf16be_ascii(j, p) if j is not None and not uni_empty and not ascii_empty else None
     if merged is not None:
         _put(d, key, _utf16_id_label(merged, True))
-    elif not uni_empty:
+    elif j is not None and not uni_empty:
         _put(d, key, _utf16_id_label(j, True))
     elif not ascii_empty:
         _put(d, key, _id_label(p))
@@ -773,9 +771,9 @@ def _probe_iso9660(dev: _Dev) -> dict[str, str] | None:
         hs = dev.read(ISO_VD_START, 72)
         if hs is None or hs[9:14] != b"CDROM":
             return None
-        d = {"BLOCK_SIZE": str(ISO_SECTOR), "VERSION": "High Sierra"}
-        _put(d, "LABEL", _label(hs[40:72]))
-        return d
+        sierra = {"BLOCK_SIZE": str(ISO_SECTOR), "VERSION": "High Sierra"}
+        _put(sierra, "LABEL", _label(hs[40:72]))
+        return sierra
     boot = pvd = jol = None
     off = ISO_VD_START
     for _ in range(16):
@@ -789,9 +787,8 @@ def _probe_iso9660(dev: _Dev) -> dict[str, str] | None:
             boot = desc
         elif pvd is None and desc[0] == 1:
             pvd = desc
-        elif jol is None and desc[0] == 2:
-            if desc[88:91] in (b"%/@", b"%/C", b"%/E"):
-                jol = desc
+        elif jol is None and desc[0] == 2 and desc[88:91] in (b"%/@", b"%/C", b"%/E"):
+            jol = desc
     if pvd is None:
         return None
     d: dict[str, str] = {"BLOCK_SIZE": str(ISO_SECTOR)}
@@ -1032,7 +1029,7 @@ def _dos_table(dev: _Dev) -> PartitionTable | None:
         if size:
             add(i + 1, boot, ptype, start * ssf, size * ssf)
     number = 5
-    for boot, ptype, start, size in ents:
+    for _boot, ptype, start, size in ents:
         if not size or ptype not in MBR_EXTENDED:
             continue
         ex_start, ex_size = start * ssf, size * ssf
@@ -1059,7 +1056,7 @@ def _dos_table(dev: _Dev) -> PartitionTable | None:
                 add(number, lboot, ltype, abs_start, lsize)
                 number += 1
                 empty = 0
-            for lboot, ltype, lstart, lsize in lents:
+            for _lboot, ltype, lstart, lsize in lents:
                 if lsize and ltype in MBR_EXTENDED:
                     if lstart == 0:
                         lents = []
@@ -1152,7 +1149,7 @@ def _probe_dev(dev: _Dev, wholedisk: bool) -> dict[str, str]:
         return {}
     if table is True:
         sb["PTTYPE"] = "PMBR"
-    elif table is not None:
+    elif isinstance(table, PartitionTable):
         if table.uuid:
             sb["PTUUID"] = table.uuid
         sb["PTTYPE"] = table.type

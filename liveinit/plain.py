@@ -9,21 +9,25 @@ defaults in `_defaults`; it gets positional and keyword construction, `==`,
 as dataclasses' FrozenInstanceError does)."""
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from typing import Any, Self
+
 
 class Plain:
     """Immutable record: fields are `__slots__`, defaults `_defaults`
     (name -> value, or name -> zero-argument factory in `_factories`)."""
 
-    __slots__ = ()
-    _defaults: dict = {}
-    _factories: dict = {}
+    __slots__: tuple[str, ...] = ()
+    _defaults: dict[str, Any] = {}
+    _factories: dict[str, Any] = {}
 
-    def __init__(self, *args, **kwargs) -> None:
-        names = self.__slots__
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        names: tuple[str, ...] = self.__slots__
         if len(args) > len(names):
             raise TypeError(f"{type(self).__name__}() takes {len(names)} arguments, got {len(args)}")
         setter = object.__setattr__
-        for name, value in zip(names, args):
+        for name, value in zip(names, args, strict=False):
             setter(self, name, value)
         for name in names[len(args):]:
             if name in kwargs:
@@ -39,7 +43,7 @@ class Plain:
             why = "got multiple values for" if bad in names else "got an unexpected keyword argument"
             raise TypeError(f"{type(self).__name__}() {why} {bad!r}")
 
-    def _values(self) -> tuple:
+    def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, n) for n in self.__slots__)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -60,10 +64,10 @@ class Plain:
         inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
         return f"{type(self).__name__}({inner})"
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Self], tuple[Any, ...]]:
         return (type(self), self._values())
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> Self:
         """A copy with some fields changed (dataclasses.replace)."""
         values = {n: getattr(self, n) for n in self.__slots__}
         values.update(changes)

@@ -5,10 +5,13 @@ runs (USB storage, scsi disks found by an asynchronous host scan, their
 partitions) are not missed; `poll` returns them as dicts."""
 from __future__ import annotations
 
-import select
-
 # _socket, not socket: socket.py pulls in enum, which costs at boot.
 import _socket as socket
+import select
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from liveinit.machine import Machine
 
 NETLINK_KOBJECT_UEVENT = 15
 KERNEL_GROUP = 1            # kernel broadcasts; udevd's re-broadcasts are group 2
@@ -37,7 +40,7 @@ def parse(data: bytes) -> dict[str, str] | None:
 class UeventListener:
     """An AF_NETLINK/NETLINK_KOBJECT_UEVENT socket bound to the kernel group."""
 
-    def __init__(self, m=None) -> None:
+    def __init__(self, m: Machine | None = None) -> None:
         self.m = m
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                           NETLINK_KOBJECT_UEVENT)
