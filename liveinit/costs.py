@@ -1,5 +1,5 @@
-"""Where the boot's time goes, by kind of work: the boot record's `profile`
-and one console line at hand-over.
+"""Where the boot's time goes, by kind of work: the boot record's `costs`
+and one console line at hand-over (contract.COSTS_LINE).
 
 Each kind sums its calls from every thread. Work is measured in the calling
 thread's CPU time (user + kernel): the boot VM may have one CPU, and the
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from typing import Any
+
 LOADS = "module loads"
 MOUNTS = "mounts"
 WAITS = "device waits"
@@ -23,7 +27,7 @@ SYSCALL_KINDS = {"finit_module": LOADS, "init_module": LOADS,
 WALL = frozenset((WAITS,))   # the kinds measured in wall time; the others in thread CPU time
 
 
-class Profile:
+class Costs:
     """Durations by kind. `add` may be called from any thread."""
 
     __slots__ = ("spent",)
@@ -52,32 +56,32 @@ class Profile:
         order = {k: i for i, k in enumerate(KINDS)}
         return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
 
-    def line(self) -> str:
-        """'module loads 402 ms (11), mounts 31 ms (6), ...'"""
+    def summary(self) -> str:
+        """'module loads 402 ms (11), mounts 31 ms (6), ...' (the COSTS_LINE's summary)"""
         return ", ".join(f"{k} {ms:.0f} ms ({n})" for k, (n, ms) in self.totals().items())
 
 
 class Timed:
-    """The syscalls object, its calls in SYSCALL_KINDS timed into a Profile;
+    """The syscalls object, its calls in SYSCALL_KINDS timed into a Costs;
     every other attribute is the wrapped object's own."""
 
-    __slots__ = ("_sys", "_profile")
+    __slots__ = ("_sys", "_costs")
 
-    def __init__(self, sys: object, profile: Profile) -> None:
+    def __init__(self, sys: object, costs: Costs) -> None:
         self._sys = sys
-        self._profile = profile
+        self._costs = costs
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         attr = getattr(self._sys, name)
         kind = SYSCALL_KINDS.get(name)
         if kind is None:
             return attr
-        profile = self._profile
+        costs = self._costs
 
-        def timed(*args, **kwargs):
-            begun = profile.begin(kind)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            begun = costs.begin(kind)
             try:
                 return attr(*args, **kwargs)
             finally:
-                profile.end(kind, begun)
+                costs.end(kind, begun)
         return timed

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 import os
 
+from liveinit.contract import FAILED_LINE, HINT_LINE, SHELL_LINE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from liveinit.log import Log
+    from liveinit.machine import Machine
+
 SHELLS = ("/bin/busybox", "/bin/sh", "/usr/bin/busybox")
 
 
@@ -17,14 +24,14 @@ class BootFailure(Exception):
         self.hint = hint
 
 
-def report(log, failure: BootFailure) -> None:
+def report(log: Log, failure: BootFailure) -> None:
     """Print the contract lines `FAILED: <message>` and `hint: <hint>`."""
-    log.error(f"FAILED: {failure.message}")
+    log.error(FAILED_LINE.format(message=failure.message))
     if failure.hint:
-        log.error(f"hint: {failure.hint}")
+        log.error(HINT_LINE.format(hint=failure.hint))
 
 
-def unexpected(stage: str, exc: BaseException, debug: bool = False) -> BootFailure:
+def unexpected(stage: str, exc: BaseException) -> BootFailure:
     """A BootFailure for an exception nobody expected (a bug, or a very odd machine)."""
     where = ""
     tb = exc.__traceback__
@@ -37,7 +44,7 @@ def unexpected(stage: str, exc: BaseException, debug: bool = False) -> BootFailu
         "kernel command line for more detail and report the lines above")
 
 
-def run_shell(m, banner: str) -> None:
+def run_shell(m: Machine, banner: str) -> None:
     """An interactive shell on the console; returns when the user leaves it.
 
     busybox/sh from the image, else Python's `code.interact` (imported only
@@ -79,9 +86,9 @@ def _spawn(path: str, argv: list[str]) -> None:
             continue
 
 
-def shell(m, log, why: str) -> None:
+def shell(m: Machine, log: Log, why: str) -> None:
     """Announce and open the emergency (or break-point) shell; never raises."""
-    log.emit(3, "emergency shell" if not why.startswith("break") else f"{why}: shell", True)
+    log.emit(3, SHELL_LINE if not why.startswith("break") else f"{why}: shell", True)
     if why.startswith("break"):
         log.info("leave the shell to continue booting")
     else:

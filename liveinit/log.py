@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 import sys
 
-PREFIX = "liveinit: "
+from liveinit.contract import COSTS_LINE, PREFIX, STAGE_LINE, STARTING_LINE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from typing import TextIO
+
 KMSG = "/dev/kmsg"
 KMSG_MAX = 900          # the kernel truncates a record around 1 KiB
 INFO, WARN, ERR, DEBUG = 6, 4, 3, 7
@@ -20,7 +25,7 @@ INFO, WARN, ERR, DEBUG = 6, 4, 3, 7
 class Log:
     """Where boot messages go. `lines` keeps warnings and errors for the record."""
 
-    def __init__(self, quiet: bool = False, debug: bool = False, out=None) -> None:
+    def __init__(self, quiet: bool = False, debug: bool = False, out: TextIO | None = None) -> None:
         self.quiet = quiet
         self.verbose = debug
         self.out = out
@@ -104,10 +109,13 @@ class Log:
     __call__ = info
 
     def stage(self, name: str, ms: float) -> None:
-        self.info(f"stage {name} {ms:.0f} ms")
+        self.info(STAGE_LINE.format(name=name, ms=ms))
+
+    def costs(self, summary: str) -> None:
+        self.info(COSTS_LINE.format(summary=summary))
 
     def starting(self, init: str, ms: float) -> None:
-        self.info(f"starting {init} after {ms:.0f} ms")
+        self.info(STARTING_LINE.format(init=init, ms=ms))
 
 
 def _read(path: str) -> str | None:

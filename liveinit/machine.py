@@ -4,28 +4,45 @@ Every path the runtime reads or creates under /sys, /proc, /dev, /run (and
 the new root) goes through `Machine.path`, and every syscall through
 `Machine.sys`. At boot `root` is "/" and `sys` is `syscalls.Linux()`; in
 tests `root` is a fake tree and `sys` a recording fake. Either way `sys`
-is seen through `profile.Timed`, which adds the time of module loads and
-mounts to `Machine.profile`."""
+is seen through `costs.Timed`, which adds the time of module loads and
+mounts to `Machine.costs`."""
 from __future__ import annotations
 
 import os
 
-from liveinit.profile import Profile, Timed
+from liveinit.costs import Costs, Timed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from typing import Any
 
 
 class Machine:
-    """A root prefix for the filesystem, the syscalls object and the profile
-    of the time spent on the machine."""
+    """A root prefix for the filesystem, the syscalls object and the costs
+    of the time spent on the machine.
 
-    __slots__ = ("root", "sys", "profile")
+    `sys` is duck-typed: `syscalls.Linux`, a test fake, or a proxy over either
+    (`with_sys`); its methods are those of `syscalls.Linux`."""
+
+    __slots__ = ("root", "sys", "costs")
+    root: str
+    sys: Any
+    costs: Costs
 
     def __init__(self, root: str = "/", sys: object = None) -> None:
         if sys is None:
             from liveinit.syscalls import Linux
             sys = Linux()
         self.root = root.rstrip("/") or "/"
-        self.profile = Profile()
-        self.sys = Timed(sys, self.profile) if sys else sys
+        self.costs = Costs()
+        self.sys = Timed(sys, self.costs) if sys else sys
+
+    def with_sys(self, sys: object) -> Machine:
+        """This machine, its calls going through `sys` (a proxy wrapping `self.sys`,
+        so they are timed once, into the same costs)."""
+        other = Machine.__new__(Machine)
+        other.root, other.sys, other.costs = self.root, sys, self.costs
+        return other
 
     def path(self, p: str) -> str:
         """The real location of absolute path `p` on this machine."""

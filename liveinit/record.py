@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import os
 
-RECORD = "/run/liveinit/boot.json"
+from liveinit.contract import RECORD, STAGES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from typing import Any
+
+    from liveinit.machine import Machine
 
 
 class Record:
     """Collects facts during the boot; `write` dumps them."""
 
     def __init__(self) -> None:
-        self.data: dict = {"stages": {}, "errors": [], "warnings": []}
+        self.data: dict[str, Any] = {"stages": {}, "errors": [], "warnings": []}
 
     def stage(self, name: str, ms: float) -> None:
-        self.data["stages"][name] = round(ms, 1)
+        """A stage's duration; the stages stay in boot order, whatever order they end in
+        (coldplug's background run ends during findroot, or later)."""
+        stages = dict(self.data["stages"], **{name: round(ms, 1)})
+        order = {s: i for i, s in enumerate(STAGES)}
+        self.data["stages"] = dict(sorted(stages.items(), key=lambda kv: order.get(kv[0], len(order))))
 
     def set(self, key: str, value: object) -> None:
         self.data[key] = value
@@ -25,7 +35,7 @@ class Record:
     def error(self, text: str) -> None:
         self.data["errors"].append(text)
 
-    def write(self, m, path: str = RECORD) -> str:
+    def write(self, m: Machine, path: str = RECORD) -> str:
         """Write the record under `m`; returns the real path written."""
         real = m.path(path)
         os.makedirs(os.path.dirname(real), exist_ok=True)

@@ -1,11 +1,11 @@
-"""The boot profile: durations summed by kind, and the seam's timing wrapper."""
+"""The boot costs: durations summed by kind, and the seam's timing wrapper."""
 from __future__ import annotations
 
 import _thread
 
 import pytest
 
-from liveinit.profile import KINDS, LOADS, MOUNTS, PROBING, WAITS, Profile, Timed
+from liveinit.costs import KINDS, LOADS, MOUNTS, PROBING, WAITS, Costs, Timed
 
 
 class Calls:
@@ -23,7 +23,7 @@ class Calls:
 
 
 def test_totals_sum_by_kind_in_a_fixed_order() -> None:
-    p = Profile()
+    p = Costs()
     p.add(WAITS, 0.010)
     p.add(LOADS, 0.100)
     p.add(LOADS, 0.050)
@@ -31,13 +31,13 @@ def test_totals_sum_by_kind_in_a_fixed_order() -> None:
     t = p.totals()
     assert list(t) == [LOADS, WAITS, "something new"]
     assert t[LOADS] == (2, pytest.approx(150.0)) and t[WAITS] == (1, pytest.approx(10.0))
-    assert p.line() == "module loads 150 ms (2), device waits 10 ms (1), something new 1 ms (1)"
-    assert Profile().line() == "" and Profile().totals() == {}
+    assert p.summary() == "module loads 150 ms (2), device waits 10 ms (1), something new 1 ms (1)"
+    assert Costs().summary() == "" and Costs().totals() == {}
     assert set(KINDS) >= {LOADS, MOUNTS, WAITS, PROBING}
 
 
 def test_timed_counts_loads_and_mounts_even_when_they_fail_and_passes_the_rest() -> None:
-    p = Profile()
+    p = Costs()
     sys_ = Timed(Calls(), p)
     assert sys_.finit_module(5) is True and sys_.finit_module(6, "x=1") is False
     with pytest.raises(OSError):
@@ -49,7 +49,7 @@ def test_timed_counts_loads_and_mounts_even_when_they_fail_and_passes_the_rest()
 
 def test_work_is_thread_cpu_time_and_waits_are_wall_time() -> None:
     import time
-    p = Profile()
+    p = Costs()
     b = p.begin(WAITS)
     time.sleep(0.05)
     p.end(WAITS, b)
@@ -61,7 +61,7 @@ def test_work_is_thread_cpu_time_and_waits_are_wall_time() -> None:
 
 
 def test_threads_add_without_losing_any() -> None:
-    p = Profile()
+    p = Costs()
     locks = [_thread.allocate_lock() for _ in range(4)]
 
     def work(done) -> None:
