@@ -1,17 +1,21 @@
 """PID 1: the boot, top to bottom.
 
     early     proc, sysfs, devtmpfs, /run; console as stdio; kmsg
-    cmdline   the image's baked command line, then /proc/cmdline
-    coldplug  early modules from the command line, then every device's driver
-              (started in the background: module loads run in parallel)
+    cmdline   the image's baked command line, then /proc/cmdline -> BootConfig
+    coldplug  the module loader and the uevent listener; early modules from the
+              command line, then every device's driver in the background
+              (module loads run in parallel) -> Discovery
     findroot  the root device or live medium, taken as soon as it appears
-              (keeps listening to uevents); joins coldplug before it ends
-    stack     loop + squashfs/erofs + writable layer + union at /sysroot
-    handover  move mounts, switch_root / pivot_root, exec init
+              (keeps listening to uevents); joins coldplug before it ends -> Found
+    stack     loop + squashfs/erofs + writable layer + union at /sysroot -> Stacked
+    handover  move mounts, switch_root / pivot_root; the timing, the boot record
+              and the log are finished; exec init
 
-Each stage is timed (`liveinit: stage <name> <ms> ms`). A failure prints
-FAILED/hint, opens the emergency shell and retries the stage when the shell
-exits. Nothing escapes `main`: an exiting PID 1 panics the kernel.
+Each stage is timed (`liveinit: stage <name> <ms> ms`) by its own work: the
+coldplug line comes when its background run ends (joined in findroot), and
+the time another stage spends waiting for that run is not counted as its own.
+A failure prints FAILED/hint, opens the emergency shell and retries the stage
+when the shell exits. Nothing escapes `main`: an exiting PID 1 panics the kernel.
 
 The discovery and stacking modules are imported inside their stages so that
 a broken module becomes an emergency shell, not a kernel panic."""
@@ -21,10 +25,25 @@ import os
 import time
 
 from liveinit import cmdline, emergency
+from liveinit.contract import HINT_LINE, SYSROOT, Settings, index_for, moddir_for
 from liveinit.emergency import BootFailure
 from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from liveinit.cmdline import BootConfig
+    from liveinit.discovery import Discovery, Listener
+    from liveinit.handover import Plan
+    from liveinit.modload import ModuleLoader
+    from liveinit.rootfind import Found
+    from liveinit.stack import Stacked
+
+    T = TypeVar("T")
 
 # As in syscalls.py, which is not imported here: a broken ctypes/libffi must
 # surface as a failed stage and an emergency shell, not as /init failing to import.
@@ -44,35 +63,7 @@ class GiveUp(Exception):
     """A stage failed `max_attempts` times (a test setting; at boot: unlimited)."""
 
 
-class NullLoader:
-    """Stands in for ModuleLoader when the module index cannot be read."""
-
-    def __init__(self) -> None:
-        self.loaded: dict[str, str] = {}
-        self.failed: dict[str, str] = {}
-
-    def load(self, name: str, reason: str) -> bool:
-        return False
-
-    def load_alias(self, alias: str, reason: str) -> list[str]:
-        return []
-
-
-class NullListener:
-    """Stands in for UeventListener when netlink is unavailable: polls by sleeping."""
-
-    def fileno(self) -> int:
-        return -1
-
-    def poll(self, timeout: float) -> list[dict[str, str]]:
-        time.sleep(min(max(timeout, 0.0), 0.25))
-        return []
-
-    def close(self) -> None:
-        pass
-
-
-def mounts(m) -> dict[str, str]:
+def mounts(m: Machine) -> dict[str, str]:
     """Mount point -> fstype from /proc/mounts (empty before /proc is up)."""
     out: dict[str, str] = {}
     for line in (m.read("/proc/mounts") or "").splitlines():
@@ -82,7 +73,7 @@ def mounts(m) -> dict[str, str]:
     return out
 
 
-def early_mounts(m, log) -> list[str]:
+def early_mounts(m: Machine, log: Log) -> list[str]:
     """Mount proc, sysfs, devtmpfs, /run unless already there; returns what was mounted."""
     done = []
     for source, target, fstype, flags, data in EARLY_MOUNTS:
@@ -100,40 +91,28 @@ def early_mounts(m, log) -> list[str]:
                 log.warn(f"cannot mount devtmpfs on /dev ({e}); using the image's /dev")
                 continue
             raise BootFailure(f"cannot mount {fstype} on {target}: {e}",
-                              f"the kernel lacks {fstype} support, which liveinit needs")
+                              f"the kernel lacks {fstype} support, which liveinit needs") from e
     return done
 
 
-def union_given(text: str, defaults: str) -> bool:
-    """Whether union=/liveinit.union= was written (a plain root is then stacked too)."""
-    words = cmdline.split(defaults) + cmdline.split(text)
-    return any(w.partition("=")[0] in ("union", "liveinit.union") for w in words)
-
-
 class Boot:
-    """One boot: the stages, their state and their record."""
+    """One boot: the stages in order, each taking its inputs and returning its outputs."""
 
-    def __init__(self, m: Machine, settings: dict, t0: float | None = None,
-                 log: Log | None = None) -> None:
+    def __init__(self, m: Machine, settings: Settings, log: Log | None = None) -> None:
         self.m = m
         self.settings = settings
-        self.t0 = time.monotonic() if t0 is None else t0
+        self.t0 = time.monotonic() if settings.t0 is None else settings.t0
         self.log = log or Log()
         self.record = Record()
-        self.defaults = settings.get("cmdline", "") or ""
-        self.cfg = cmdline.parse("", self.defaults)   # until /proc/cmdline is read
+        # The command line in effect (break points, debug): the image's until stage cmdline.
+        self.cfg = cmdline.parse("", settings.cmdline)
         self.log.quiet = self.log.quiet or self.cfg.quiet
         self.log.verbose = self.log.verbose or self.cfg.debug
-        self.text = ""
-        self.max_attempts = int(settings.get("max_attempts", 0) or 0)
-        self.loader = None
-        self.listener = None
-        self.found = None
-        self.stacked = None
-        self.plan = None
-        self.switched = False
-        self.switch_done: set[str] = set()   # steps of the switch already taken
-        self.broken: set[str] = set()
+        self.broken: set[str] = set()           # break points already taken
+        self.begun = (0.0, 0.0)                  # the running stage: its start, `waited()` then
+        self.discovery: Discovery | None = None  # from stage coldplug on (its retries keep it)
+        self.plan: Plan | None = None            # the hand-over's plan and the steps taken:
+        self.steps: set[str] = set()             # a retry resumes the switch where it stopped
 
     def ms(self) -> float:
         return (time.monotonic() - self.t0) * 1000
@@ -141,24 +120,27 @@ class Boot:
     # -- the sequence -----------------------------------------------------
     def run(self) -> None:
         """All stages; returns only if exec returned (tests) or raises GiveUp."""
-        self.record.set("identity", self.settings.get("identity"))
-        self.record.set("kver", self.settings.get("kver"))
+        self.record.set("identity", self.settings.identity)
+        self.record.set("kver", self.settings.kver)
         self.stage("early", self.early)
-        self.stage("cmdline", self.read_cmdline)
-        self.stage("coldplug", self.coldplug)
-        self.stage("findroot", self.findroot)
-        self.stage("stack", self.stack, resume=self.root_ready)
-        self.stage("handover", self.handover, timed_inside=True)
+        cfg = self.stage("cmdline", self.read_cmdline)
+        # Its stage line comes when the background run ends (Discovery.finish).
+        discovery = self.stage("coldplug", lambda: self.coldplug(cfg), timed=False)
+        found = self.stage("findroot", lambda: self.findroot(cfg, discovery))
+        self.stage("stack", lambda: self.stack(cfg, found, discovery), resume=lambda: self.root_ready(cfg))
+        # Timed inside: its line is printed before exec, which does not return.
+        self.stage("handover", lambda: self.handover(cfg, discovery), timed=False)
 
-    def stage(self, name: str, fn, resume=None, timed_inside: bool = False) -> None:
-        """Run one stage: break point, timing, failure -> shell -> retry."""
+    def stage(self, name: str, fn: Callable[[], T], resume: Callable[[], bool] | None = None,
+              timed: bool = True) -> T:
+        """Run one stage: break point, timing, failure -> shell -> retry; returns its output."""
         if name in self.cfg.break_at and name not in self.broken:
             self.breakpoint(name)
         attempts = 0
         while True:
-            start = time.monotonic()
+            self.begun = (time.monotonic(), self.waited())
             try:
-                fn()
+                out = fn()
                 break
             except BootFailure as f:
                 failure = f
@@ -171,15 +153,28 @@ class Boot:
             emergency.shell(self.m, self.log, f"stage {name} failed")
             if resume is not None and resume():
                 self.log.info(f"the new root is ready: continuing after stage {name}")
+                out = None   # type: ignore[assignment]  # only stack resumes, and its output is unused
                 break
             if self.max_attempts and attempts >= self.max_attempts:
                 raise GiveUp(f"stage {name} failed {attempts} times: {failure.message}")
             self.log.info(f"retrying stage {name}")
-        if not timed_inside:
-            self.timed(name, start)
+        if timed:
+            self.timed(name)
+        return out
 
-    def timed(self, name: str, start: float) -> None:
-        ms = (time.monotonic() - start) * 1000
+    @property
+    def max_attempts(self) -> int:
+        return self.settings.max_attempts
+
+    def waited(self) -> float:
+        """Seconds spent so far waiting for the background coldplug (its time, not the waiter's)."""
+        return self.discovery.waited if self.discovery is not None else 0.0
+
+    def timed(self, name: str) -> None:
+        """Print and record the running stage's own time: since it began, less
+        its waits for coldplug's background run."""
+        start, waited = self.begun
+        ms = (time.monotonic() - start - (self.waited() - waited)) * 1000
         self.log.stage(name, ms)
         self.record.stage(name, ms)
 
@@ -191,7 +186,8 @@ class Boot:
     def fail(self, name: str, failure: BootFailure) -> None:
         emergency.report(self.log, failure)
         if self.cfg.errors:
-            self.log.error("hint: the command line had problems: " + "; ".join(self.cfg.errors))
+            problems = "; ".join(self.cfg.errors)
+            self.log.error(HINT_LINE.format(hint="the command line had problems: " + problems))
         self.record.error(f"{name}: {failure.message}")
 
     def traceback(self, e: BaseException) -> None:
@@ -211,15 +207,16 @@ class Boot:
         self.log.open_kmsg(self.m.path(KMSG), self.m.path("/proc/sys/kernel"))
         self.record.set("early_mounts", done)
 
-    def read_cmdline(self) -> None:
-        self.text = self.m.read("/proc/cmdline") or ""
-        self.cfg = cfg = cmdline.parse(self.text, self.defaults, self.settings.get("argv"))
+    def read_cmdline(self) -> BootConfig:
+        text = self.m.read("/proc/cmdline") or ""
+        defaults = self.settings.cmdline
+        self.cfg = cfg = cmdline.parse(text, defaults, self.settings.argv)
         self.log.quiet = cfg.quiet
         self.log.verbose = cfg.debug
         for err in cfg.errors:
             self.log.warn(f"command line: {err}")
-        self.record.set("cmdline", self.text)
-        self.record.set("cmdline_defaults", self.defaults)
+        self.record.set("cmdline", text)
+        self.record.set("cmdline_defaults", defaults)
         self.record.set("config", {
             "root": f"{cfg.root.kind}:{cfg.root.value}" + (" (live)" if cfg.root.live else ""),
             "rootfstype": cfg.rootfstype, "rootflags": cfg.rootflags, "readonly": cfg.readonly,
@@ -231,113 +228,98 @@ class Boot:
         for early in ("early", "cmdline"):   # these stages ran before the cmdline was known
             if early in cfg.break_at and early not in self.broken:
                 self.breakpoint(early)
+        return cfg
 
-    def coldplug(self) -> None:
-        m, log, cfg, s = self.m, self.log, self.cfg, self.settings
-        if self.loader is None:
-            kver = s.get("kver") or os.uname().release
-            moddir = s.get("moddir") or f"/lib/modules/{kver}"
-            index_path = s.get("index") or moddir + "/liveinit.index"
-            try:
-                from liveinit.kmodindex import ModuleIndex
-                from liveinit.modload import ModuleLoader
-                index = ModuleIndex.load(m.path(index_path))
-                self.loader = ModuleLoader(m, index, moddir, cfg, log)
-            except Exception as e:
-                log.error(f"cannot read the module index {index_path} ({type(e).__name__}: {e}); "
-                          "only built-in drivers are available")
-                self.record.error(f"module index: {e}")
-                self.loader = NullLoader()
-        if self.listener is None:
-            try:
-                from liveinit.uevent import UeventListener
-                self.listener = UeventListener(m)
-            except Exception as e:
-                log.warn(f"no uevent listener ({e}); polling for devices instead")
-                self.listener = NullListener()
+    def coldplug(self, cfg: BootConfig) -> Discovery:
+        from liveinit.discovery import Discovery, NullLoader
+        if self.discovery is None:   # a retry keeps the loader and the listener
+            loader = self.module_loader(cfg)
+            self.discovery = Discovery(self.m, loader or NullLoader(), self.uevent_listener(), self.log,
+                                       walk=loader is not None)
+        discovery = self.discovery
         for name in cfg.modules_early:
-            self.loader.load(name, "cmdline (rd.driver.pre/liveinit.modules)")
-        if not isinstance(self.loader, NullLoader):
-            # In the background: findroot takes the root the moment its device
-            # appears, while other drivers still load, and joins coldplug before
-            # it returns (`coldplug: ... modules loaded in N ms` says how long it took).
-            from liveinit import coldplug
-            coldplug.start(m, self.loader, log, root=cfg.root)
+            discovery.loader.load(name, "cmdline (rd.driver.pre/liveinit.modules)")
+        # In the background: findroot takes the root the moment its device
+        # appears, while other drivers still load, and joins coldplug before it returns.
+        discovery.start(cfg.root, since=self.begun[0])
+        return discovery
 
-    def findroot(self) -> None:
+    def module_loader(self, cfg: BootConfig) -> ModuleLoader | None:
+        """The loader over the image's module index; None (built-in drivers only) without one."""
+        s = self.settings
+        kver = s.kver or os.uname().release
+        moddir = s.moddir or moddir_for(kver)
+        index_path = s.index or index_for(kver)
+        try:
+            from liveinit.kmodindex import ModuleIndex
+            from liveinit.modload import ModuleLoader
+            return ModuleLoader(self.m, ModuleIndex.load(self.m.path(index_path)), moddir, cfg, self.log)
+        except Exception as e:
+            self.log.error(f"cannot read the module index {index_path} ({type(e).__name__}: {e}); "
+                           "only built-in drivers are available")
+            self.record.error(f"module index: {e}")
+            return None
+
+    def uevent_listener(self) -> Listener:
+        from liveinit.discovery import NullListener
+        try:
+            from liveinit.uevent import UeventListener
+            return UeventListener(self.m)
+        except Exception as e:
+            self.log.warn(f"no uevent listener ({e}); polling for devices instead")
+            return NullListener()
+
+    def findroot(self, cfg: BootConfig, discovery: Discovery) -> Found:
         from liveinit.rootfind import find_root
-        self.found = f = find_root(self.m, self.cfg, self.settings, self.loader,
-                                   self.listener, self.log)
+        f = find_root(self.m, cfg, self.settings.identity, discovery, self.log)
         self.log.info(f"root: {f.device} ({f.fstype}) by {f.how}")
         self.record.set("root", {"device": f.device, "fstype": f.fstype, "how": f.how,
                                  "identity": f.identity, "medium": f.medium, "image": f.image})
+        return f
 
-    def stack(self) -> None:
+    def stack(self, cfg: BootConfig, found: Found, discovery: Discovery) -> Stacked:
         from liveinit import stack
-        self.stacked = st = stack.stack(self.m, self.cfg, self.found, self.loader, self.log,
-                                        union_given(self.text, self.defaults))
+        st = stack.stack(self.m, cfg, found, discovery, self.log)
         self.record.set("union", {"method": st.union, "writable": st.writable,
                                   "image_fstype": st.image_fstype, "loop": st.loop,
                                   "toram": st.toram, "failed": list(st.tried)})
+        return st
 
-    def root_ready(self) -> bool:
+    def root_ready(self, cfg: BootConfig) -> bool:
         """After a failed stack: did the user mount a usable root at /sysroot by hand?"""
         try:
             from liveinit import handover
-            if "/sysroot" not in mounts(self.m):
+            if SYSROOT not in mounts(self.m):
                 return False
-            handover.find_init(self.m, self.cfg)
+            handover.find_init(self.m, cfg)
         except Exception:
             return False
         self.record.set("union", {"method": "manual (emergency shell)"})
         return True
 
-    def handover(self) -> None:
+    def handover(self, cfg: BootConfig, discovery: Discovery) -> None:
+        """Into the new root; the boot's last words (timing, record, log); exec init."""
         from liveinit import handover
-        m, log = self.m, self.log
-        start = time.monotonic()
-        if self.switched:   # exec failed after we left the initramfs: try again as is
-            m.sys.execv(self.plan.init, list(self.plan.argv))
-            return
-        if self.plan is None or not self.switch_done:
-            self.plan = handover.prepare(m, self.cfg)
+        m = self.m
+        if not self.steps:   # nothing of the switch done yet: (re)plan it
+            self.plan = handover.prepare(m, cfg)
         plan = self.plan
-        self.record.set("init", {"path": plan.init, "argv": plan.argv, "method": plan.method})
-        self.record_devices()
-        if self.listener is not None:
-            self.listener.close()
+        assert plan is not None
+        if handover.INSIDE not in self.steps:   # else only the exec failed: try it again
+            discovery.finish()   # coldplug's loads belong to this boot (findroot normally joined it)
+            discovery.close()
+            self.record.set("init", {"path": plan.init, "argv": plan.argv, "method": plan.method})
+            self.record_devices(discovery)
+            handover.enter(m, plan, self.log, self.steps)
+            self.last_words(plan, discovery)
+        handover.exec_init(m, plan)
 
-        def before_exec() -> None:
-            # Only now are we inside the new root: a failure before this point
-            # must redo the whole switch, one after it only the exec.
-            self.switched = True
-            self.timed("handover", start)
-            ms = self.ms()
-            self.record.set("total_ms", round(ms, 1))
-            totals = m.profile.totals()
-            self.record.set("profile", {k: {"calls": n, "ms": round(t, 1)} for k, (n, t) in totals.items()})
-            if totals:
-                log.info("profile: " + m.profile.line())
-            self.record.set("warnings", list(log.warnings))
-            try:
-                self.record.write(m)
-            except OSError as e:
-                log.warn(f"cannot write the boot record: {e}")
-            log.starting(plan.init, ms)
-            log.close()
-
-        handover.switch(m, plan, log, before_exec, self.switch_done)
-
-    def record_devices(self) -> None:
-        loader = self.loader
-        if loader is not None:
-            if getattr(loader, "background", None) is not None:   # findroot did not join it
-                from liveinit import coldplug
-                coldplug.finish(loader, self.log)
-            self.record.set("modules", dict(loader.loaded))
-            self.record.set("modules_failed", dict(loader.failed))
-            self.record.set("modules_left", list(getattr(loader, "left", ())))
-            self.record.set("modules_unfit", dict(getattr(loader, "unfit", {})))
+    def record_devices(self, discovery: Discovery) -> None:
+        loader = discovery.loader
+        self.record.set("modules", dict(loader.loaded))
+        self.record.set("modules_failed", dict(loader.failed))
+        self.record.set("modules_left", list(discovery.left))
+        self.record.set("modules_unfit", dict(loader.unfit))
         try:
             from liveinit import blockdev
             self.record.set("devices", [
@@ -345,6 +327,27 @@ class Boot:
                 for d in blockdev.scan(self.m)])
         except Exception as e:
             self.record.set("devices", f"unavailable: {e}")
+
+    def last_words(self, plan: Plan, discovery: Discovery) -> None:
+        """Inside the new root, before exec: the hand-over's time, the costs line,
+        the boot record, the starting line; the log is closed."""
+        m, log = self.m, self.log
+        self.timed("handover")
+        if discovery.ms is not None:
+            self.record.stage("coldplug", discovery.ms)
+        ms = self.ms()
+        self.record.set("total_ms", round(ms, 1))
+        totals = m.costs.totals()
+        self.record.set("costs", {k: {"calls": n, "ms": round(t, 1)} for k, (n, t) in totals.items()})
+        if totals:
+            log.costs(m.costs.summary())
+        self.record.set("warnings", list(log.warnings))
+        try:
+            self.record.write(m)
+        except OSError as e:
+            log.warn(f"cannot write the boot record: {e}")
+        log.starting(plan.init, ms)
+        log.close()
 
 
 def _reap(signum: int, frame: object) -> None:
@@ -376,29 +379,29 @@ def _forever() -> None:
             pass
 
 
-def main(settings: dict) -> None:
-    """The initramfs's /init calls this. Never returns when running as PID 1.
-
-    settings: "cmdline" (the baked default command line), "identity" (the
-    medium identity), "kver", "moddir" ("/lib/modules/KVER"), "index" (path of
-    liveinit.index); optional "max_attempts" (tries per stage before giving up,
-    0 = for ever, the default)."""
+def main(settings: Settings | dict[str, object]) -> None:
+    """The initramfs's /init calls this (`main(Settings(t0=T0, **SETTINGS))`).
+    Never returns when running as PID 1. A dict is taken as Settings' fields
+    (an /init packed before the record)."""
     now = time.monotonic()
-    # /init takes "t0" on its first line: interpreter start-up and the
-    # runtime's imports then count in the "starting init after" total.
-    t0 = float(settings.get("t0") or now)
     log = Log()
     pid1 = os.getpid() == 1
     try:
+        if isinstance(settings, dict):
+            settings = Settings(**settings)
+        # /init takes t0 on its first line: interpreter start-up and the
+        # runtime's imports then count in the "starting init after" total.
+        t0 = now if settings.t0 is None else settings.t0
+        settings = settings.replace(t0=t0)
         if pid1:
             import sys
             # /init's argv: what the kernel passes on to init (see cmdline.parse).
-            settings = dict(settings, argv=tuple(sys.argv[1:]))
-            import _signal   # not signal: signal.py imports enum (~70 ms under TCG)
+            settings = settings.replace(argv=tuple(sys.argv[1:]))
+            import _signal  # not signal: signal.py imports enum (~70 ms under TCG)
             _signal.signal(_signal.SIGCHLD, _reap)
         if now > t0:
             log.stage("imports", (now - t0) * 1000)
-        Boot(Machine("/"), settings, t0, log).run()
+        Boot(Machine("/"), settings, log).run()
     except BaseException as e:   # noqa: BLE001
         try:
             failure = e if isinstance(e, BootFailure) else emergency.unexpected("boot", e)

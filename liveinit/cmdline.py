@@ -65,7 +65,7 @@ class BootConfig(Plain):
     """Everything the command line says, defaults filled in (docs/CMDLINE.md)."""
 
     __slots__ = ("root", "rootfstype", "rootflags", "readonly", "rootdelay", "init", "init_args",
-                 "live_image", "union", "toram", "findiso", "persistence", "overlay_size",
+                 "live_image", "union", "union_given", "toram", "findiso", "persistence", "overlay_size",
                  "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "errors")
     root: RootSpec
     rootfstype: str | None
@@ -76,6 +76,7 @@ class BootConfig(Plain):
     init_args: tuple[str, ...]
     live_image: str
     union: str
+    union_given: bool   # union= was written: only that method, and a device root is stacked too
     toram: bool
     findiso: str | None
     persistence: str | None
@@ -90,7 +91,7 @@ class BootConfig(Plain):
     _defaults = {
         "root": AUTO, "rootfstype": None, "rootflags": "", "readonly": True,
         "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": LIVE_IMAGE,
-        "union": "overlay", "toram": False, "findiso": None, "persistence": None,
+        "union": "overlay", "union_given": False, "toram": False, "findiso": None, "persistence": None,
         "overlay_size": DEFAULT_OVERLAY_SIZE, "modules_early": (), "blacklist": frozenset(),
         "break_at": frozenset(), "debug": False, "quiet": False, "errors": (),
     }
@@ -276,6 +277,7 @@ def _word(st: _State, word: str, source: str) -> None:
     elif key == "rd.live.squashimg" and val:
         st.live_img = val
     elif key in ("union", "liveinit.union") and val is not None:
+        v["union_given"] = True
         u = UNION_ALIASES.get(val.lower(), val.lower())
         if u in UNIONS:
             v["union"] = u

@@ -10,32 +10,42 @@ that already have a driver are skipped. Loading a driver creates new devices
 (ahci -> scsi disks -> sd_mod), so passes repeat until one loads nothing;
 later arrivals come in as uevents (`handle_event`).
 
-At boot the loads run in parallel (`start`/`coldplug(workers=N)`): module
-init is where the time goes (ata_piix probing an empty CD-ROM sleeps for
-hundreds of milliseconds under TCG) and finit_module releases the GIL, so
-virtio_blk need not wait for it. A driver thread walks the bus listings,
-hands each device with something to load to a small pool of threads, and
-walks again as soon as any load ends (a load reveals new devices); it stops
-when a walk finds nothing new and no load is running. Only `_thread` and
+At boot the loads run in parallel (`start`): module init is where the time
+goes (ata_piix probing an empty CD-ROM sleeps for hundreds of milliseconds
+under TCG) and finit_module releases the GIL, so virtio_blk need not wait for
+it. A scheduler thread (`_drive`) walks the bus listings, hands each device
+with something to load (a `Job`) to a small pool of worker threads, and walks
+again as soon as any load ends (a load reveals new devices); it stops when a
+walk finds nothing new and no load is running. Everything reaches it as a
+message on one queue: `LoadEnded` from a worker, `Job` from a uevent,
+`Release` and `Stop` from the boot (see `discovery`). Only `_thread` and
 `_queue` are used (`threading` costs ~40 ms of imports under TCG).
 
-Root first: when root= names a device whose name gives its bus away
-(/dev/vdX is virtio, /dev/nvmeX NVMe, /dev/mmcblkX MMC/SD), only the buses
-that lead to it are walked and only the drivers of its kind are loaded; the
-other devices are held back (or not even read) while the root's device may
-still appear, and released at once if it does not. Once the root search has
-its device it may `stop` the run: nothing more starts, the loads under way
-finish, and what was left is the booted system's business (its udev
-coldplugs every device again). On a one-CPU machine the walk of the other
-buses (acpi, platform, cpu: most of the devices) would otherwise compete with
-the root's own module loads."""
+Root first (`RootFirst`, decided by `discovery`): only the buses that lead
+to the root's device are walked and only the drivers of its kind are
+loaded; the other devices are held back (or not even read) while the root's
+device may still appear, and released at once if it does not. `Stop` ends
+the run early: nothing more starts, the loads under way finish, and what was
+left is the booted system's business (its udev coldplugs every device
+again)."""
 from __future__ import annotations
 
 import _thread
 import os
 import time
 
-from liveinit.profile import PROBING
+from liveinit.costs import PROBING
+from liveinit.kmodindex import parse_pci_modalias
+from liveinit.plain import Plain
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from _queue import SimpleQueue
+    from collections.abc import Iterator
+
+    from liveinit.discovery import Loader
+    from liveinit.log import Log
+    from liveinit.machine import Machine
 
 SYSBUS = "/sys/bus"
 # Walked first: storage hangs off these, and the first loads start sooner than
@@ -45,42 +55,85 @@ MAX_PASSES = 16
 WORKERS = 3         # loads at once; more only adds contention on a 1-2 CPU guest
 HOLD_MAX = 5.0      # longest time other buses wait for the root's bus (root first)
 CLASS_BLOCK = "/sys/class/block/"
-# Device name prefix of root= -> (modalias prefixes, PCI class markers) of its
-# drivers, and the buses its device hangs off.
-ROOT_BUSES = {
-    "vd": ((("virtio:", "pci:v00001AF4"), ()), ("pci", "virtio")),
-    "nvme": ((("nvme:",), ("bc01sc08",)), ("pci", "nvme")),
-    "mmcblk": ((("mmc:", "sdio:"), ("bc08sc05",)), ("pci", "mmc", "sdio")),
-}
+PCI_FILES = ("vendor", "device", "subsystem_vendor", "subsystem_device", "class")
+
+
+# -- the scheduler's messages -------------------------------------------------------
+class Job(Plain):
+    """Modules to load for one device: names (the index's match), reason (for the
+    record: "pci 0000:00:1f.2 [8086:2922] class 010601"), alias (the device's modalias)."""
+
+    __slots__ = ("names", "reason", "alias")
+    names: tuple[str, ...]
+    reason: str
+    alias: str
+
+
+class LoadEnded(Plain):
+    """A worker finished a job: its driver may have revealed new devices."""
+
+    __slots__ = ()
+
+
+class Release(Plain):
+    """Root first is over: let the held-back jobs and the other buses go."""
+
+    __slots__ = ()
+
+
+class Stop(Plain):
+    """Start nothing more; the loads under way finish."""
+
+    __slots__ = ()
+
+
+class RootFirst(Plain):
+    """What root first needs to know of the root's device: device (its name under
+    /sys/class/block, "vda"), aliases (modalias prefixes of its drivers), classes
+    (PCI class markers of its controllers, "bc01sc08"), buses (walked while it goes first)."""
+
+    __slots__ = ("device", "aliases", "classes", "buses")
+    device: str
+    aliases: tuple[str, ...]
+    classes: tuple[str, ...]
+    buses: tuple[str, ...]
+
+    def wants(self, job: Job) -> bool:
+        """Whether a job is for the root's kind of device."""
+        alias = job.alias
+        return alias.startswith(self.aliases) or (
+            alias.startswith("pci:") and any(c in alias for c in self.classes))
+
+
+LOAD_ENDED, RELEASE, STOP = LoadEnded(), Release(), Stop()
 
 
 class Coldplug:
-    """Remembers the devices already handled, across passes and uevents."""
+    """Remembers the devices already handled, across passes and uevents; `start`
+    runs it in the background, `run` in the calling thread."""
 
-    __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ms", "_done",
-                 "root_dev", "root_bus", "root_walk", "unwalked", "held", "left", "stopping",
-                 "_wake", "_mu")
+    __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ended", "first",
+                 "unwalked", "held", "left", "stopped", "_inbox", "_done", "_mu")
 
-    def __init__(self, m, loader, log) -> None:
+    def __init__(self, m: Machine, loader: Loader, log: Log) -> None:
         self.m = m
         self.loader = loader
         self.log = log
         self.seen: set[str] = set()     # "bus/name"
         self.devices = 0                # devices with a modalias looked at
-        self.running = False            # background loads under way (`start`)
+        self.running = False            # the background run is under way
         self.loaded = 0                 # modules loaded by the background run
-        self.ms = 0.0                   # its duration
-        self._done = None               # lock held while the background run lasts
-        self.root_dev = ""              # root first: the root's device name (vda)...
-        self.root_bus = None            # ...and (alias prefixes, pci class markers) of its bus
-        self.root_walk: tuple = ()      # ...and the buses walked while it goes first
+        self.ended: float | None = None   # monotonic time the background run ended
+        self.first: RootFirst | None = None   # root first, until released
         self.unwalked: list[str] = []   # buses the last walk passed over (root first)
-        self.held: list = []            # jobs held back while the root's bus goes first
-        self.left: list = []            # jobs never started (`stop`)
-        self.stopping = False
-        self._wake = None               # the driver's queue: 1 (a load ended), 0 (stop/release), a job (uevent)
+        self.held: list[Job] = []       # jobs held back while the root's bus goes first
+        self.left: list[Job] = []       # jobs never started (stopped)
+        self.stopped = False
+        self._inbox: SimpleQueue[Job | LoadEnded | Release | Stop] | None = None
+        self._done: _thread.LockType | None = None   # held while the background run lasts
         self._mu = _thread.allocate_lock()   # `running` vs handle_event's hand-over
 
+    # -- in the calling thread ------------------------------------------------------
     def run(self) -> int:
         """Pass after pass until nothing new is loaded; returns modules loaded."""
         before = len(self.loader.loaded)
@@ -99,20 +152,194 @@ class Coldplug:
             new += 1
             job = self._job(bus, name, path)
             if job is not None:
-                self.loader.load_matches(*job)
+                self._load(job)
         return new
 
-    def _unseen(self):
+    def handle_event(self, ev: dict[str, str]) -> list[str]:
+        """A hotplug `add` with a MODALIAS: load its modules (USB storage, disks...).
+
+        While the background run lasts it gets the job, to load in its order
+        (root first); returns the modules loaded here and now."""
+        if ev.get("ACTION") != "add":
+            return []
+        alias = ev.get("MODALIAS")
+        if not alias or ev.get("DRIVER"):
+            return []
+        bus = ev.get("SUBSYSTEM", "")
+        name = ev.get("DEVPATH", "").rsplit("/", 1)[-1]
+        self.seen.add(bus + "/" + name)
+        # The alias travels with the job: some devices have no modalias file.
+        job = Job(tuple(self.loader.match(alias)), f"uevent {bus} {name} {alias}", alias)
+        with self._mu:
+            if self.running and self._inbox is not None:
+                self._inbox.put(job)
+                return []
+        return self.loader.load_matches(job.names, job.reason, job.alias)
+
+    # -- in the background ----------------------------------------------------------
+    def start(self, workers: int = WORKERS, first: RootFirst | None = None) -> None:
+        """Load in the background with up to `workers` threads; `wait` joins.
+        Raises RuntimeError when no thread can be started."""
+        from _queue import SimpleQueue
+        self.first = first
+        self._inbox = SimpleQueue()
+        done = _thread.allocate_lock()
+        done.acquire()
+        self._done = done
+        self.running = True
+        try:
+            _thread.start_new_thread(self._drive, (workers,))
+        except RuntimeError:
+            self.running, self._done = False, None
+            raise
+
+    def stop(self) -> None:
+        """Start nothing more (the root is found); loads under way still finish."""
+        if self._inbox is not None:
+            self._inbox.put(STOP)
+
+    def release(self) -> None:
+        """Let the jobs held back for the root's bus go (the boot needs everything)."""
+        if self._inbox is not None:
+            self._inbox.put(RELEASE)
+
+    def wait(self, timeout: float = -1) -> bool:
+        """Block until the background run ends (True), or `timeout` seconds pass (False)."""
+        done = self._done
+        if done is None:
+            return True
+        if not done.acquire(True, timeout):
+            return False
+        done.release()
+        return True
+
+    def _drive(self, workers: int) -> None:
+        """The scheduler: walk, dispatch jobs to the workers, react to messages."""
+        from _queue import Empty, SimpleQueue
+        inbox = self._inbox
+        assert inbox is not None and self._done is not None
+        jobs: SimpleQueue[Job | Stop] = SimpleQueue()
+        before = len(self.loader.loaded)
+        threads = pending = 0
+
+        def dispatch(job: Job) -> None:
+            nonlocal threads, pending
+            if threads < workers:
+                try:
+                    _thread.start_new_thread(self._work, (jobs, inbox))
+                    threads += 1
+                except RuntimeError:   # no more threads: the ones we have will do
+                    if not threads:
+                        self._load(job)
+                        return
+            jobs.put(job)
+            pending += 1
+
+        def take(job: Job | None) -> None:
+            if job is None or all(self.loader.is_present(n) for n in job.names):
+                return
+            if self.first is None or self.first.wants(job):
+                dispatch(job)
+            else:
+                self.held.append(job)
+
+        def root_bus_done() -> bool:
+            """Root first is pointless now: its loads ended and no root device showed up."""
+            first = self.first
+            return first is None or (
+                not pending and not os.path.exists(self.m.path(CLASS_BLOCK + first.device)))
+
+        try:
+            events: list[Job] = []          # jobs from uevents
+            while True:
+                if self.stopped:
+                    self.left, self.held = self.left + self.held + events, []
+                else:
+                    for job in events:
+                        take(job)
+                    for bus, name, path in self._unseen():
+                        take(self._job(bus, name, path))
+                    if (self.held or self.unwalked) and root_bus_done():
+                        self.first = None
+                        for job in self.held:
+                            dispatch(job)
+                        self.held = []
+                        if self.unwalked:
+                            events = []
+                            continue     # walk the other buses now
+                events = []
+                if not pending and ((not self.held and not self.unwalked) or self.stopped):
+                    break
+                try:
+                    msg = inbox.get(True, HOLD_MAX)
+                except Empty:   # held back for too long: nobody stopped or released us
+                    self.first = None
+                    continue
+                if isinstance(msg, LoadEnded):
+                    pending -= 1
+                elif isinstance(msg, Job):
+                    events.append(msg)
+                elif isinstance(msg, Release):
+                    self.first = None
+                else:
+                    self.stopped = True
+        except BaseException as e:  # noqa: BLE001 - a bug here must not hang the boot
+            self.log.warn(f"coldplug stopped early: {type(e).__name__}: {e}")
+            while pending:
+                if isinstance(inbox.get(), LoadEnded):
+                    pending -= 1
+        finally:
+            for _ in range(threads):
+                jobs.put(STOP)
+            # Uevents handed over after our last look are still queued: load them
+            # here (from now on handle_event loads for itself). Their devices may
+            # have no modalias file (an SD card's is only in the uevent).
+            with self._mu:
+                self.running = False
+            while True:
+                try:
+                    msg = inbox.get(False)
+                except Empty:
+                    break
+                if isinstance(msg, Job):
+                    if self.stopped:
+                        self.left.append(msg)
+                    else:
+                        self._load(msg)
+            self.loaded = len(self.loader.loaded) - before
+            self.ended = time.monotonic()
+            self._done.release()
+
+    def _work(self, jobs: SimpleQueue[Job | Stop], inbox: SimpleQueue[Job | LoadEnded | Release | Stop]
+              ) -> None:
+        while True:
+            job = jobs.get()
+            if not isinstance(job, Job):
+                return
+            try:
+                self._load(job)
+            finally:
+                inbox.put(LOAD_ENDED)
+
+    def _load(self, job: Job) -> None:
+        try:
+            self.loader.load_matches(job.names, job.reason, job.alias)
+        except BaseException as e:  # noqa: BLE001 - one device never stops the others
+            self.log.warn(f"coldplug: loading {', '.join(job.names)} for {job.reason}: "
+                          f"{type(e).__name__}: {e}")
+
+    # -- devices --------------------------------------------------------------------
+    def _unseen(self) -> Iterator[tuple[str, str, str]]:
         """(bus, name, sysfs path) of each bus device not seen before, marking it seen."""
         root = self.m.path(SYSBUS)
         try:
             buses = sorted((e.name not in EARLY_BUSES, e.name) for e in os.scandir(root))
         except OSError:
             return
-        first = self.root_walk if self.root_bus is not None else ()
-        self.unwalked = [bus for _, bus in buses if first and bus not in first]
+        walk = self.first.buses if self.first is not None else ()
+        self.unwalked = [bus for _, bus in buses if walk and bus not in walk]
         for _, bus in buses:
-            if first and bus not in first:
+            if walk and bus not in walk:
                 continue
             devdir = root + "/" + bus + "/devices"
             try:
@@ -126,15 +353,15 @@ class Coldplug:
                 self.seen.add(key)
                 yield bus, name, devdir + "/" + name
 
-    def _job(self, bus: str, name: str, path: str):
-        """(module names, reason, modalias) to load for an unbound device, or None."""
-        begun = self.m.profile.begin(PROBING)
+    def _job(self, bus: str, name: str, path: str) -> Job | None:
+        """The job for an unbound device with something to load, or None."""
+        begun = self.m.costs.begin(PROBING)
         try:
             return self._match(bus, name, path)
         finally:
-            self.m.profile.end(PROBING, begun)
+            self.m.costs.end(PROBING, begun)
 
-    def _match(self, bus: str, name: str, path: str):
+    def _match(self, bus: str, name: str, path: str) -> Job | None:
         try:
             with open(path + "/modalias", "rb") as f:
                 alias = f.read().decode("ascii", "replace").strip()
@@ -145,281 +372,26 @@ class Coldplug:
         self.devices += 1
         if os.path.islink(path + "/driver"):
             return None
-        loader = self.loader
         if bus == "pci":
-            ids = pci_ids(alias)
-            if ids is None:
-                ids = self._pci_files(path)
+            ids = parse_pci_modalias(alias) or _pci_files(path)
             if ids is not None:
                 v, d, sv, sd, cls = ids
-                reason = f"pci {name} [{v:04x}:{d:04x}] class {cls:06x}"
                 # match_pci is the pcimap plus the pci aliases the map cannot represent.
-                names = loader.match_pci(ids)
-                return (names, reason, alias) if names else None
-        names = loader.match(alias)
-        return (names, f"{bus} {name} {alias}", alias) if names else None
+                names = self.loader.match_pci(ids)
+                reason = f"pci {name} [{v:04x}:{d:04x}] class {cls:06x}"
+                return Job(tuple(names), reason, alias) if names else None
+        names = self.loader.match(alias)
+        return Job(tuple(names), f"{bus} {name} {alias}", alias) if names else None
 
-    # -- in parallel ----------------------------------------------------------
 
-    def start(self, workers: int = WORKERS, root=None) -> None:
-        """Load in the background with up to `workers` threads; `wait()` joins.
-
-        root: the RootSpec from the command line, for root first (see the module doc)."""
-        if root is not None and root.kind == "path" and not root.live:
-            name = root.value[5:] if root.value.startswith("/dev/") else ""
-            for prefix, (bus, walk) in ROOT_BUSES.items():
-                if name.startswith(prefix) and "/" not in name:
-                    self.root_dev, self.root_bus, self.root_walk = name, bus, walk
-        from _queue import SimpleQueue
-        self._wake = SimpleQueue()
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-        self.running = True
-        _thread.start_new_thread(self._drive, (workers,))
-
-    def stop(self) -> None:
-        """Start nothing more (the root is found); loads under way still finish."""
-        self.stopping = True
-        if self._wake is not None:
-            self._wake.put(0)
-
-    def release(self) -> None:
-        """Let the jobs held back for the root's bus go (the root search needs everything)."""
-        self.root_bus = None
-        if self._wake is not None:
-            self._wake.put(0)
-
-    def _first(self, job) -> bool:
-        """Whether a job may start now: no root first, or it is for the root's bus."""
-        if self.root_bus is None:
-            return True
-        prefixes, classes = self.root_bus
-        alias = job[2]
-        return alias.startswith(prefixes) or (alias.startswith("pci:") and any(c in alias for c in classes))
-
-    def wait(self, timeout: float = -1) -> bool:
-        """Block until the background run ends (True), or `timeout` seconds pass (False)."""
-        done = self._done
-        if done is None:
-            return True
-        if not done.acquire(True, timeout):
-            return False
-        done.release()
-        return True
-
-    def run_parallel(self, workers: int = WORKERS) -> int:
-        """`start` + `wait`; returns modules loaded."""
-        self.start(workers)
-        self.wait()
-        return self.loaded
-
-    def _drive(self, workers: int) -> None:
-        from _queue import Empty, SimpleQueue
-        jobs: SimpleQueue = SimpleQueue()
-        ended = self._wake           # 1: a load ended; 0: stop() or release(); a job: a uevent
-        t0 = time.monotonic()
-        before = len(self.loader.loaded)
-        threads = pending = 0
-
-        def dispatch(job) -> None:
-            nonlocal threads, pending
-            if threads < workers:
-                try:
-                    _thread.start_new_thread(self._work, (jobs, ended))
-                    threads += 1
-                except RuntimeError:   # no more threads: the ones we have will do
-                    if not threads:
-                        self.loader.load_matches(*job)
-                        return
-            jobs.put(job)
-            pending += 1
-
-        def take(job) -> None:
-            if job is None or all(self.loader.is_present(n) for n in job[0]):
-                return
-            if self._first(job):
-                dispatch(job)
-            else:
-                self.held.append(job)
-
+def _pci_files(path: str) -> tuple[int, int, int, int, int] | None:
+    """The PCI ids from a device's sysfs files, when its modalias is not the kernel's usual."""
+    vals = []
+    for f in PCI_FILES:
         try:
-            new: list = []           # jobs from uevents (handle_event)
-            while True:
-                if self.stopping:
-                    self.left, self.held = self.left + self.held + new, []
-                else:
-                    for job in new:
-                        take(job)
-                    for bus, name, path in self._unseen():
-                        take(self._job(bus, name, path))
-                    if (self.held or self.unwalked) and (self.root_bus is None or (
-                            not pending and not os.path.exists(self.m.path(CLASS_BLOCK + self.root_dev)))):
-                        # Released, or the root's bus is done and no root device: everything goes.
-                        self.root_bus = None
-                        for job in self.held:
-                            dispatch(job)
-                        self.held = []
-                        if self.unwalked:
-                            new = []
-                            continue     # walk the other buses now
-                new = []
-                if not pending and ((not self.held and not self.unwalked) or self.stopping):
-                    break
-                try:
-                    got = ended.get(True, HOLD_MAX)   # a load ended: it may reveal devices
-                except Empty:   # held back for too long: nobody stopped or released us
-                    self.root_bus = None
-                    continue
-                if isinstance(got, tuple):
-                    new.append(got)
-                else:
-                    pending -= got
-        except BaseException as e:  # noqa: BLE001 - a bug here must not hang the boot
-            self.log.warn(f"coldplug stopped early: {type(e).__name__}: {e}")
-            while pending:
-                got = ended.get()
-                pending -= 0 if isinstance(got, tuple) else got
-        finally:
-            for _ in range(threads):
-                jobs.put(None)
-            # Uevents handed over after our last look are still queued: load them
-            # here (from now on handle_event loads for itself). Their devices may
-            # have no modalias file (an SD card's is only in the uevent).
-            with self._mu:
-                self.running = False
-            while True:
-                try:
-                    got = ended.get(False)
-                except Empty:
-                    break
-                if isinstance(got, tuple):
-                    if self.stopping:
-                        self.left.append(got)
-                    else:
-                        self._load_job(got)
-            self.loaded = len(self.loader.loaded) - before
-            self.ms = (time.monotonic() - t0) * 1000
-            self._done.release()
-
-    def _work(self, jobs, ended) -> None:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            try:
-                self._load_job(job)
-            finally:
-                ended.put(1)
-
-    def _load_job(self, job) -> None:
-        try:
-            self.loader.load_matches(*job)
-        except BaseException as e:  # noqa: BLE001 - one device never stops the others
-            self.log.warn(f"coldplug: loading {', '.join(job[0])} for {job[1]}: {type(e).__name__}: {e}")
-
-    def _pci_files(self, path: str):
-        vals = []
-        for f in ("vendor", "device", "subsystem_vendor", "subsystem_device", "class"):
-            try:
-                with open(path + "/" + f, "rb") as fh:
-                    vals.append(int(fh.read().strip(), 16))
-            except (OSError, ValueError):
-                return None
-        return tuple(vals)
-
-    def handle_event(self, ev: dict) -> list[str]:
-        """A hotplug `add` with a MODALIAS: load its modules (USB storage, disks...)."""
-        if ev.get("ACTION") != "add":
-            return []
-        alias = ev.get("MODALIAS")
-        if not alias or ev.get("DRIVER"):
-            return []
-        devpath = ev.get("DEVPATH", "")
-        bus = ev.get("SUBSYSTEM", "")
-        name = devpath.rsplit("/", 1)[-1]
-        self.seen.add(bus + "/" + name)
-        reason = f"uevent {bus} {name} {alias}"
-        with self._mu:
-            if self.running:
-                # The background run loads it, in its order (root first); the
-                # alias travels with the job: some devices have no modalias file.
-                self._wake.put((self.loader.match(alias), reason, alias))
-                return []
-        return self.loader.load_alias(alias, reason)
-
-
-def pci_ids(alias: str):
-    """(vendor, device, subvendor, subdevice, class) from a pci: modalias, or None.
-
-    The kernel writes "pci:v%08Xd%08Xsv%08Xsd%08Xbc%02Xsc%02Xi%02X"."""
-    if len(alias) != 53 or not alias.startswith("pci:v"):
-        return None
-    try:
-        return (int(alias[5:13], 16), int(alias[14:22], 16), int(alias[24:32], 16),
-                int(alias[34:42], 16),
-                (int(alias[44:46], 16) << 16) | (int(alias[48:50], 16) << 8) | int(alias[51:53], 16))
-    except ValueError:
-        return None
-
-
-def coldplug(m, loader, log, workers: int = WORKERS) -> int:
-    """Load modules for every present device until nothing new appears; returns modules loaded.
-
-    With workers > 1 the loads run in parallel (see the module docstring)."""
-    cp = Coldplug(m, loader, log)
-    t0 = time.monotonic()
-    n = cp.run_parallel(workers) if workers > 1 else cp.run()
-    log.info(f"coldplug: {cp.devices} devices with a modalias, {n} modules loaded "
-             f"in {(time.monotonic() - t0) * 1000:.0f} ms")
-    return n
-
-
-def start(m, loader, log, workers: int = WORKERS, root=None) -> Coldplug:
-    """Begin coldplug in the background so the root search can run meanwhile.
-
-    The loader remembers it (`loader.background`): the root search reacts to
-    its devices, knows whether more may come, and `finish` joins it. `root`
-    (the command line's RootSpec) enables root first."""
-    cp = Coldplug(m, loader, log)
-    loader.background = cp
-    try:
-        cp.start(workers, root)
-    except RuntimeError as e:   # cannot start a thread: do it all now, in order
-        log.warn(f"coldplug in the background impossible ({e}); loading in order")
-        loader.background = None
-        cp.running, cp._done = False, None
-        cp.run()
-    return cp
-
-
-def finish(loader, log, timeout: float = -1, stop: bool = False) -> int:
-    """Wait for a background coldplug (`start`) and log its summary once; returns modules loaded.
-
-    stop: start no more loads (the root is found and needs nothing else);
-    otherwise the jobs held back for root first are released and all run."""
-    cp = getattr(loader, "background", None)
-    if cp is None:
-        return 0
-    if stop:
-        cp.stop()
-    else:
-        cp.release()
-    if not cp.wait(timeout):
-        log.warn(f"coldplug still loading modules after {timeout:g} s; going on")
-        return cp.loaded
-    loader.background = None
-    log.info(f"coldplug: {cp.devices} devices with a modalias, {cp.loaded} modules loaded "
-             f"in {cp.ms:.0f} ms (in the background)")
-    left = [f"{', '.join(names)} for {reason}" for names, reason, _ in cp.left]
-    if cp.unwalked and cp.stopping:
-        left.append("the devices on " + ", ".join(cp.unwalked) + " (not walked: root first)")
-    if left:
-        if isinstance(getattr(loader, "left", None), list):
-            loader.left.extend(left)
-        log.info("coldplug: left to the booted system: " + "; ".join(left))
-    return cp.loaded
-
-
-def handle_event(ev: dict, loader, log) -> list[str]:
-    """Module-level form of Coldplug.handle_event for callers without a Coldplug."""
-    return Coldplug(loader.m, loader, log).handle_event(ev)
+            with open(path + "/" + f, "rb") as fh:
+                vals.append(int(fh.read().strip(), 16))
+        except (OSError, ValueError):
+            return None
+    v, d, sv, sd, cls = vals
+    return v, d, sv, sd, cls

@@ -7,15 +7,24 @@ from __future__ import annotations
 import os
 import stat
 
+from liveinit.contract import OLD_ROOT, SYSROOT
+from liveinit.costs import CLEANUP
 from liveinit.emergency import BootFailure
 from liveinit.plain import Plain
-from liveinit.profile import CLEANUP
 from liveinit.syscalls import MNT_DETACH, MS_MOVE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from collections.abc import Callable
+
+    from liveinit.cmdline import BootConfig
+    from liveinit.log import Log
+    from liveinit.machine import Machine
 
 INITS = ("/sbin/init", "/etc/init", "/bin/init", "/bin/sh")
 MOVED = ("/dev", "/proc", "/sys", "/run")
 RAM_ROOTS = ("rootfs", "ramfs", "tmpfs")
-OLD_ROOT = "/run/liveinit/initrd"    # where pivot_root puts the old initrd root
+INSIDE = "chroot"                     # the last step of `enter`: we are in the new root
 MAX_LINKS = 40                        # the kernel's own symlink limit
 CONSOLE = "/dev/console"
 
@@ -25,6 +34,10 @@ class Plan(Plain):
     "pivot_root"; newroot: where the new root is mounted."""
 
     __slots__ = ("init", "argv", "method", "newroot")
+    init: str
+    argv: tuple[str, ...]
+    method: str
+    newroot: str
 
 
 def resolve_in(root: str, path: str) -> str | None:
@@ -67,7 +80,7 @@ def _executable(real: str) -> bool:
     return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
 
 
-def find_init(m, cfg, newroot: str = "/sysroot") -> str:
+def find_init(m: Machine, cfg: BootConfig, newroot: str = SYSROOT) -> str:
     """The init to exec, as a path inside the new root; raises BootFailure."""
     root = m.path(newroot).rstrip("/")
     tried = []
@@ -84,7 +97,7 @@ def find_init(m, cfg, newroot: str = "/sysroot") -> str:
         "that root= / liveinit.image= name the right filesystem")
 
 
-def from_rootfs(m) -> bool:
+def from_rootfs(m: Machine) -> bool:
     """True when / is the initramfs (rootfs/ramfs/tmpfs), False for an initrd block device."""
     fstype = None
     for line in (m.read("/proc/mounts") or "").splitlines():
@@ -94,14 +107,14 @@ def from_rootfs(m) -> bool:
     return fstype is None or fstype in RAM_ROOTS
 
 
-def prepare(m, cfg, newroot: str = "/sysroot") -> Plan:
+def prepare(m: Machine, cfg: BootConfig, newroot: str = SYSROOT) -> Plan:
     """Everything that can fail before anything is destroyed."""
     init = find_init(m, cfg, newroot)
     method = "switch_root" if from_rootfs(m) else "pivot_root"
     return Plan(init, (init,) + tuple(cfg.init_args), method, newroot)
 
 
-def move_mounts(m, newroot: str, log) -> None:
+def move_mounts(m: Machine, newroot: str, log: Log) -> None:
     """MS_MOVE /dev /proc /sys /run into the new root."""
     for d in MOVED:
         target = m.path(newroot + d)
@@ -120,7 +133,7 @@ def move_mounts(m, newroot: str, log) -> None:
                 pass
 
 
-def delete_tree(m, path: str, dev: int, keep: str | None = None) -> int:
+def delete_tree(m: Machine, path: str, dev: int, keep: str | None = None) -> int:
     """Delete everything under `path` that is on device `dev`, not crossing
     mount points (mounted directories and all below them are kept) and
     skipping `keep`. Returns the number of entries removed."""
@@ -150,25 +163,25 @@ def delete_tree(m, path: str, dev: int, keep: str | None = None) -> int:
     return removed
 
 
-def delete_initramfs(m, newroot: str) -> int:
+def delete_initramfs(m: Machine, newroot: str) -> int:
     """Free the initramfs's memory: its files are useless once we leave it."""
-    begun = m.profile.begin(CLEANUP)
+    begun = m.costs.begin(CLEANUP)
     root = m.path("/")
     removed = delete_tree(m, root, m.sys.st_dev(root), m.path(newroot))
-    m.profile.end(CLEANUP, begun)
+    m.costs.end(CLEANUP, begun)
     return removed
 
 
-def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> None:
-    """Leave the initramfs/initrd and exec init. Returns only if exec did (a fake).
+def enter(m: Machine, plan: Plan, log: Log, done: set[str]) -> None:
+    """Leave the initramfs/initrd for the new root: move the mounts, delete the
+    initramfs (switch_root) or pivot (pivot_root), chroot.
 
-    `done` collects the steps already taken, so that a retry after a failure
-    (the emergency shell) resumes where the switch stopped: the mounts have
-    moved and the root may already be / by then."""
-    done = set() if done is None else done
+    `done` collects the steps taken, so that a retry after a failure (the
+    emergency shell) resumes where the switch stopped: the mounts have moved
+    and the root may already be / by then. `INSIDE in done` once in the new root."""
     newroot = plan.newroot
 
-    def step(name: str, fn) -> None:
+    def step(name: str, fn: Callable[[], object]) -> None:
         if name not in done:
             fn()
             done.add(name)
@@ -178,7 +191,7 @@ def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> Non
         step("delete", lambda: delete_initramfs(m, newroot))
         step("enter", lambda: (m.sys.chdir(m.path(newroot)),
                                m.sys.mount(m.path(newroot), m.path("/"), None, MS_MOVE)))
-        step("chroot", lambda: (m.sys.chroot("."), m.sys.chdir("/")))
+        step(INSIDE, lambda: (m.sys.chroot("."), m.sys.chdir("/")))
     else:
         old = m.path(newroot + OLD_ROOT)
 
@@ -188,7 +201,7 @@ def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> Non
             m.sys.pivot_root(m.path(newroot), old)
 
         step("enter", pivot)
-        step("chroot", lambda: (m.sys.chroot("."), m.sys.chdir("/")))
+        step(INSIDE, lambda: (m.sys.chroot("."), m.sys.chdir("/")))
         try:
             m.sys.umount2(OLD_ROOT, MNT_DETACH)
         except OSError as e:
@@ -197,11 +210,13 @@ def switch(m, plan: Plan, log, before_exec=None, done: set | None = None) -> Non
         m.sys.console(CONSOLE)
     except OSError:
         pass
-    if before_exec is not None:
-        before_exec()
+
+
+def exec_init(m: Machine, plan: Plan) -> None:
+    """Become init (from inside the new root). Returns only if exec did (a fake)."""
     try:
         m.sys.execv(plan.init, list(plan.argv))
     except OSError as e:
         raise BootFailure(f"cannot start {plan.init}: {e}",
                           "the init exists but the kernel refused to run it (wrong "
-                          "architecture, missing interpreter or libraries); pass init=")
+                          "architecture, missing interpreter or libraries); pass init=") from e

@@ -11,12 +11,20 @@ from __future__ import annotations
 import _thread
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from liveinit.cmdline import BootConfig
+    from liveinit.kmodindex import ModuleIndex
+    from liveinit.log import Log
+    from liveinit.machine import Machine
+
 EEXIST = 17
 SYSMODULE = "/sys/module/"
 CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
 # .ko.xz and .ko.gz are decompressed in Python and passed to init_module;
 # the stdlib has no zstd (the packer stores modules as plain .ko anyway).
-ZSTD_HINT = "zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): pack with uncompressed or xz modules"
+ZSTD_HINT = ("zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): "
+             "pack with uncompressed or xz modules")
 
 
 def normalize(name: str) -> str:
@@ -27,7 +35,7 @@ def normalize(name: str) -> str:
 class ModuleLoader:
     """Loads modules through `m.sys`, remembering why and what failed."""
 
-    def __init__(self, m, index, moddir: str, cfg, log) -> None:
+    def __init__(self, m: Machine, index: ModuleIndex, moddir: str, cfg: BootConfig, log: Log) -> None:
         self.m = m
         self.index = index
         self.moddir = moddir.rstrip("/")
@@ -38,19 +46,16 @@ class ModuleLoader:
         self.skipped: dict[str, str] = {}  # blacklisted module -> the alias it was asked for
         self.unfit: dict[str, str] = {}    # CPU-gated module this CPU cannot run -> asked for by
         self._cpu: str | None = None
-        opts = getattr(cfg, "module_options", None) or {}
-        self.cmdline_options = {normalize(k): v for k, v in opts.items()}
-        self.cmdline_blacklist = {normalize(n) for n in getattr(cfg, "blacklist", ())}
+        self.cmdline_options = {normalize(k): v for k, v in cfg.module_options.items()}
+        self.cmdline_blacklist = {normalize(n) for n in cfg.blacklist}
         self.blacklist = set(self.cmdline_blacklist)
         self.blacklist.update(index.blacklist)  # modprobe.d of the image
         self._alias_cache: dict[str, list[str]] = {}
-        self._pci_cache: dict[tuple, list[str]] = {}
+        self._pci_cache: dict[tuple[int, int, int, int, int], list[str]] = {}
         # Threads may load at once (coldplug.start): the dicts above are only ever
         # updated by single operations, and a module being inserted by one thread
         # is waited for, not inserted again, by the others (`_inflight`).
-        self._inflight: dict[str, object] = {}  # module -> lock held while inserting it
-        self.background = None  # the Coldplug running in the background, if any
-        self.left: list[str] = []  # "modules for device": coldplug work left to the booted system
+        self._inflight: dict[str, _thread.LockType] = {}  # module -> lock held while inserting it
 
     # -- public -------------------------------------------------------------
 
@@ -73,7 +78,7 @@ class ModuleLoader:
             self._alias_cache[alias] = names
         return names
 
-    def match_pci(self, ids: tuple) -> list[str]:
+    def match_pci(self, ids: tuple[int, int, int, int, int]) -> list[str]:
         """The index's modules for PCI ids (vendor, device, subvendor, subdevice, class), memoised."""
         names = self._pci_cache.get(ids)
         if names is None:
@@ -81,7 +86,7 @@ class ModuleLoader:
             self._pci_cache[ids] = names
         return names
 
-    def load_matches(self, names, reason: str, alias: str = "") -> list[str]:
+    def load_matches(self, names: tuple[str, ...] | list[str], reason: str, alias: str = "") -> list[str]:
         """Load modules found by matching a device or alias, minus blacklisted ones."""
         done = []
         for mod in names:
@@ -149,20 +154,21 @@ class ModuleLoader:
                     break  # post-softdeps are pointless without the module
             elif name not in hard and not self._cpu_fits(name, f"softdep of {mod}"):
                 continue   # one of several providers (crc32c_intel beside crc32c_generic)
-            elif not self._load_one(name, f"softdep of {mod}" if after or name not in hard else f"dep of {mod}"):
-                if name in hard:
+            else:
+                why = f"dep of {mod}" if name in hard and not after else f"softdep of {mod}"
+                if not self._load_one(name, why) and name in hard:
                     # Its symbols are missing: inserting it would only fail less clearly.
                     return self._fail(mod, f"needs {name}, which failed to load")
         return ok
 
     def _options(self, mod: str) -> str:
         parts = []
-        o = self.index.options(mod)
-        if o:
-            parts.append(o)
-        o = self.cmdline_options.get(mod)
-        if o:
-            parts.append(o)  # after the image's, so the cmdline wins
+        image = self.index.options(mod)
+        if image:
+            parts.append(image)
+        given = self.cmdline_options.get(mod)
+        if given:
+            parts.append(given)  # after the image's, so the cmdline wins
         return " ".join(parts)
 
     def _load_one(self, mod: str, reason: str) -> bool:

@@ -2,41 +2,46 @@
 
 Waiting is event-driven: every kernel uevent wakes us (a block `add` means a
 rescan; an `add` with a MODALIAS loads its driver, so USB storage found late
-still works), and the only sleep is `listener.poll` up to the deadline
-(`rootdelay=`). Without root= (or with `live:auto`) every block device is a
-candidate, optical and removable first; the medium whose live/liveinit.id
-equals the identity baked into /init wins, so several live sticks in one
-machine do not confuse the boot.
+still works), and the only sleep is the discovery's `events` up to the
+deadline (`rootdelay=`). Without root= (or with `live:auto`) every block
+device is a candidate, optical and removable first; the medium whose
+live/liveinit.id equals the identity baked into /init wins, so several live
+sticks in one machine do not confuse the boot.
 
-When coldplug runs in the background (`coldplug.start`), the search starts
-at once and takes the root the moment its device appears; `find_root` joins
-coldplug before it returns. A plain root (root=DEVICE, no persistence) needs
-nothing more once its device is there: coldplug is stopped then, the loads
-under way finish and the rest is left to the booted system's udev. A live
-medium may still need devices (persistence), so there coldplug runs to its end. A
-medium with another identity is taken once nothing more can appear: coldplug
-has ended and uevents have been quiet for QUIET seconds; with USB, MMC
-storage or NVMe about (slow to show their disks) it waits SETTLE seconds instead."""
+Coldplug runs in the background meanwhile (`discovery.Discovery`): the
+search starts at once and takes the root the moment its device appears, and
+`find_root` joins coldplug before it returns. A device root (root=DEVICE, not
+live) tells the discovery so at once (`device_root_found`: root first's end).
+A medium with another identity is taken once nothing more can appear (the
+discovery has `settled`); with USB, MMC storage or NVMe about (slow to show
+their disks) it waits SETTLE seconds instead."""
 from __future__ import annotations
 
 import os
 import time
 
 from liveinit import blockdev
+from liveinit.contract import ID_FILE, ISO_MOUNT, MEDIUM
+from liveinit.costs import PROBING
+from liveinit.discovery import COLDPLUG_JOIN, QUIET
 from liveinit.plain import Plain
-from liveinit.profile import PROBING, WAITS
 from liveinit.syscalls import MS_RDONLY
 
-MEDIUM = "/run/liveinit/medium"
-ISO_MOUNT = "/run/liveinit/iso"
-ID_FILE = "/live/liveinit.id"
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    from liveinit.cmdline import BootConfig, RootSpec
+    from liveinit.discovery import Discovery
+    from liveinit.emergency import BootFailure
+    from liveinit.log import Log
+    from liveinit.machine import Machine
+
+    T = TypeVar("T")
+
 POLL_MAX = 1.0      # rescan at least this often even without events
 SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger...
-QUIET = 0.1         # ...or only until coldplug is done and uevents stop this long (no slow bus)
-# Drivers whose disks show up well after their own load returned (USB's settle
-# delay, MMC card detection, NVMe's asynchronous namespace scan).
-SLOW_BUS = ("usb_storage", "uas", "mmc_block", "nvme")
-COLDPLUG_JOIN = 60.0    # longest wait for background module loads once the root is found
 PERSIST_WAIT = 5.0      # how long a persistence device named on the command line may take to appear
 # Content that is never a mountable medium.
 NOT_FS = frozenset(("swap", "LVM2_member", "crypto_LUKS", "linux_raid_member", "zfs_member",
@@ -62,19 +67,24 @@ class Found(Plain):
 class _Search:
     """The state shared by the waits: devices seen, their identities, what was tried."""
 
-    def __init__(self, m, cfg, settings, loader, listener, log) -> None:
+    def __init__(self, m: Machine, cfg: BootConfig | None, identity: str, discovery: Discovery,
+                 log: Log) -> None:
         self.m = m
         self.cfg = cfg
-        self.settings = settings or {}
-        self.loader = loader
-        self.listener = listener
+        self.identity = identity
+        self.discovery = discovery
+        self.loader = discovery.loader
         self.log = log
-        self.ids: dict[tuple, dict] = {}     # (name, major, minor, size) -> fsprobe keys
+        self.ids: dict[tuple[str, int, int, int], dict[str, str]] = {}   # (name, major, minor, size) -> keys
         self.devices: dict[str, blockdev.BlockDevice] = {}
-        self.tried: set[tuple] = set()
-        self.coldplug = getattr(loader, "background", None)   # coldplug.start's, if running
-        self.last_event = time.monotonic()
+        self.tried: set[tuple[str, int, int, int]] = set()
         self.poll_max = POLL_MAX
+
+    @property
+    def config(self) -> BootConfig:
+        """The command line (the root search has one; `find_device` does not need it)."""
+        assert self.cfg is not None
+        return self.cfg
 
     # -- devices ------------------------------------------------------------
 
@@ -84,17 +94,17 @@ class _Search:
             self.devices[d.name] = d
         return devs
 
-    def identify(self, dev) -> dict:
+    def identify(self, dev: blockdev.BlockDevice) -> dict[str, str]:
         key = (dev.name, dev.major, dev.minor, dev.size)
         info = self.ids.get(key)
         if info is None:
-            begun = self.m.profile.begin(PROBING)
+            begun = self.m.costs.begin(PROBING)
             try:
                 info = blockdev.identify(self.m, dev)
             except Exception as e:  # a broken superblock must not kill PID 1
                 self.log.debug(f"cannot probe /dev/{dev.name}: {e}")
                 info = {}
-            self.m.profile.end(PROBING, begun)
+            self.m.costs.end(PROBING, begun)
             if info:
                 # Unrecognised content is probed again on the next rescan: a device
                 # that just appeared may not be readable yet.
@@ -103,7 +113,7 @@ class _Search:
 
     # -- waiting ------------------------------------------------------------
 
-    def wait(self, attempt, deadline: float):
+    def wait(self, attempt: Callable[[], T | None], deadline: float) -> T | None:
         """Call attempt() now and after every batch of uevents until it returns non-None."""
         while True:
             r = attempt()
@@ -112,31 +122,13 @@ class _Search:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self.events(min(left, self.poll_max))
-
-    def events(self, timeout: float) -> list:
-        begun = self.m.profile.begin(WAITS)
-        if self.listener is None:
-            time.sleep(min(timeout, 0.25))
-            self.m.profile.end(WAITS, begun)
-            return []
-        evs = self.listener.poll(timeout)
-        self.m.profile.end(WAITS, begun)
-        if evs:
-            self.last_event = time.monotonic()
-        for ev in evs:
-            if ev.get("ACTION") == "add" and ev.get("MODALIAS"):
-                if self.coldplug is None:
-                    from liveinit.coldplug import Coldplug
-                    self.coldplug = Coldplug(self.m, self.loader, self.log)
-                self.coldplug.handle_event(ev)
-        return evs
+            self.discovery.events(min(left, self.poll_max))
 
     # -- mounting -----------------------------------------------------------
 
-    def mount(self, dev, fstype: str, target: str) -> bool:
+    def mount(self, dev: blockdev.BlockDevice, fstype: str, target: str) -> bool:
         """Mount /dev/NAME read-only at target, loading the fs module first."""
-        # Memoised and a no-op when present; works with boot's NullLoader too.
+        # Memoised and a no-op when present; works with the NullLoader too.
         self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
         self.m.makedirs(target)
         try:
@@ -155,32 +147,9 @@ class _Search:
 
     # -- the failure message ------------------------------------------------
 
-    def settled(self) -> bool:
-        """No more devices are expected: coldplug is over and uevents are quiet (no slow bus)."""
-        cp = self.coldplug
-        if cp is not None and getattr(cp, "running", False):
-            return False
-        if any(self.loader.is_present(n) for n in SLOW_BUS if hasattr(self.loader, "is_present")):
-            return False
-        return time.monotonic() - self.last_event >= QUIET
-
-    def finish_coldplug(self, stop: bool = False) -> None:
-        """Join a background coldplug (its modules belong to this boot's record);
-        stop: start no more loads first (the root needs nothing else)."""
-        if getattr(self.loader, "background", None) is None:
-            return
-        from liveinit import coldplug
-        begun = self.m.profile.begin(WAITS)
-        coldplug.finish(self.loader, self.log, COLDPLUG_JOIN, stop)
-        self.m.profile.end(WAITS, begun)
-
-    def plain_root_needs_nothing_more(self) -> bool:
-        """A plain root's device is there: no later stage searches for devices."""
-        return not self.cfg.persistence and not self.cfg.findiso
-
-    def failure(self, what: str, hint: str):
+    def failure(self, what: str, hint: str) -> BootFailure:
         from liveinit.emergency import BootFailure
-        self.finish_coldplug()
+        self.discovery.finish(COLDPLUG_JOIN)   # every driver it could load is in the list below
         lines = [what]
         self.scan()
         if self.devices:
@@ -196,11 +165,12 @@ class _Search:
         loaded = ", ".join(sorted(self.loader.loaded)) or "none"
         lines.append(f"modules loaded: {loaded}")
         if self.loader.failed:
-            lines.append("modules failed: " + ", ".join(f"{k} ({v})" for k, v in sorted(self.loader.failed.items())))
+            failed = sorted(self.loader.failed.items())
+            lines.append("modules failed: " + ", ".join(f"{k} ({v})" for k, v in failed))
         return BootFailure("\n".join(lines), hint)
 
 
-def _match_spec(search: _Search, spec):
+def _match_spec(search: _Search, spec: RootSpec) -> blockdev.BlockDevice | None:
     """The first device matching a RootSpec (path, uuid, label, partuuid, partlabel, devno)."""
     kind, value = spec.kind, spec.value
     if kind == "path":
@@ -227,7 +197,7 @@ def _match_spec(search: _Search, spec):
     return None
 
 
-def _devno_hex(value: str):
+def _devno_hex(value: str) -> tuple[int, int] | None:
     """root=0801 (hex major/minor, the old kernel form) -> (8, 1)."""
     try:
         n = int(value, 16)
@@ -236,7 +206,7 @@ def _devno_hex(value: str):
     return (n >> 8, n & 0xFF)
 
 
-def _spec_text(spec) -> str:
+def _spec_text(spec: RootSpec) -> str:
     if spec.kind == "path":
         return spec.value
     if spec.kind == "devno":
@@ -246,7 +216,7 @@ def _spec_text(spec) -> str:
 
 def _image_on(search: _Search, mountpoint: str) -> str:
     """Where the live image is (or would be) on the filesystem at `mountpoint`."""
-    return mountpoint + "/" + search.cfg.live_image.lstrip("/")
+    return mountpoint + "/" + search.config.live_image.lstrip("/")
 
 
 def _has_image(search: _Search, mountpoint: str) -> bool:
@@ -257,7 +227,7 @@ def _require_image(search: _Search, what: str, hint: str) -> str:
     """The image path on the mounted medium; else unmount it and fail naming `what`."""
     if not _has_image(search, MEDIUM):
         search.umount(MEDIUM)
-        raise search.failure(f"{what} holds no {search.cfg.live_image}", hint)
+        raise search.failure(f"{what} holds no {search.config.live_image}", hint)
     return _image_on(search, MEDIUM)
 
 
@@ -266,18 +236,19 @@ def _identity(search: _Search, mountpoint: str) -> str | None:
     return text.strip() if text is not None else None
 
 
-def find_root(m, cfg, settings, loader, listener, log) -> Found:
-    """Find the root device or the live medium; raises emergency.BootFailure.
+def find_root(m: Machine, cfg: BootConfig, identity: str, discovery: Discovery, log: Log) -> Found:
+    """Find the root device or the live medium whose live/liveinit.id is
+    `identity` (preferred); raises emergency.BootFailure.
 
-    A background coldplug (`coldplug.start`) is joined before this returns."""
-    search = _Search(m, cfg, settings, loader, listener, log)
+    The discovery's background coldplug is joined before this returns."""
+    search = _Search(m, cfg, identity, discovery, log)
     found = _find(search)
-    search.finish_coldplug(stop=found.medium is None and search.plain_root_needs_nothing_more())
+    discovery.finish(COLDPLUG_JOIN)
     return found
 
 
 def _find(search: _Search) -> Found:
-    m, cfg, loader, log = search.m, search.cfg, search.loader, search.log
+    m, cfg, loader, log = search.m, search.config, search.loader, search.log
     deadline = time.monotonic() + cfg.rootdelay
     if cfg.findiso:
         return _findiso(search, deadline)
@@ -295,8 +266,7 @@ def _find(search: _Search) -> Found:
     fstype = cfg.rootfstype or info.get("TYPE", "")
     nodepath = blockdev.node(m, dev)
     if not spec.live:
-        if search.coldplug is not None and search.plain_root_needs_nothing_more():
-            search.coldplug.stop()   # nothing new starts while the fs module loads
+        search.discovery.device_root_found(cfg)   # before the fs module loads: root first ends
         if fstype:
             loader.load_alias("fs-" + fstype, f"fs-{fstype} for root {text}")
         log.info(f"root {text} is {nodepath} ({fstype or 'unknown type'})")
@@ -304,14 +274,15 @@ def _find(search: _Search) -> Found:
     if not fstype or not search.mount(dev, fstype, MEDIUM):
         raise search.failure(f"the live medium {text} ({nodepath}) could not be mounted "
                              f"(type {fstype or 'unknown'})",
-                             "check root=live:... names the device holding the live image, or give rootfstype=")
+                             "check root=live:... names the device holding the live image, "
+                             "or give rootfstype=")
     image = _require_image(search, f"{nodepath} ({text})",
                            "set liveinit.image= to the image's path on the medium, or fix root=live:...")
     log.info(f"live medium {text} is {nodepath}")
     return Found(nodepath, fstype, info, f"root=live:{text}", MEDIUM, image)
 
 
-def _candidates(search: _Search) -> list:
+def _candidates(search: _Search) -> list[blockdev.BlockDevice]:
     """Devices not tried yet, optical first, then removable, then the rest."""
     out = []
     for d in search.scan():
@@ -323,12 +294,13 @@ def _candidates(search: _Search) -> list:
 
 
 def _search_live(search: _Search, deadline: float) -> Found:
-    cfg, log = search.cfg, search.log
-    want = str(search.settings.get("identity") or "")
-    fallback: list = []          # (dev, info, identity) of media with the image but another id
+    cfg, log = search.config, search.log
+    want = search.identity
+    # (dev, info, fstype, identity) of media with the image but another identity
+    fallback: list[tuple[blockdev.BlockDevice, dict[str, str], str, str | None]] = []
     fallback_since = [0.0]
 
-    def attempt():
+    def attempt() -> Found | str | None:
         for d in _candidates(search):
             info = search.identify(d)
             fstype = info.get("TYPE")
@@ -352,7 +324,7 @@ def _search_live(search: _Search, deadline: float) -> Found:
                 fallback_since[0] = time.monotonic()
                 search.poll_max = QUIET / 2   # look at settled() often from now on
             fallback.append((d, info, fstype, ident))
-        if fallback and (search.settled() or time.monotonic() - fallback_since[0] >= SETTLE):
+        if fallback and (search.discovery.settled() or time.monotonic() - fallback_since[0] >= SETTLE):
             return "fallback"
         return None
 
@@ -373,20 +345,22 @@ def _search_live(search: _Search, deadline: float) -> Found:
         "with rd.driver.pre=MODULE")
 
 
-def _live_found(search: _Search, d, info: dict, fstype: str, why: str) -> Found:
+def _live_found(search: _Search, d: blockdev.BlockDevice, info: dict[str, str], fstype: str,
+                why: str) -> Found:
     path = "/dev/" + d.name
-    search.log.info(f"live medium: {search.cfg.live_image} on {d.name} ({why})")
-    return Found(path, fstype, info, f"search: {search.cfg.live_image} on {d.name} ({why})",
+    search.log.info(f"live medium: {search.config.live_image} on {d.name} ({why})")
+    return Found(path, fstype, info, f"search: {search.config.live_image} on {d.name} ({why})",
                  MEDIUM, _image_on(search, MEDIUM))
 
 
 def _findiso(search: _Search, deadline: float) -> Found:
     """Find the filesystem holding cfg.findiso, loop-mount the ISO as the medium."""
-    cfg, m, log = search.cfg, search.m, search.log
-    iso_rel = cfg.findiso.lstrip("/")
+    cfg, m, log = search.config, search.m, search.log
+    iso = cfg.findiso or ""
+    iso_rel = iso.lstrip("/")
     spec = cfg.root
 
-    def attempt():
+    def attempt() -> tuple[blockdev.BlockDevice, dict[str, str], str] | None:
         if spec.kind != "auto":
             d = _match_spec(search, spec)
             cands = [d] if d is not None and (d.name, d.major, d.minor, d.size) not in search.tried else []
@@ -416,7 +390,7 @@ def _findiso(search: _Search, deadline: float) -> Found:
         loopdev = m.sys.loop_attach(m.path(ISO_MOUNT + "/" + iso_rel), True, True, m.path("/dev"))
     except OSError as e:
         raise search.failure(f"cannot attach {cfg.findiso} on /dev/{d.name} to a loop device: {e}",
-                             "the loop module may be missing from the image")
+                             "the loop module may be missing from the image") from e
     loopdev = loopdev[len(m.root):] if m.root != "/" and loopdev.startswith(m.root + "/") else loopdev
     search.loader.load_alias("fs-iso9660", f"fs-iso9660 for {cfg.findiso}")
     m.makedirs(MEDIUM)
@@ -435,7 +409,8 @@ def _findiso(search: _Search, deadline: float) -> Found:
     return Found(loopdev, "iso9660", info, f"findiso {cfg.findiso} on {d.name}", MEDIUM, image)
 
 
-def find_device(m, text: str, loader, listener, log, timeout: float = PERSIST_WAIT) -> str | None:
+def find_device(m: Machine, text: str, discovery: Discovery, log: Log,
+                timeout: float = PERSIST_WAIT) -> str | None:
     """The /dev node of the device a spec names (LABEL=, UUID=, PARTUUID=,
     PARTLABEL=, /dev/NAME, MAJ:MIN), waiting up to `timeout` s for it to
     appear (a persistence stick may come up after the medium). The same
@@ -444,6 +419,6 @@ def find_device(m, text: str, loader, listener, log, timeout: float = PERSIST_WA
     spec = parse_root(text)
     if spec is None or spec.kind == "auto":
         return None
-    search = _Search(m, None, None, loader, listener, log)
+    search = _Search(m, None, "", discovery, log)
     dev = search.wait(lambda: _match_spec(search, spec), time.monotonic() + timeout)
     return None if dev is None else blockdev.node(m, dev)

@@ -5,28 +5,42 @@ loop-mounted read-only at /run/liveinit/ro; a writable layer (tmpfs, or a
 persistence partition or image file) at /run/liveinit/rw holds `upper/` and
 `work/`; the union is overlayfs, else aufs, else unionfs, else the old
 "wraith" way (a read-only bind of the image with writable tmpfs copies of
-/etc, /var, /tmp, /root, /home bound over it). Plain: the root device mounted
+/etc, /var, /tmp, /root, /home bound over it). Device root: the root device mounted
 as the command line asks, optionally under the same overlay."""
 from __future__ import annotations
 
 import errno
 import os
 
+from liveinit.contract import ISO_MOUNT, MEDIUM, PERSIST_HOST, RAM, RO, RW, SYSROOT
 from liveinit.emergency import BootFailure
-from liveinit.machine import Machine
 from liveinit.plain import Plain
-from liveinit.syscalls import (MNT_DETACH, MS_BIND, MS_MOVE, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
-                               MS_NOSUID, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
-                               MS_SYNCHRONOUS)
+from liveinit.syscalls import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_MOVE,
+    MS_NOATIME,
+    MS_NODEV,
+    MS_NODIRATIME,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_REC,
+    MS_RELATIME,
+    MS_REMOUNT,
+    MS_SYNCHRONOUS,
+)
 
-SYSROOT = "/sysroot"
-BASE = "/run/liveinit"
-MEDIUM = BASE + "/medium"
-RO = BASE + "/ro"
-RW = BASE + "/rw"
-RAM = BASE + "/ram"
-ISO_OUTER = BASE + "/iso"                # findiso: the filesystem holding the ISO file
-PERSIST_HOST = BASE + "/persist"   # filesystem holding a persistence image file
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from typing import Any
+
+    from liveinit.cmdline import BootConfig
+    from liveinit.discovery import Discovery, Loader
+    from liveinit.log import Log
+    from liveinit.machine import Machine
+    from liveinit.rootfind import Found
+
 PERSIST_DIR = "liveinit-rw"        # on a persistence filesystem: upper/ and work/ below it
 IMAGE_TYPES = ("squashfs", "erofs")
 UNION_CHAIN = ("overlay", "aufs", "unionfs", "bind")
@@ -40,12 +54,19 @@ FLAG_WORDS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec":
 
 class Stacked(Plain):
     """root: where the new root is mounted (/sysroot); union: overlay | aufs |
-    unionfs | bind | none | plain; image_fstype: squashfs/erofs (live) or the
-    root's fstype (plain); loop: loop device of the image; writable: "tmpfs",
+    unionfs | bind | none | device; image_fstype: squashfs/erofs (live) or the
+    root's fstype (device root); loop: loop device of the image; writable: "tmpfs",
     "persistence LABEL=x", "none", "device"; toram; tried: union methods that
     failed, with why."""
 
     __slots__ = ("root", "union", "image_fstype", "loop", "writable", "toram", "tried")
+    root: str
+    union: str
+    image_fstype: str
+    loop: str | None
+    writable: str
+    toram: bool
+    tried: tuple[str, ...]
 
 
 def mount_options(flags_text: str, readonly: bool) -> tuple[int, str | None]:
@@ -69,7 +90,7 @@ def _probe(path: str) -> dict[str, str]:
     return fsprobe.probe(path)
 
 
-def _need(loader, alias: str, reason: str) -> None:
+def _need(loader: Loader | None, alias: str, reason: str) -> None:
     """Ask the loader for a module on demand; a missing one shows up at mount time."""
     if loader is None:
         return
@@ -82,7 +103,7 @@ def _need(loader, alias: str, reason: str) -> None:
         pass
 
 
-def _mount_fs(m, loader, source: str, target: str, fstype: str, flags: int,
+def _mount_fs(m: Machine, loader: Loader | None, source: str, target: str, fstype: str, flags: int,
               data: str | None, reason: str) -> None:
     """mount(2), loading `fs-<fstype>` first on ENODEV (unknown filesystem) and retrying."""
     m.makedirs(target)
@@ -96,7 +117,7 @@ def _mount_fs(m, loader, source: str, target: str, fstype: str, flags: int,
     m.sys.mount(source, m.path(target), fstype, flags, data)
 
 
-def meminfo(m) -> dict[str, int]:
+def meminfo(m: Machine) -> dict[str, int]:
     """/proc/meminfo in bytes."""
     out: dict[str, int] = {}
     for line in (m.read("/proc/meminfo") or "").splitlines():
@@ -107,7 +128,7 @@ def meminfo(m) -> dict[str, int]:
     return out
 
 
-def copy_to_ram(m, image: str, medium: str | None, log) -> str:
+def copy_to_ram(m: Machine, image: str, medium: str | None, log: Log) -> str:
     """Copy the image into a tmpfs and unmount the medium; returns the new image path."""
     real = m.path(image)
     size = os.path.getsize(real)
@@ -147,16 +168,16 @@ def copy_to_ram(m, image: str, medium: str | None, log) -> str:
             log.warn(f"toram: cannot unmount {medium} ({e}); the medium stays in use")
         # findiso: the filesystem holding the ISO file is mounted too; the ISO's
         # loop device lets go of it once its last user (us, until exec) is gone.
-        if _mounted(m, ISO_OUTER):
+        if _mounted(m, ISO_MOUNT):
             try:
-                m.sys.umount2(m.path(ISO_OUTER), MNT_DETACH)
-                log.info(f"toram: {ISO_OUTER} detached, the device holding the ISO can be removed")
+                m.sys.umount2(m.path(ISO_MOUNT), MNT_DETACH)
+                log.info(f"toram: {ISO_MOUNT} detached, the device holding the ISO can be removed")
             except OSError as e:
-                log.warn(f"toram: cannot unmount {ISO_OUTER} ({e})")
+                log.warn(f"toram: cannot unmount {ISO_MOUNT} ({e})")
     return dest
 
 
-def _mounted(m, path: str) -> bool:
+def _mounted(m: Machine, path: str) -> bool:
     target = m.path(path)
     for line in (m.read("/proc/mounts") or "").splitlines():
         f = line.split()
@@ -165,12 +186,12 @@ def _mounted(m, path: str) -> bool:
     return False
 
 
-def _writable(m, cfg, loader, log) -> tuple[str, str]:
+def _writable(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log) -> tuple[str, str]:
     """Mount the writable layer at RW; returns (base dir holding upper/work, description)."""
     spec = cfg.persistence
     if spec:
         try:
-            return _persistence(m, spec, loader, log)
+            return _persistence(m, spec, discovery, log)
         except (OSError, BootFailure) as e:
             msg = e.message if isinstance(e, BootFailure) else str(e)
             log.warn(f"persistence {spec}: {msg}; changes will be lost at power-off (tmpfs)")
@@ -180,15 +201,18 @@ def _writable(m, cfg, loader, log) -> tuple[str, str]:
     return RW, "tmpfs"
 
 
-def _persistence(m, spec: str, loader, log) -> tuple[str, str]:
+def _persistence(m: Machine, spec: str, discovery: Discovery, log: Log) -> tuple[str, str]:
+    loader = discovery.loader
+    dev, fstype = "", ""
     devspec, _, filepath = spec.partition(":")
     if devspec.startswith("/") and not devspec.startswith("/dev/") and not filepath:
         devspec, filepath = "", devspec   # a bare file path on the medium
     if devspec:
         from liveinit.rootfind import find_device
-        dev = find_device(m, devspec, loader, None, log)   # coldplug is over: polling will do
-        if dev is None:
+        found = find_device(m, devspec, discovery, log)
+        if found is None:
             raise BootFailure(f"no device matches {devspec}")
+        dev = found
         fstype = _probe(m.path(dev)).get("TYPE", "")
         if not fstype:
             raise BootFailure(f"{dev} holds no filesystem liveinit recognises")
@@ -254,7 +278,7 @@ def _attrs(path: str, st: os.stat_result) -> None:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _union(m, method: str, lower: str, base: str, loader) -> None:
+def _union(m: Machine, method: str, lower: str, base: str, loader: Loader | None) -> None:
     """Mount one union method at SYSROOT; raises OSError when the kernel cannot."""
     upper, work = base + "/upper", base + "/work"
     root = m.path(SYSROOT)
@@ -282,7 +306,7 @@ def _union(m, method: str, lower: str, base: str, loader) -> None:
         raise OSError(errno.EINVAL, f"unknown union method {method}")
 
 
-def _bind_wraith(m, lower: str, base: str) -> None:
+def _bind_wraith(m: Machine, lower: str, base: str) -> None:
     """Read-only bind of the image with writable copies of BIND_DIRS bound over it."""
     root = m.path(SYSROOT)
     m.sys.mount(m.path(lower), root, None, MS_BIND | MS_REC)
@@ -297,13 +321,16 @@ def _bind_wraith(m, lower: str, base: str) -> None:
         m.sys.mount(m.path(copy), m.path(SYSROOT + "/" + d), None, MS_BIND)
 
 
-def _stack_union(m, cfg, lower: str, loader, log, forced: bool) -> tuple[str, str, list[str]]:
-    """Writable layer + union at SYSROOT; returns (method, writable, failures)."""
+def _stack_union(m: Machine, cfg: BootConfig, lower: str, discovery: Discovery,
+                 log: Log) -> tuple[str, str, list[str]]:
+    """Writable layer + union at SYSROOT; returns (method, writable, failures).
+    A union= on the command line is the only method tried."""
+    loader = discovery.loader
     if cfg.union == "none":
         _union(m, "none", lower, "", loader)
         return "none", "none", []
-    base, writable = _writable(m, cfg, loader, log)
-    chain = (cfg.union,) if forced or cfg.union != "overlay" else UNION_CHAIN
+    base, writable = _writable(m, cfg, discovery, log)
+    chain = (cfg.union,) if cfg.union_given or cfg.union != "overlay" else UNION_CHAIN
     tried: list[str] = []
     for method in chain:
         try:
@@ -328,12 +355,12 @@ class _Undo:
     """The syscalls, remembering what this attempt mounted and attached so a
     failed attempt leaves nothing behind and the stage can be retried."""
 
-    def __init__(self, sys) -> None:
+    def __init__(self, sys: Any) -> None:
         self.sys = sys
         self.mounted: list[str] = []
         self.loops: list[str] = []
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.sys, name)
 
     def mount(self, source: str, target: str, fstype: str | None = None,
@@ -348,34 +375,34 @@ class _Undo:
         self.loops.append(loop)
         return loop
 
-    def undo(self, log) -> None:
+    def undo(self, log: Log) -> None:
         for target in reversed(self.mounted):
             try:
                 self.sys.umount2(target, MNT_DETACH)
             except OSError as e:
                 log.warn(f"cannot unmount {target} after the failure: {e}")
         for loop in self.loops:
-            release = getattr(self.sys, "loop_release", None)
-            if release is not None:
-                release(loop)
+            self.sys.loop_release(loop)
 
 
-def stack(m, cfg, found, loader, log, forced_union: bool = False) -> Stacked:
-    """Mount the new root at /sysroot for `found` (live medium or plain root).
+def stack(m: Machine, cfg: BootConfig, found: Found, discovery: Discovery, log: Log) -> Stacked:
+    """Mount the new root at /sysroot for `found` (live medium or device root);
+    the discovery loads modules on demand and finds a persistence device.
 
     On failure everything this call mounted is unmounted again."""
     undo = _Undo(m.sys)
     try:
-        return _stack(Machine(m.root, undo), cfg, found, loader, log, forced_union)
+        return _stack(m.with_sys(undo), cfg, found, discovery, log)
     except BaseException:
         undo.undo(log)
         raise
 
 
-def _stack(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
+def _stack(m: Machine, cfg: BootConfig, found: Found, discovery: Discovery, log: Log) -> Stacked:
+    loader = discovery.loader
     m.makedirs(SYSROOT)
     if found.image is None:
-        return _plain(m, cfg, found, loader, log, forced_union)
+        return _device_root(m, cfg, found, discovery, log)
     image = found.image
     if not m.exists(image):
         raise BootFailure(
@@ -401,15 +428,15 @@ def _stack(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
     except OSError as e:
         raise BootFailure(
             f"cannot attach {image} to a loop device: {e}",
-            "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent")
+            "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent") from e
     try:
         _mount_fs(m, loader, loop, RO, fstype, MS_RDONLY, None, f"live image {image}")
     except OSError as e:
         raise BootFailure(
             f"cannot mount {image} ({fstype}) from {loop} at {RO}: {e}",
             f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
-            "or the image is corrupt (check the medium's checksum)")
-    method, writable, tried = _stack_union(m, cfg, RO, loader, log, forced_union)
+            "or the image is corrupt (check the medium's checksum)") from e
+    method, writable, tried = _stack_union(m, cfg, RO, discovery, log)
     if method == "none":
         log.info(f"root: {image} ({fstype}) read-only (union=none)")
     else:
@@ -417,14 +444,15 @@ def _stack(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
     return Stacked(SYSROOT, method, fstype, loop, writable, toram, tuple(tried))
 
 
-def _plain(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
+def _device_root(m: Machine, cfg: BootConfig, found: Found, discovery: Discovery, log: Log) -> Stacked:
+    loader = discovery.loader
     fstype = cfg.rootfstype or found.fstype
     if not fstype:
         raise BootFailure(
             f"the root device {found.device} holds no filesystem liveinit recognises",
             "name its type with rootfstype= (e.g. rootfstype=ext4) or check root=")
     flags, data = mount_options(cfg.rootflags, cfg.readonly)
-    overlay = forced_union and cfg.union != "none"
+    overlay = cfg.union_given and cfg.union != "none"
     target = RO if overlay else SYSROOT
     if overlay:
         flags |= MS_RDONLY
@@ -436,10 +464,10 @@ def _plain(m, cfg, found, loader, log, forced_union: bool) -> Stacked:
             f"cannot mount the root {found.device} ({fstype}) at {target}: {e}",
             f"found it by {found.how}; check rootfstype= and rootflags= "
             f"(now {cfg.rootfstype or 'auto'} / {cfg.rootflags or 'none'}), "
-            "or whether its filesystem module is packed")
+            "or whether its filesystem module is packed") from e
     if not overlay:
         log.info(f"root: {found.device} ({fstype}) {'ro' if flags & MS_RDONLY else 'rw'}")
-        return Stacked(SYSROOT, "plain", fstype, None, "device", False, ())
-    method, writable, tried = _stack_union(m, cfg, RO, loader, log, True)
+        return Stacked(SYSROOT, "device", fstype, None, "device", False, ())
+    method, writable, tried = _stack_union(m, cfg, RO, discovery, log)
     log.info(f"root: {found.device} ({fstype}) + {writable} via {method}")
     return Stacked(SYSROOT, method, fstype, None, writable, False, tuple(tried))

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import liveinit.rootfind
 import liveinit.uevent
 from fakes import FakeSyscalls, FakeUevents
 from liveinit import boot, emergency, stack
+from liveinit.contract import Settings
 from liveinit.emergency import BootFailure
 from liveinit.log import Log
 from liveinit.machine import Machine
@@ -33,6 +35,7 @@ class FakeLoader:
         self.m, self.index, self.moddir, self.cfg = m, index, moddir, cfg
         self.loaded: dict[str, str] = {}
         self.failed: dict[str, str] = {}
+        self.unfit: dict[str, str] = {}
         self.order: list[str] = []
 
     def load(self, name: str, reason: str) -> bool:
@@ -70,28 +73,26 @@ class Lab:
         self.coldplug_error: BaseException | None = None
         self.calls: list[str] = []
         self.loader: FakeLoader | None = None
-        self.settings = {"cmdline": defaults, "identity": "liveinit-test", "kver": "6.1.0-t",
-                         "moddir": "/lib/modules/6.1.0-t",
-                         "index": "/lib/modules/6.1.0-t/liveinit.index", "max_attempts": 2}
+        self.settings = Settings(cmdline=defaults, identity="liveinit-test", kver="6.1.0-t",
+                                 moddir="/lib/modules/6.1.0-t",
+                                 index="/lib/modules/6.1.0-t/liveinit.index", max_attempts=2)
         lab = self
 
         def loader(*a):
             lab.loader = FakeLoader(*a)
             return lab.loader
 
-        def coldplug(m, ldr, log):
+        def start(cp, workers=3, first=None):   # Coldplug.start, done at once here
             lab.calls.append("coldplug")
             if lab.coldplug_error is not None:
                 raise lab.coldplug_error
-            ldr.load("virtio_blk", "pci 0000:00:04.0")
-            return 1
+            cp.loader.load("virtio_blk", "pci 0000:00:04.0")
+            cp.ended = time.monotonic()
 
-        def start(m, ldr, log, root=None):   # coldplug.start, done at once here
-            coldplug(m, ldr, log)
-
-        def find_root(m, cfg, settings, ldr, listener, log):
+        def find_root(m, cfg, identity, discovery, log):
             lab.calls.append("find_root")
-            assert listener is lab.events
+            assert discovery.listener is lab.events and identity == "liveinit-test"
+            discovery.finish()   # as the real one: coldplug is joined before it returns or fails
             if lab.find_root_error is not None:
                 raise lab.find_root_error
             img = lab.tmp / IMAGE.lstrip("/")
@@ -109,8 +110,7 @@ class Lab:
         monkeypatch.setattr(liveinit.kmodindex.ModuleIndex, "load", staticmethod(lambda p: ("index", p)))
         monkeypatch.setattr(liveinit.modload, "ModuleLoader", loader)
         monkeypatch.setattr(liveinit.uevent, "UeventListener", lambda m: lab.events)
-        monkeypatch.setattr(liveinit.coldplug, "coldplug", coldplug)
-        monkeypatch.setattr(liveinit.coldplug, "start", start)
+        monkeypatch.setattr(liveinit.coldplug.Coldplug, "start", start)
         monkeypatch.setattr(liveinit.rootfind, "find_root", find_root)
         monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
         monkeypatch.setattr(emergency, "run_shell", shell)
@@ -177,12 +177,41 @@ def test_boot_record(lab: Lab) -> None:
     assert isinstance(rec["devices"], list)
     # Where the time went: every mount of the fake counted by the seam (this lab's
     # loader and root search are fakes: test_modload and test_rootfind count theirs).
-    prof = rec["profile"]
+    prof = rec["costs"]
     assert prof["mounts"]["calls"] == len(lab.sys.of("mount")) + len(lab.sys.of("loop_attach"))
     assert prof["initramfs cleanup"]["calls"] == 1
     assert all(v["ms"] >= 0 for v in prof.values())
-    line = next(ln for ln in lab.lines() if ln.startswith("liveinit: profile: "))
-    assert line.startswith("liveinit: profile: mounts ") and "initramfs cleanup" in line
+    line = next(ln for ln in lab.lines() if ln.startswith("liveinit: costs: "))
+    assert line.startswith("liveinit: costs: mounts ") and "initramfs cleanup" in line
+
+
+def test_each_stage_is_timed_by_its_own_work(lab: Lab, monkeypatch) -> None:
+    """Coldplug runs in the background for 0.4 s and findroot waits for it: the
+    coldplug line says 0.4 s, findroot's does not count the wait."""
+    import _thread
+
+    def start(cp, workers=3, first=None):
+        done = _thread.allocate_lock()
+        done.acquire()
+        cp._done, cp.running = done, True
+
+        def run() -> None:
+            time.sleep(0.4)
+            cp.loader.load("virtio_blk", "pci 0000:00:04.0")
+            cp.running, cp.ended = False, time.monotonic()
+            done.release()
+
+        _thread.start_new_thread(run, ())
+
+    monkeypatch.setattr(liveinit.coldplug.Coldplug, "start", start)
+    lab.init()
+    lab.run()
+    ms = {ln.split()[2]: int(ln.split()[3]) for ln in lab.lines() if ln.startswith("liveinit: stage ")}
+    assert list(ms) == ["early", "cmdline", "coldplug", "findroot", "stack", "handover"]
+    assert ms["coldplug"] >= 400 and ms["findroot"] < 300
+    rec = lab.record()
+    assert list(rec["stages"]) == list(ms) and rec["stages"]["coldplug"] >= 400
+    assert rec["modules"]["virtio_blk"] == "pci 0000:00:04.0"
 
 
 def test_early_modules_before_coldplug(tmp_path: Path, monkeypatch) -> None:
@@ -247,13 +276,13 @@ def test_break_point_opens_a_shell_then_continues(tmp_path: Path, monkeypatch) -
     assert lab.sys.calls[-1][0] == "execv"
 
 
-def test_plain_root_with_union_given_is_stacked(tmp_path: Path, monkeypatch) -> None:
+def test_device_root_with_union_given_is_stacked(tmp_path: Path, monkeypatch) -> None:
     lab = Lab(tmp_path, monkeypatch, cmdline="root=/dev/vda1 liveinit.union=overlay", defaults="")
 
-    def plain(*a):
+    def device_root(*a):
         return Found("/dev/vda1", "ext4", {}, "root=/dev/vda1", None, None)
 
-    monkeypatch.setattr(liveinit.rootfind, "find_root", plain)
+    monkeypatch.setattr(liveinit.rootfind, "find_root", device_root)
     lab.init()
     lab.run()
     assert [c[3] for c in lab.sys.of("mount")[4:7]] == ["ext4", "tmpfs", "overlay"]
@@ -474,8 +503,9 @@ def test_boot_imports_stay_light() -> None:
     # each costs tens to hundreds of ms under QEMU TCG (bench/bootcost.py).
     heavy = ("typing", "logging", "json", "subprocess", "socket", "dataclasses", "inspect", "re",
              "enum", "threading", "random", "tempfile", "uuid", "hashlib")
-    mods = ("boot", "cmdline", "coldplug", "modload", "uevent", "blockdev", "rootfind", "fsprobe",
-            "kmodindex", "stack", "handover", "emergency", "log", "record", "machine", "plain", "profile")
+    mods = ("boot", "contract", "cmdline", "discovery", "coldplug", "modload", "uevent", "blockdev",
+            "rootfind", "fsprobe", "kmodindex", "stack", "handover", "emergency", "log", "record", "machine",
+            "plain", "costs")
     code = ("import sys; " + "; ".join(f"import liveinit.{m}" for m in mods) + "; "
             f"print(' '.join(sorted(n for n in sys.modules if n in {heavy!r})))")
     repo = str(Path(__file__).parents[1])

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from liveinit.coldplug import Coldplug, coldplug, pci_ids
-from liveinit.kmodindex import ModuleIndex, pci_modalias
+from fakes import FakeUevents
+from liveinit.coldplug import Coldplug, Job
+from liveinit.discovery import Discovery
+from liveinit.kmodindex import ModuleIndex
 from liveinit.modload import ModuleLoader
 from liveinit.cmdline import parse
 from packer.modindex import from_moddir
@@ -28,6 +30,15 @@ CAPTURES = sorted(p.name for p in DATA.iterdir() if (p / "sys").is_dir())
 def kindex(depmod_root: Path, kernel) -> tuple[ModuleIndex, Path, str]:
     moddir = depmod_root / "lib" / "modules" / kernel.version
     return from_moddir(str(moddir)), moddir, kernel.version
+
+
+def coldplug(m, loader, log, workers: int = 3) -> int:
+    """Coldplug as the boot runs it (in the background, `workers` loads at once), joined;
+    returns the modules it loaded."""
+    discovery = Discovery(m, loader, FakeUevents(), log)
+    discovery.start(None, since=time.monotonic(), workers=workers)
+    assert discovery.finish(30)
+    return discovery.coldplug.loaded
 
 
 def staged(name: str, tmp_path: Path, kindex):
@@ -117,13 +128,6 @@ def test_pci_reason_names_slot_ids_and_class(tmp_path, kindex):
     assert loader.loaded["ahci"] == "pci 0000:00:1f.2 [8086:2922] class 010601"
     assert loader.loaded["libahci"] == "dep of ahci"
     assert "loaded ahci: pci 0000:00:1f.2 [8086:2922] class 010601" in log.out.getvalue()
-
-
-def test_pci_ids_roundtrip():
-    for ids in ((0x8086, 0x2922, 0x1AF4, 0x1100, 0x010601), (0xFFFF, 0, 0xFFFF, 0xFFFF, 0xFFFFFF)):
-        assert pci_ids(pci_modalias(*ids)) == ids
-    assert pci_ids("pci:v00008086d00002922") is None
-    assert pci_ids("usb:v1234p5678d0100dc00dsc00dp00ic08isc06ip50in00") is None
 
 
 def small_index(tmp_path: Path, **kw) -> tuple[ModuleIndex, Path]:
@@ -304,7 +308,8 @@ def test_uevent_listener_opens_a_netlink_socket():
 # -- in parallel, root first -------------------------------------------------------
 
 from liveinit import coldplug as coldplug_mod  # noqa: E402
-from liveinit.cmdline import RootSpec  # noqa: E402
+from liveinit import discovery as discovery_mod  # noqa: E402
+from liveinit.cmdline import RootSpec, parse as parse_cmdline  # noqa: E402
 from sysfs_builder import GrowingSyscalls  # noqa: E402
 from liveinit.machine import Machine  # noqa: E402
 
@@ -370,26 +375,40 @@ def test_each_module_is_inserted_once_across_threads(tmp_path):
     assert [c[1] for c in sysc.of("finit_module")] == ["virtio_pci"]
 
 
+def discover(m, loader, log, root: RootSpec | None = None) -> Discovery:
+    """The boot's discovery, its coldplug started in the background."""
+    d = Discovery(m, loader, FakeUevents(), log)
+    d.start(root, since=time.monotonic())
+    return d
+
+
+def device_root_found(d: Discovery, tmp_path: Path, name: str) -> None:
+    """What the root search does once /dev/NAME is there (a device root, nothing else asked)."""
+    deadline = time.monotonic() + 5
+    while not (tmp_path / "sys/class/block" / name).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    d.device_root_found(parse_cmdline(f"root=/dev/{name}"))
+
+
 def test_root_first_holds_other_buses_and_stop_leaves_them(tmp_path):
     m, sysc, loader, log = ide_and_virtio(tmp_path, {})
-    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vda", False))
-    assert loader.background is cp
-    deadline = time.monotonic() + 5
-    while not (tmp_path / "sys/class/block/vda").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    coldplug_mod.finish(loader, log, 5, stop=True)
+    d = discover(m, loader, log, RootSpec("path", "/dev/vda", False))
+    cp = d.coldplug
+    assert cp.running and cp.first is not None and cp.first.device == "vda"
+    device_root_found(d, tmp_path, "vda")
+    assert d.finish(5)
     assert {"virtio_pci", "virtio_blk"} <= set(loader.loaded)
     assert "ahci" not in loader.loaded and "libata" not in loader.loaded
-    assert [job[0] for job in cp.left] == [["ahci"]]
+    assert [job.names for job in cp.left] == [("ahci",)]
     assert "left to the booted system: ahci for pci 0000:00:01.1" in log.out.getvalue()
-    assert loader.left == ["ahci for pci 0000:00:01.1 [8086:2922] class 010601"]
-    assert loader.background is None and not cp.running
+    assert d.left == ["ahci for pci 0000:00:01.1 [8086:2922] class 010601"]
+    assert not d.running and not cp.running
 
 
 def test_root_first_releases_the_rest_when_the_root_is_elsewhere(tmp_path):
     """root=/dev/vdb but the virtio disk is vda: once virtio is done, everything loads."""
     m, sysc, loader, log = ide_and_virtio(tmp_path, {})
-    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vdb", False))
+    cp = discover(m, loader, log, RootSpec("path", "/dev/vdb", False)).coldplug
     assert cp.wait(5)
     assert sysc.ended["ahci"] > sysc.ended["virtio_blk"]
     assert cp.left == [] and cp.held == []
@@ -420,21 +439,20 @@ def virtio_and_platform(tmp_path: Path):
 def test_root_first_does_not_walk_the_other_buses_before_the_root(tmp_path):
     """root=/dev/vda: pci and virtio only; the platform bus is the booted system's."""
     m, sysc, loader, log = virtio_and_platform(tmp_path)
-    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vda", False))
-    deadline = time.monotonic() + 5
-    while not (tmp_path / "sys/class/block/vda").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    coldplug_mod.finish(loader, log, 5, stop=True)
+    d = discover(m, loader, log, RootSpec("path", "/dev/vda", False))
+    cp = d.coldplug
+    device_root_found(d, tmp_path, "vda")
+    assert d.finish(5)
     assert set(loader.loaded) == {"virtio_pci", "virtio_blk"}
     assert cp.devices == 2                       # the speaker's modalias was never read
     assert "platform" in cp.unwalked
-    assert loader.left[-1].startswith("the devices on ") and "platform" in loader.left[-1]
+    assert d.left[-1].startswith("the devices on ") and "platform" in d.left[-1]
     assert "not walked: root first" in log.out.getvalue()
 
 
 def test_root_first_walks_the_other_buses_when_the_root_is_not_there(tmp_path):
     m, sysc, loader, log = virtio_and_platform(tmp_path)
-    cp = coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vdb", False))
+    cp = discover(m, loader, log, RootSpec("path", "/dev/vdb", False)).coldplug
     assert cp.wait(5)
     assert set(loader.loaded) == {"virtio_pci", "virtio_blk", "pcspkr"}
     assert sysc.ended["pcspkr"] > sysc.ended["virtio_blk"] and cp.unwalked == []
@@ -443,27 +461,28 @@ def test_root_first_walks_the_other_buses_when_the_root_is_not_there(tmp_path):
 def test_releasing_root_first_walks_the_rest(tmp_path):
     """The root search wants every driver (a live medium, persistence): finish without stop."""
     m, sysc, loader, log = virtio_and_platform(tmp_path)
-    coldplug_mod.start(m, loader, log, root=RootSpec("path", "/dev/vda", False))
-    coldplug_mod.finish(loader, log, 5)
-    assert "pcspkr" in loader.loaded and loader.left == []
+    d = discover(m, loader, log, RootSpec("path", "/dev/vda", False))
+    assert d.finish(5)
+    assert "pcspkr" in loader.loaded and d.left == []
 
 
 def test_root_first_needs_a_telling_name(tmp_path):
     m, sysc, loader, log = ide_and_virtio(tmp_path, {})
     for spec in (RootSpec("path", "/dev/sda1", False), RootSpec("uuid", "x", False),
                  RootSpec("path", "/dev/vda", True)):
-        cp = Coldplug(m, loader, log)
-        cp.start(1, spec)
-        assert cp.wait(5) and cp.root_bus is None
+        assert discovery_mod.root_first(spec) is None
+        cp = discover(m, loader, log, spec).coldplug
+        assert cp.wait(5) and cp.first is None and cp.held == [] and cp.unwalked == []
+    assert discovery_mod.root_first(RootSpec("path", "/dev/nvme0n1p2", False)).buses == ("pci", "nvme")
 
 
 def test_uevent_during_a_background_run_is_handed_to_it(tmp_path):
     m, sysc, loader, log = ide_and_virtio(tmp_path, {"virtio_pci": 0.3})
-    cp = coldplug_mod.start(m, loader, log)
+    d = discover(m, loader, log)
     ev = {"ACTION": "add", "DEVPATH": "/devices/pci0000:00/0000:00:04.0/virtio0",
           "SUBSYSTEM": "virtio", "MODALIAS": "virtio:d00000002v00001AF4"}
-    assert cp.handle_event(ev) == []                  # nothing loaded in the caller's thread
-    coldplug_mod.finish(loader, log, 5)
+    assert d.coldplug.handle_event(ev) == []          # nothing loaded in the caller's thread
+    assert d.finish(5)
     assert "virtio0" in loader.loaded["virtio_blk"]    # the run loaded it (event or walk)
 
 
@@ -475,8 +494,8 @@ def test_no_threads_means_coldplug_in_order(tmp_path, monkeypatch):
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(coldplug_mod._thread, "start_new_thread", refuse)
-    cp = coldplug_mod.start(m, loader, log)
-    assert loader.background is None and cp.wait(0)
+    d = discover(m, loader, log)
+    assert not d.running and d.coldplug.wait(0)
     assert {"ahci", "virtio_pci", "virtio_blk"} <= set(loader.loaded)
     assert "coldplug in the background impossible" in log.out.getvalue()
 

@@ -147,8 +147,10 @@ def test_switch_root_sequence_and_initramfs_deleted(tmp_path: Path) -> None:
     m, fake = initramfs(tmp_path, "rootfs / rootfs rw 0 0\n")
     plan = handover.prepare(m, parse("-- splash"))
     assert plan == handover.Plan("/sbin/init", ("/sbin/init", "splash"), "switch_root", "/sysroot")
-    seen = []
-    handover.switch(m, plan, Log(out=io.StringIO()), lambda: seen.append(len(fake.calls)))
+    steps: set[str] = set()
+    handover.enter(m, plan, Log(out=io.StringIO()), steps)
+    seen = [len(fake.calls)]       # the boot's last words go here, before the exec
+    handover.exec_init(m, plan)
     assert fake.calls == [
         ("mount", "/dev", "/sysroot/dev", None, MS_MOVE, None),
         ("mount", "/proc", "/sysroot/proc", None, MS_MOVE, None),
@@ -161,7 +163,8 @@ def test_switch_root_sequence_and_initramfs_deleted(tmp_path: Path) -> None:
         ("console", "/dev/console"),
         ("execv", "/sbin/init", ["/sbin/init", "splash"]),
     ]
-    assert seen == [9]   # before_exec ran just before execv
+    assert seen == [9]   # inside the new root, everything but the exec done
+    assert handover.INSIDE in steps
     left = sorted(os.listdir(tmp_path))
     assert left == ["dev", "proc", "run", "sys", "sysroot"]   # mount points stay
     assert (tmp_path / "dev" / "console").exists()            # other filesystems untouched
@@ -175,7 +178,8 @@ def test_pivot_root_sequence_from_an_initrd(tmp_path: Path) -> None:
     plan = handover.prepare(m, parse(""))
     assert plan.method == "pivot_root"
     out = io.StringIO()
-    handover.switch(m, plan, Log(out=out))
+    handover.enter(m, plan, Log(out=out), set())
+    handover.exec_init(m, plan)
     assert fake.calls[4:] == [
         ("chdir", "/sysroot"),
         ("pivot_root", "/sysroot", "/sysroot/run/liveinit/initrd"),
@@ -201,8 +205,10 @@ def test_unmovable_mount_is_detached(tmp_path: Path) -> None:
 def test_exec_failure_is_a_boot_failure(tmp_path: Path) -> None:
     m, fake = initramfs(tmp_path, "rootfs / rootfs rw 0 0\n")
     fake.fail["execv"] = errno.ENOEXEC
+    plan = handover.prepare(m, parse(""))
+    handover.enter(m, plan, Log(out=io.StringIO()), set())
     with pytest.raises(BootFailure) as exc:
-        handover.switch(m, handover.prepare(m, parse("")), Log(out=io.StringIO()))
+        handover.exec_init(m, plan)
     assert exc.value.message.startswith("cannot start /sbin/init:")
 
 

@@ -45,7 +45,7 @@ def test_deps_and_pre_softdeps_first(tmp_path):
     assert order[-1] == "ext4" and set(order[:-1]) == {"jbd2", "mbcache", "crc16", "crc32c_generic"}
     assert loader.loaded["ext4"] == "fs-ext4 for sda1"
     assert loader.loaded["jbd2"] == "dep of ext4"
-    assert loader.m.profile.totals()["module loads"][0] == len(order)   # timed by the seam
+    assert loader.m.costs.totals()["module loads"][0] == len(order)   # timed by the seam
     # Asking again inserts nothing.
     assert loader.load("ext4", "again")
     assert len(inserted(sysc)) == len(order)

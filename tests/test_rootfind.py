@@ -14,6 +14,7 @@ import pytest
 from fakes import FakeSyscalls, FakeUevents
 from liveinit import blockdev, rootfind
 from liveinit.cmdline import parse
+from liveinit.discovery import Discovery, NullLoader
 from liveinit.emergency import BootFailure
 from liveinit.machine import Machine
 from liveinit.modload import ModuleLoader
@@ -47,7 +48,7 @@ class MediaSyscalls(FakeSyscalls):
 class World:
     """A fake machine: sysfs, device contents, media files, a small module index."""
 
-    def __init__(self, tmp_path: Path, monkeypatch, cmdline: str, settings=None) -> None:
+    def __init__(self, tmp_path: Path, monkeypatch, cmdline: str) -> None:
         self.root = tmp_path
         self.b = SysfsBuilder(tmp_path)
         (tmp_path / "dev").mkdir()
@@ -61,7 +62,7 @@ class World:
         self.m = Machine(str(tmp_path), self.sysc)
         self.log = quiet_log()
         self.cfg = parse(cmdline)
-        self.settings = settings if settings is not None else {"identity": "me"}
+        self.identity = "me"
         self.loader = ModuleLoader(self.m, self.index, KMOD_DIR, self.cfg, self.log)
         monkeypatch.setattr(blockdev, "identify", lambda m, dev: dict(self.ids.get(dev.name, {})))
 
@@ -82,8 +83,9 @@ class World:
             self.media["/dev/" + name] = files
 
     def find(self, listener=None):
-        return rootfind.find_root(self.m, self.cfg, self.settings, self.loader,
-                                  listener if listener is not None else FakeUevents(), self.log)
+        discovery = Discovery(self.m, self.loader, listener if listener is not None else FakeUevents(),
+                              self.log)
+        return rootfind.find_root(self.m, self.cfg, self.identity, discovery, self.log)
 
 
 def standard(w: World) -> None:
@@ -235,8 +237,8 @@ def test_waits_for_a_late_usb_stick_event_driven(tmp_path, monkeypatch):
     assert w.loader.loaded["usb_storage"].startswith("uevent usb 1-1:1.0")
     assert len(listener.polls) == 3     # woke on the usb event; found after its load
     assert all(0 < p <= rootfind.POLL_MAX for p in listener.polls)
-    # The profile: each poll is a wait, each superblock read probing, each insert a load.
-    prof = w.m.profile.totals()
+    # The costs: each poll is a wait, each superblock read probing, each insert a load.
+    prof = w.m.costs.totals()
     assert prof["device waits"][0] >= len(listener.polls)
     assert prof["probing"][0] >= 2 and prof["module loads"][0] == len(w.sysc.modules)
 
@@ -278,7 +280,6 @@ def test_no_block_devices_at_all(tmp_path, monkeypatch):
 
 def test_works_with_boots_null_loader(tmp_path, monkeypatch):
     """boot.py falls back to a NullLoader when the module index is unreadable."""
-    from liveinit.boot import NullLoader
     w = World(tmp_path, monkeypatch, "root=live:LABEL=LIVE rootdelay=1")
     w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
     w.loader = NullLoader()

@@ -1,6 +1,6 @@
 """Stage `stack` on a fake root with FakeSyscalls: every union method and
 the fallback chain (exact mount calls and directories), toram, persistence
-(partition and image file), plain roots, and the failures."""
+(partition and image file), device roots, and the failures."""
 from __future__ import annotations
 
 import errno
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeSyscalls
+from fakes import FakeSyscalls, FakeUevents
 from liveinit import rootfind, stack
 from liveinit.cmdline import parse
+from liveinit.discovery import Discovery, NullLoader
 from liveinit.emergency import BootFailure
 from liveinit.log import Log
 from liveinit.machine import Machine
@@ -67,8 +68,9 @@ class Env:
     def found(self) -> Found:
         return Found("/dev/sr0", "iso9660", {"LABEL": "LIVE"}, "test", "/run/liveinit/medium", IMAGE)
 
-    def stack(self, text: str = "", found: Found | None = None, forced: bool = False):
-        return stack.stack(self.m, parse(text), found or self.found(), self.loader, self.log, forced)
+    def stack(self, text: str = "", found: Found | None = None):
+        discovery = Discovery(self.m, self.loader, FakeUevents(), self.log)
+        return stack.stack(self.m, parse(text), found or self.found(), discovery, self.log)
 
     def mounts(self) -> list[tuple]:
         return self.sys.of("mount")
@@ -96,6 +98,13 @@ def test_overlay_default(env: Env) -> None:
     assert (st.union, st.image_fstype, st.loop, st.writable, st.tried) == (
         "overlay", "squashfs", env.p("/dev/loop0"), "tmpfs", ())
     assert env.loader.asked == ["loop", "overlay"]
+
+
+def test_the_mounts_of_the_stage_count_in_the_boot_costs(env: Env) -> None:
+    # stack() sees the syscalls through its undo log; their time still lands in the machine's costs.
+    env.stack()
+    calls = len(env.mounts()) + len(env.sys.of("loop_attach"))
+    assert calls == 4 and env.m.costs.totals()["mounts"][0] == calls
 
 
 def test_overlay_size_from_cmdline(env: Env) -> None:
@@ -358,31 +367,32 @@ def test_persistence_device_is_found_by_the_root_matcher(tmp_path: Path, monkeyp
     monkeypatch.setattr(rootfind.time, "sleep", lambda s: None)
     m = Machine(str(tmp_path), FakeSyscalls(root=str(tmp_path)))
     log = Log(out=io.StringIO())
-    assert rootfind.find_device(m, "LABEL=persistence", None, None, log) == "/dev/sdb1"
+    discovery = Discovery(m, NullLoader(), FakeUevents(), log)
+    assert rootfind.find_device(m, "LABEL=persistence", discovery, log) == "/dev/sdb1"
     assert len(scans) == 3   # appeared on the third scan
-    assert rootfind.find_device(m, "UUID=ab-cd", None, None, log) == "/dev/sdb1"
-    assert rootfind.find_device(m, "LABEL=Persistence", None, None, log, timeout=0) is None
-    assert rootfind.find_device(m, "not a spec", None, None, log, timeout=0) is None
+    assert rootfind.find_device(m, "UUID=ab-cd", discovery, log) == "/dev/sdb1"
+    assert rootfind.find_device(m, "LABEL=Persistence", discovery, log, timeout=0) is None
+    assert rootfind.find_device(m, "not a spec", discovery, log, timeout=0) is None
 
 
-# -- plain roots -----------------------------------------------------------------------
-def plain() -> Found:
+# -- device roots ----------------------------------------------------------------------
+def device_root() -> Found:
     return Found("/dev/vda1", "ext4", {"TYPE": "ext4"}, "root=/dev/vda1", None, None)
 
 
-def test_plain_root_as_the_cmdline_asks(env: Env) -> None:
-    st = env.stack("root=/dev/vda1 rw rootflags=noatime,data=ordered", plain())
+def test_device_root_as_the_cmdline_asks(env: Env) -> None:
+    st = env.stack("root=/dev/vda1 rw rootflags=noatime,data=ordered", device_root())
     assert env.mounts() == [("mount", "/dev/vda1", "/sysroot", "ext4", MS_NOATIME, "data=ordered")]
-    assert (st.union, st.image_fstype) == ("plain", "ext4")
+    assert (st.union, st.image_fstype) == ("device", "ext4")
 
 
-def test_plain_root_read_only_with_rootfstype(env: Env) -> None:
-    env.stack("root=/dev/vda1 rootfstype=xfs", plain())
+def test_device_root_read_only_with_rootfstype(env: Env) -> None:
+    env.stack("root=/dev/vda1 rootfstype=xfs", device_root())
     assert env.mounts() == [("mount", "/dev/vda1", "/sysroot", "xfs", MS_RDONLY, None)]
 
 
-def test_plain_root_under_overlay(env: Env) -> None:
-    st = env.stack("root=/dev/vda1 rw liveinit.union=overlay", plain(), forced=True)
+def test_device_root_under_overlay(env: Env) -> None:
+    st = env.stack("root=/dev/vda1 rw liveinit.union=overlay", device_root())
     assert env.mounts() == [
         ("mount", "/dev/vda1", RO, "ext4", MS_RDONLY, None),
         ("mount", "tmpfs", RW, "tmpfs", TMPFS, "size=50%,mode=0755"),
@@ -391,15 +401,15 @@ def test_plain_root_under_overlay(env: Env) -> None:
     assert st.union == "overlay"
 
 
-def test_plain_root_mount_error(tmp_path: Path, monkeypatch) -> None:
+def test_device_root_mount_error(tmp_path: Path, monkeypatch) -> None:
     e = Env(tmp_path, fail={"mount:/sysroot": errno.EINVAL})
     with pytest.raises(BootFailure) as exc:
-        e.stack("root=/dev/vda1 rootflags=bogus", plain())
+        e.stack("root=/dev/vda1 rootflags=bogus", device_root())
     assert exc.value.message.startswith("cannot mount the root /dev/vda1 (ext4) at /sysroot")
     assert "rootflags=" in exc.value.hint and "bogus" in exc.value.hint
 
 
-def test_plain_root_without_a_type(env: Env) -> None:
+def test_device_root_without_a_type(env: Env) -> None:
     with pytest.raises(BootFailure) as exc:
         env.stack("root=/dev/vda1", Found("/dev/vda1", "", {}, "root=/dev/vda1", None, None))
     assert "rootfstype=" in exc.value.hint
