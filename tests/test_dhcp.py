@@ -40,8 +40,8 @@ options = st.dictionaries(st.integers(1, 254), st.binary(max_size=600), max_size
 
 
 @given(op=st.sampled_from((BOOTREQUEST, BOOTREPLY)), xid=st.integers(0, 2**32 - 1),
-       secs=st.integers(0, 0xFFFF), flags=st.integers(0, 0xFFFF), addrs=st.lists(ipv4, min_size=4, max_size=4),
-       chaddr=mac, opts=options)
+       secs=st.integers(0, 0xFFFF), flags=st.integers(0, 0xFFFF),
+       addrs=st.lists(ipv4, min_size=4, max_size=4), chaddr=mac, opts=options)
 def test_codec_round_trip(op: int, xid: int, secs: int, flags: int, addrs: list[str], chaddr: str,
                           opts: tuple[tuple[int, bytes], ...]) -> None:
     msg = Message(op, xid, secs, flags, *addrs, chaddr, opts)
@@ -158,7 +158,7 @@ def test_backoff_is_capped() -> None:
 def test_lost_request_is_resent_and_nak_starts_over() -> None:
     def script(req: Message, n: int) -> list[bytes]:
         if req.type == DISCOVER:
-            return [_reply(OFFER, req, "10.0.2.%d" % (14 + n))]
+            return [_reply(OFFER, req, f"10.0.2.{14 + n}")]
         if n == 2:
             return []                              # the first REQUEST is lost
         if n == 3:
