@@ -21,13 +21,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from liveinit import contract
+from qemu import console
+
 PEERS = Path(__file__).resolve().parent / "peers"
 WORK = Path(os.environ.get("PEERS_WORK", "/var/cache/liveinit/peers"))
 DISK_CMDLINE = "console=ttyS0 root=/dev/vda rw panic=-1"
 LIVE_CMDLINES = {
     "baseline-live": "console=ttyS0 panic=-1",
     "liveboot-most": "console=ttyS0 boot=live panic=-1",
-    "dracutlive-live": "console=ttyS0 root=live:CDLABEL=PEERSLIVE rd.live.image rd.live.overlay.overlayfs=1 panic=-1",
+    "dracutlive-live": "console=ttyS0 root=live:CDLABEL=PEERSLIVE rd.live.image rd.live.overlay.overlayfs=1 "
+                       "panic=-1",
     # The same root= hint dracut gets (the medium's label)...
     "liveinit-live": "console=ttyS0 root=live:CDLABEL=PEERSLIVE panic=-1",
     # ...and none, like live-boot: every device is searched. The bench ISO is
@@ -36,19 +40,19 @@ LIVE_CMDLINES = {
     "liveinit-live-search": "console=ttyS0 panic=-1",
 }
 # Peer generator configs as named by bench/peers/build.sh.
-PEER_BUILDS = ("tiny", "itools-dep-hostsys", "itools-most", "dracut-generic", "dracutlive-live", "liveboot-most")
+PEER_BUILDS = ("tiny", "itools-dep-hostsys", "itools-most", "dracut-generic", "dracutlive-live",
+               "liveboot-most")
 DISK_IMAGES = ("baseline", "tiny", "itools-dep-hostsys", "itools-most", "dracut-generic",
                "liveinit", "liveinit-hostonly")
 LIVE_IMAGES = ("baseline-live", "liveboot-most", "dracutlive-live", "liveinit-live", "liveinit-live-search")
 SAME_IMAGE = ("liveinit-live", "liveinit-live-search")   # the universal image, booted on the ISO
-STAGE_RE = re.compile(r"liveinit: stage (\w+) ([0-9.]+) ms")
-START_RE = re.compile(r"liveinit: starting (\S+) after ([0-9.]+) ms")
-KTS_RE = re.compile(r"^\[\s*([0-9.]+)\]")
-PROFILE_RE = re.compile(r"liveinit: profile: (.*)")
-PROFILE_ITEM_RE = re.compile(r"([a-z][a-z ]*?) ([0-9.]+) ms \((\d+)\)")
+KERNEL_TIME = re.compile(console.KERNEL_TIME)
+COSTS = console.runtime_line(contract.COSTS_LINE)
+# One item of the costs line's summary (liveinit.costs.Costs.summary): "module loads 402 ms (11)".
+COSTS_ITEM = re.compile(r"([a-z][a-z ]*?) ([0-9.]+) ms \((\d+)\)")
 INTERPRETER = "interpreter start"
 TOTAL = "total (runtime)"
-SUM = "sum: "             # profile rows: summed over threads, they overlap
+SUM = "sum: "             # costs rows: summed over threads, they overlap
 
 
 @dataclass
@@ -64,7 +68,8 @@ def sh(script: str, *args: str, env: dict[str, str] | None = None, log: Path | N
     """Run one of the peer recipe scripts, failing loudly with its log."""
     full_env = dict(os.environ, **(env or {}))
     with open(log or os.devnull, "w") as f:
-        r = subprocess.run(["bash", str(PEERS / script), *args], env=full_env, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(["bash", str(PEERS / script), *args], env=full_env, stdout=f,
+                           stderr=subprocess.STDOUT)
     if r.returncode != 0:
         raise SystemExit(f"bench: {script} failed (exit {r.returncode}); see {log}")
 
@@ -151,7 +156,7 @@ def boot_all(run: Run, rounds: int) -> None:
 
 def stage_breakdown(logdir: Path, name: str) -> dict[str, float]:
     """Median ms per part of liveinit's boots, from its console lines: the
-    stages, the interpreter's start and the profile's sums by kind of work.
+    stages, the interpreter's start and the costs' sums by kind of work.
 
     `interpreter start` is the time from the kernel's "Run /init" to /init's
     first line: the first runtime line on /dev/kmsg (the end of stage early)
@@ -159,7 +164,7 @@ def stage_breakdown(logdir: Path, name: str) -> dict[str, float]:
     per: dict[str, list[float]] = {}
     for log in sorted(logdir.glob(f"round*/{name}.boot*.log")):
         text = log.read_text(errors="replace")
-        stages = {m.group(1): float(m.group(2)) for m in STAGE_RE.finditer(text)}
+        stages = {m["name"]: float(m["ms"]) for m in console.STAGE.finditer(text)}
         for k, v in stages.items():
             per.setdefault(k, []).append(v)
         run_init = first_line_ts(text, "Run /init as init process")
@@ -167,11 +172,11 @@ def stage_breakdown(logdir: Path, name: str) -> dict[str, float]:
         if run_init is not None and first is not None:
             per.setdefault(INTERPRETER, []).append(
                 (first - run_init) * 1000 - stages.get("imports", 0.0) - stages.get("early", 0.0))
-        for m in START_RE.finditer(text):
-            per.setdefault(TOTAL, []).append(float(m.group(2)))
-        prof = PROFILE_RE.search(text)
-        if prof:
-            for kind, ms, _n in PROFILE_ITEM_RE.findall(prof.group(1)):
+        for m in console.STARTING.finditer(text):
+            per.setdefault(TOTAL, []).append(float(m["ms"]))
+        costs = COSTS.search(text)
+        if costs:
+            for kind, ms, _n in COSTS_ITEM.findall(costs["summary"]):
                 per.setdefault(SUM + kind, []).append(float(ms))
     return {k: statistics.median(v) for k, v in per.items()}
 
@@ -179,9 +184,9 @@ def stage_breakdown(logdir: Path, name: str) -> dict[str, float]:
 def first_line_ts(text: str, needle: str) -> float | None:
     for line in text.splitlines():
         if needle in line:
-            m = KTS_RE.match(line)
+            m = KERNEL_TIME.match(line)
             if m:
-                return float(m.group(1))
+                return float(m["time"])
     return None
 
 
@@ -221,7 +226,8 @@ def machine_facts() -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
-    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                          text=True).stdout.split("\n")[0]
     load = Path("/proc/loadavg").read_text().split()[:3]
     return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} vCPU {cpu}, {mem} GiB; "
             f"{qemu}; QEMU TCG, 1 vCPU guest, 1 GiB; load average at the end {' '.join(load)}")
@@ -236,7 +242,8 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed packs per generator (default 3)")
     parser.add_argument("--rounds", type=int, default=3, help="boots per image, round-robin (default 3)")
     parser.add_argument("--skip-peers", action="store_true",
-                        help="reuse the peers' last images instead of packing them again (pack times omitted)")
+                        help="reuse the peers' last images instead of packing them again "
+                             "(pack times omitted)")
     parser.add_argument("--scale", type=int, nargs="*", default=[10, 100, 1000],
                         help="simulated device counts for the probing scale test")
     parser.add_argument("--report", default="BENCHMARKS.md", help="where to write the markdown report")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from liveinit.profile import KINDS
+from liveinit.contract import COSTS_LINE, PREFIX, RECORD
+from liveinit.costs import KINDS
 
 MiB = 1024 * 1024
 
@@ -49,7 +50,8 @@ def floor_note(boots: list[dict[str, str]], costs: dict[str, float]) -> list[str
         return []
     floor = lb + cold
     out = [f"Floor for a CPython /init on the disk case: the hand-made lower bound plus the interpreter's "
-           f"cold start, {lb:.2f} + {cold:.2f} = {floor:.2f} s (with no work of its own). Against that floor:", ""]
+           f"cold start, {lb:.2f} + {cold:.2f} = {floor:.2f} s (with no work of its own). "
+           "Against that floor:", ""]
     for peer, want in (("itools-most", 5), ("dracut-generic", 10)):
         p = _min(_boots(boots, peer)["in_initramfs"])
         if p:
@@ -73,7 +75,8 @@ def _min(v: list[float]) -> float | None:
 
 def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[str, str]],
                  disk_stages: dict[str, float], live_stages: dict[str, float],
-                 search_stages: dict[str, float], scale_rows: list[dict[str, float]], costs: dict[str, float], machine: str) -> str:
+                 search_stages: dict[str, float], scale_rows: list[dict[str, float]], costs: dict[str, float],
+                 machine: str) -> str:
     """Render the whole report; every ratio is liveinit / peer from this one run."""
     L: list[str] = ["# Benchmarks: liveinit beside initramfs-tools, dracut and hand-made images", ""]
     L += [f"Machine: {machine}.", "",
@@ -84,8 +87,8 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
     gen = run.gen
     li_pack = _min(gen.get("liveinit", []))
     L += ["## Pack time (warm) and size", "",
-          "| config | pack s (min / med) | liveinit pack speed-up | compressed MiB | uncompressed MiB | files | "
-          "modules | liveinit size ratio |", "|---|---|---|---|---|---|---|---|"]
+          "| config | pack s (min / med) | liveinit pack speed-up | compressed MiB | uncompressed MiB "
+          "| files | modules | liveinit size ratio |", "|---|---|---|---|---|---|---|---|"]
     li_size = int(images["liveinit"]["compressed_bytes"]) if "liveinit" in images else None
     for name in ("liveinit", "liveinit-hostonly", "baseline", "tiny", "itools-dep-hostsys", "itools-most",
                  "dracut-generic", "baseline-live", "liveboot-most", "dracutlive-live"):
@@ -93,36 +96,43 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
         g = gen.get(name, [])
         if not im and not g:
             continue
-        csize = int(im["compressed_bytes"]) if im else None
-        L.append(f"| {name} | {_mm(g)} | {'' if name.startswith('liveinit') else _ratio(_min(g), li_pack) + 'x'} | "
+        if not im:
+            L.append(f"| {name} | {_mm(g)} | | | | | | |")
+            continue
+        csize = int(im["compressed_bytes"])
+        speedup = "" if name.startswith("liveinit") else _ratio(_min(g), li_pack) + "x"
+        L.append(f"| {name} | {_mm(g)} | {speedup} | "
                  f"{csize / MiB:.2f} | {int(im['uncompressed_cpio_bytes']) / MiB:.2f} | {im['files']} | "
-                 f"{im['modules']} | {'' if name == 'liveinit' else _ratio(li_size, csize)} |" if im else
-                 f"| {name} | {_mm(g)} | | | | | | |")
+                 f"{im['modules']} | {'' if name == 'liveinit' else _ratio(li_size, csize)} |")
     L.append("")
 
     targets: list[str] = []
-    for case, names, ref_lb in (("disk (virtio-blk, ext4 root)", ("liveinit", "liveinit-hostonly", "baseline", "tiny",
-                                 "itools-dep-hostsys", "itools-most", "dracut-generic"), "baseline"),
-                                ("live ISO on IDE CD", ("liveinit-live", "liveinit-live-search", "baseline-live",
-                                 "liveboot-most", "dracutlive-live"), "baseline-live")):
+    disk = ("liveinit", "liveinit-hostonly", "baseline", "tiny", "itools-dep-hostsys", "itools-most",
+            "dracut-generic")
+    live = ("liveinit-live", "liveinit-live-search", "baseline-live", "liveboot-most", "dracutlive-live")
+    cases = (("disk (virtio-blk, ext4 root)", disk, "baseline"),
+             ("live ISO on IDE CD", live, "baseline-live"))
+    for case, names, ref_lb in cases:
         li = "liveinit" if case.startswith("disk") else "liveinit-live"
         li_in = _min(_boots(boots, li)["in_initramfs"])
         L += [f"## Boot: {case}", "",
-              "| image | boots ok | unpack s | Run /init at s | in initramfs s (min / med) | real init at s | "
-              "liveinit / this (in initramfs) |", "|---|---|---|---|---|---|---|"]
+              "| image | boots ok | unpack s | Run /init at s | in initramfs s (min / med) | real init at s "
+              "| liveinit / this (in initramfs) |", "|---|---|---|---|---|---|---|"]
         for name in names:
             b = _boots(boots, name)
             if not b["n"][0]:
                 continue
-            L.append(f"| {name} | {int(b['ok'][0])}/{int(b['n'][0])} | {_mm(b['unpack'])} | {_mm(b['run_init'])} | "
-                     f"{_mm(b['in_initramfs'])} | {_mm(b['total'])} | "
+            L.append(f"| {name} | {int(b['ok'][0])}/{int(b['n'][0])} | {_mm(b['unpack'])} "
+                     f"| {_mm(b['run_init'])} | {_mm(b['in_initramfs'])} | {_mm(b['total'])} | "
                      f"{'' if name == li else _ratio(li_in, _min(b['in_initramfs']))} |")
         L.append("")
         lb = _min(_boots(boots, ref_lb)["in_initramfs"])
         if li_in and lb:
             targets.append(f"| time in initramfs, {case}: at most 2x the hand-made lower bound | "
-                           f"{li_in / lb:.2f}x ({li_in:.2f} s vs {lb:.2f} s) | {'met' if li_in <= 2 * lb else 'MISSED'} |")
-        peers = (("itools-most", 5), ("dracut-generic", 10)) if case.startswith("disk") else (("dracutlive-live", 10),)
+                           f"{li_in / lb:.2f}x ({li_in:.2f} s vs {lb:.2f} s) | "
+                           f"{'met' if li_in <= 2 * lb else 'MISSED'} |")
+        peers = ((("itools-most", 5), ("dracut-generic", 10)) if case.startswith("disk")
+                 else (("dracutlive-live", 10),))
         for peer, want in peers:
             p = _min(_boots(boots, peer)["in_initramfs"])
             if li_in and p:
@@ -131,7 +141,8 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
 
     most_pack = _min(gen.get("itools-most", []))
     if li_pack:
-        targets.insert(0, f"| universal pack under 1 s warm | {li_pack:.2f} s | {'met' if li_pack < 1 else 'MISSED'} |")
+        targets.insert(0, f"| universal pack under 1 s warm | {li_pack:.2f} s | "
+                          f"{'met' if li_pack < 1 else 'MISSED'} |")
     if li_pack and most_pack:
         targets.insert(1, f"| pack at least 20x faster than itools-most | {most_pack / li_pack:.1f}x | "
                           f"{'met' if most_pack / li_pack >= 20 else 'MISSED'} |")
@@ -142,10 +153,11 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
     if scale_rows and len(scale_rows) > 1:
         lo, hi = scale_rows[0], scale_rows[-1]
         for key, what in (("coldplug_ms", "coldplug"), ("rootsearch_ms", "root search")):
-            k = growth(lo["devices"], lo[key], hi["devices"], hi[key])
-            targets.append(f"| probing cost linear in devices: {what} grows as devices^k | k = {k:.2f} "
+            exponent = growth(lo["devices"], lo[key], hi["devices"], hi[key])
+            targets.append(f"| probing cost linear in devices: {what} grows as devices^k "
+                           f"| k = {exponent:.2f} "
                            f"({lo['devices']:.0f} -> {hi['devices']:.0f} devices) | "
-                           f"{'met' if k <= 1.1 else 'MISSED'} |")
+                           f"{'met' if exponent <= 1.1 else 'MISSED'} |")
     L += ["## Targets", "", "| target | measured | verdict |", "|---|---|---|", *targets, ""]
     L += floor_note(boots, costs)
 
@@ -155,10 +167,12 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
           "| part | disk case | live case | live case, search |", "|---|---|---|---|"]
     cols = (disk_stages, live_stages, search_stages)
     rank = {k: i for i, k in enumerate(PARTS + tuple("sum: " + k for k in KINDS))}
-    for k in sorted(set().union(*cols), key=lambda s: (s.startswith("sum: "), rank.get(s, len(rank)), s)):
+    parts = sorted(set[str]().union(*cols), key=lambda s: (s.startswith("sum: "), rank.get(s, len(rank)), s))
+    for k in parts:
         L.append(f"| {k} | " + " | ".join(f"{c.get(k, float('nan')):.0f}" for c in cols) + " |")
-    L += ["", "The `sum:` rows come from the runtime's profile (`liveinit: profile:` at hand-over, `profile` "
-          "in /run/liveinit/boot.json), summed over every call of that kind from every thread: module loads, "
+    costs_line = PREFIX + COSTS_LINE.format(summary="...")
+    L += ["", f"The `sum:` rows come from the runtime's costs (`{costs_line}` at hand-over, `costs` "
+          f"in {RECORD}), summed over every call of that kind from every thread: module loads, "
           "mounts, probing and the initramfs cleanup in the calling thread's CPU time, device waits in wall "
           "time. Kernel work deferred to its own threads (libata probing a port) counts as waiting. Module "
           "loads run in the background while the root search waits for their devices, so the rows overlap "
@@ -168,8 +182,9 @@ def write_report(run: Any, images: dict[str, dict[str, str]], boots: list[dict[s
     if costs:
         base = costs.get("interpreter start (-c pass)", 0.0)
         L += ["## What Python costs at boot (QEMU TCG, inside the benchmark VM, min of 3)", "",
-              "Why the runtime uses neither psutil nor pyudev at boot (they are packed here only to be timed; "
-              "the host side uses them): each command is a fresh interpreter, so subtract the first row.", "",
+              "Why the runtime uses neither psutil nor pyudev at boot (they are packed here only to be "
+              "timed; the host side uses them): each command is a fresh interpreter, so subtract the "
+              "first row.", "",
               "| what | ms | ms over a bare interpreter |", "|---|---|---|"]
         for k, v in costs.items():
             L.append(f"| {k} | {v * 1000:.0f} | {round((v - base) * 1000)} |")

@@ -84,7 +84,7 @@ def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
         "[    2.000000] Run /init as init process\nliveinit: stage imports 40 ms\n"
         "[    2.300000] liveinit: stage early 20 ms\n"
         "liveinit: stage coldplug 400 ms\n"
-        "[    3.100000] liveinit: profile: module loads 402 ms (11), mounts 31 ms (6), device waits 120 ms (14)\n"
+        "[    3.100000] liveinit: costs: module loads 402 ms (11), mounts 31 ms (6), device waits 120 ms (14)\n"
         "liveinit: starting /sbin/init after 900.5 ms\n")
     got = stage_breakdown(tmp_path, "liveinit")
     assert round(got["interpreter start"]) == 240          # 300 ms to the first kmsg line - imports - early
@@ -95,7 +95,7 @@ def test_stage_breakdown_reads_console_logs(tmp_path: Path) -> None:
     parts = rows[rows.index("interpreter start"):]
     assert parts[:3] == ["interpreter start", "imports", "early"]
     assert parts.index("total (runtime)") < parts.index("sum: module loads") < parts.index("sum: mounts") \
-        < parts.index("sum: device waits")     # the profile's own order, not the alphabet
+        < parts.index("sum: device waits")     # the costs' own order, not the alphabet
     assert first_line_ts("x\n[ 1.5] hello\n", "hello") == 1.5
 
 
