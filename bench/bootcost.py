@@ -33,7 +33,7 @@ PROBES: tuple[tuple[str, str], ...] = (
     ("dataclasses", "import dataclasses"),
     ("json", "import json"),
     ("stdlib netlink uevent listener", PRE + "from liveinit.uevent import UeventListener; "
-                                            "from liveinit.machine import Machine; UeventListener(Machine('/'))"),
+     "from liveinit.machine import Machine; UeventListener(Machine('/'))"),
     ("psutil import + virtual_memory()", PRE + "import psutil; psutil.virtual_memory()"),
     ("pyudev import", PRE + "import pyudev"),
     ("pyudev Context + kernel Monitor", PRE + "import pyudev; c = pyudev.Context(); "
@@ -102,7 +102,8 @@ def measure_cold(vmlinuz: Path, img: Path, work: Path, timeout: float = 120) -> 
         (work / f"coldstart{n + 1}.log").write_text(log)
         got = cold_starts(log)
         if got is None:
-            raise RuntimeError(f"bootcost: the cold-start boot did not finish; see {work / f'coldstart{n + 1}.log'}")
+            raise RuntimeError("bootcost: the cold-start boot did not finish; "
+                               f"see {work / f'coldstart{n + 1}.log'}")
         best[COLD] = min(best.get(COLD, got[0]), got[0])
         best[WARM] = min(best.get(WARM, got[1]), got[1])
     return best

@@ -39,7 +39,8 @@ def measure(n: int, repeat: int = 5) -> dict[str, float]:
     if not (moddir / "modules.dep").exists():
         moddir.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-al", str(kernel.moddir), str(moddir)], check=True)
-        subprocess.run(["depmod", "-b", str(DEFAULT_CACHE / "depmod" / kernel.version), kernel.version], check=True)
+        subprocess.run(["depmod", "-b", str(DEFAULT_CACHE / "depmod" / kernel.version), kernel.version],
+                       check=True)
     index = from_moddir(str(moddir))
 
     class MatchOnly(ModuleLoader):

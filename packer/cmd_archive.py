@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packer.errors import CommandError
 from packer.cpio import Entry, Segment, read_archive
+from packer.errors import CommandError
 
 COPY_MODE_BITS = 0o7777
 
@@ -39,10 +39,7 @@ def read_image(path: Path) -> list[Segment]:
 
 def format_entry(e: Entry) -> str:
     """One `ls -l`-style line: mode, links, uid/gid, size or device numbers, mtime, name."""
-    if e.kind in ("char", "block"):
-        size = f"{e.rdevmajor}, {e.rdevminor}"
-    else:
-        size = str(e.size)
+    size = f"{e.rdevmajor}, {e.rdevminor}" if e.kind in ("char", "block") else str(e.size)
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.mtime))
     line = f"{stat.filemode(e.mode)} {e.nlink:>3} {e.uid}/{e.gid} {size:>10} {when} {e.name}"
     if e.target is not None:

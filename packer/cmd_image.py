@@ -28,7 +28,8 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
                         help=f"console parameters (default {image.DEFAULT_CONSOLE!r})")
     parser.add_argument("--all-root", action="store_true",
                         help="make every file in the squashfs owned by root (for a tree built by an "
-                             "unprivileged user; default: keep owners, groups and setuid/setgid bits as in ROOT)")
+                             "unprivileged user; default: keep owners, groups and setuid/setgid bits "
+                             "as in ROOT)")
 
 
 def _kernel(root: Path | None) -> KernelTree:
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                identity=args.identity, compression=args.compression, label=args.label,
                                cmdline=args.cmdline, console=args.console, all_root=args.all_root)
     if not args.quiet:
-        print(f"{result.iso}: {result.iso_size / 2**20:.1f} MiB (squashfs {result.squashfs_size / 2**20:.1f} MiB)"
+        print(f"{result.iso}: {result.iso_size / 2**20:.1f} MiB "
+              f"(squashfs {result.squashfs_size / 2**20:.1f} MiB)"
               f" label={result.label} identity={result.identity}")
     return 0

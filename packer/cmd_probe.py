@@ -5,6 +5,7 @@ what this prints is what the initramfs will see."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -57,10 +58,8 @@ def identify(path: str, offset: int = 0, size: int | None = None) -> dict[str, s
     except fsprobe.ProbeError as e:
         raise CommandError(e.strerror or str(e), hint="give a readable block device or image file") from None
     if part is not None and keys is not None:
-        try:
+        with contextlib.suppress(fsprobe.ProbeError):
             keys.update(fsprobe.partition_entry(*part))
-        except fsprobe.ProbeError:
-            pass
     return keys
 
 

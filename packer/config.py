@@ -84,7 +84,7 @@ def source_date_epoch() -> int:
         return int(raw)
     except ValueError:
         raise CommandError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer",
-                           hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct)")
+                           hint="set it to seconds since 1970, e.g. $(git log -1 --format=%ct)") from None
 
 
 def check_cmdline(text: str, flag: str = "--cmdline") -> None:
@@ -230,9 +230,9 @@ def load_toml(path: Path, table: tuple[Setting, ...] = SETTINGS) -> dict[str, An
     try:
         data = tomllib.loads(path.read_text())
     except OSError as e:
-        raise CommandError(f"cannot read config file {path}: {e.strerror}", hint="check --config")
+        raise CommandError(f"cannot read config file {path}: {e.strerror}", hint="check --config") from None
     except tomllib.TOMLDecodeError as e:
-        raise CommandError(f"config file {path} is not valid TOML: {e}")
+        raise CommandError(f"config file {path} is not valid TOML: {e}") from None
     by_name = {s.name: s for s in table}
     out: dict[str, Any] = {}
     for key, value in data.items():

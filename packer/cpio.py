@@ -20,13 +20,14 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from packer.compress import (
     CPIO_MAGICS,
+    Compression,
     CompressionError,
     compress,
     decompress_stream,
@@ -332,7 +333,7 @@ class ArchiveBuilder:
             return self._write_raw(out, name, ino, mode, nlink, mtime, (0, 0), node.data)
         assert node.src is not None
         try:
-            f = open(node.src, "rb")
+            f = open(node.src, "rb")  # noqa: SIM115 (the `with` below; open errors reported apart)
         except OSError as e:
             raise ArchiveError(f"cannot read {node.src} for {name!r}: {e.strerror}") from None
         with f:
@@ -438,7 +439,7 @@ def parse_cpio(buf: bytes, base: int = 0) -> list[list[Entry]]:
         archives.append(entries)
 
 
-def _streams(data: bytes):
+def _streams(data: bytes) -> Iterator[tuple[Compression, int, bytes]]:
     """(method, offset, uncompressed bytes) of every stream in an image, in
     order: an uncompressed run of cpio archives or one compressed stream.
     Zero padding between them is skipped."""
@@ -449,13 +450,13 @@ def _streams(data: bytes):
         if pos >= n:
             return
         method = detect(data[pos:pos + 8])
-        if method == "none":
+        if method is Compression.NONE:
             if pos % 4:
                 raise ArchiveError(f"cpio archive at offset {pos} is not 4-byte aligned",
                                    hint="the kernel rejects this ('broken padding'): pad the previous "
                                         "segment with zeros to a multiple of 4")
             end = _uncompressed_end(data, pos)
-            yield "none", pos, data[pos:end]
+            yield Compression.NONE, pos, data[pos:end]
         elif method is None:
             raise ArchiveError(f"unrecognised data at offset {pos}: {describe_unknown(data[pos:pos + 8])}",
                                hint="an initramfs holds newc cpio archives, optionally compressed with "

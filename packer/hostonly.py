@@ -83,7 +83,7 @@ def scan_host() -> HostScan:
     try:
         ctx = pyudev.Context()
     except ImportError as e:  # libudev missing
-        raise CommandError(f"pyudev cannot start: {e}", hint="apt-get install libudev1")
+        raise CommandError(f"pyudev cannot start: {e}", hint="apt-get install libudev1") from None
     aliases = sorted({d.properties["MODALIAS"] for d in ctx.list_devices() if d.properties.get("MODALIAS")})
     device, fstype = root_filesystem("/")
     why = ""

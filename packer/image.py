@@ -20,8 +20,8 @@ from pathlib import Path
 
 from liveinit.contract import ID_FILE, INITRD_FILE, KERNEL_FILE, LIVE_IMAGE
 from packer import tools
-from packer.errors import CommandError
 from packer.config import check_cmdline, source_date_epoch
+from packer.errors import CommandError
 from packer.kernel import KernelTree
 
 # Where things are in the ISO's tree (the contract's absolute medium paths).
@@ -204,19 +204,11 @@ def identity_for_initrd(initrd: Path, requested: str | None) -> str:
 
 
 def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str = "") -> Path:
-    """Build the liveinit initramfs for `kernel` with G's packer, carrying `identity`."""
-    try:
-        from packer.config import PackConfig
-        from packer.initramfs import build
-    except ImportError as e:
-        raise CommandError(f"the liveinit packer is not available ({e})",
-                           hint="pass a prebuilt initramfs with --initrd FILE")
-    try:
-        build(PackConfig(output=output, kver=kernel.version, moddir=kernel.moddir,
-                         identity=identity, cmdline=cmdline))
-    except ImportError as e:
-        raise CommandError(f"the liveinit packer is incomplete ({e})",
-                           hint="pass a prebuilt initramfs with --initrd FILE")
+    """Build the liveinit initramfs for `kernel` (packer.initramfs), carrying `identity`."""
+    from packer.config import PackConfig
+    from packer.initramfs import build
+    build(PackConfig(output=output, kver=kernel.version, moddir=kernel.moddir, identity=identity,
+                     cmdline=cmdline))
     return output
 
 
@@ -314,7 +306,8 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
     `cmdline` is appended to every menu entry. `all_root`: see build_squashfs."""
     root, output = Path(root), Path(output)
     if not root.is_dir():
-        raise CommandError(f"{root} is not a directory", hint="pass the root filesystem tree to put on the medium")
+        raise CommandError(f"{root} is not a directory",
+                           hint="pass the root filesystem tree to put on the medium")
     if not kernel.vmlinuz.exists():
         raise CommandError(f"kernel image {kernel.vmlinuz} not found", hint="run `liveinit fetch-kernel`")
     if not label or len(label) > 32 or not all(c.isalnum() or c in "_-" for c in label):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from liveinit.contract import FAILED_LINE, PREFIX, SHELL_LINE, Settings, index_for, moddir_for
 from packer import pyruntime, segments, tools
-from packer.errors import CommandError
 from packer.busybox import BUSYBOX, applets
 from packer.config import DEFAULT_CACHE, PackConfig, check_cmdline
+from packer.errors import CommandError
 from packer.progress import Reporter
 
 # Directories every image has (mode), and the console/entropy nodes CPython
@@ -210,7 +210,8 @@ else:
 
 
 def _split_modules(specs: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    names, globs = [], []
+    names: list[str] = []
+    globs: list[str] = []
     for s in specs:
         (globs if GLOB_CHARS & set(s) or "/" in s else names).append(s)
     return names, globs
@@ -304,8 +305,9 @@ def env_program(path: Path = ENV_PROGRAM) -> Path | None:
 def derive_identity(kver: str, mods: tuple[str, ...], runtime: pyruntime.PyRuntime, cfg: PackConfig) -> str:
     """A stable id from what the image is made of (same inputs, same id)."""
     h = hashlib.sha256()
-    for part in (kver, cfg.cmdline, runtime.interpreter.version, *mods, *runtime.modules,
-                 *(p.read_bytes() for p in pyruntime.runtime_sources())):
+    parts: list[str | bytes] = [kver, cfg.cmdline, runtime.interpreter.version, *mods, *runtime.modules,
+                                *(p.read_bytes() for p in pyruntime.runtime_sources())]
+    for part in parts:
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
     return "liveinit-" + h.hexdigest()[:16]
@@ -334,10 +336,12 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     with rep.phase("python"):
         rt = pyruntime.build_runtime(cfg.python, cfg.packages, cfg.site_packages, cfg.python_modules,
                                      cfg.cache)
-        rep.debug(f"python: {rt.interpreter.path} {rt.interpreter.version}, {len(rt.modules)} modules traced, "
+        rep.debug(f"python: {rt.interpreter.path} {rt.interpreter.version}, "
+                  f"{len(rt.modules)} modules traced, "
                   f"packages: {', '.join(rt.packages) or 'none'}")
         for f in rt.files:
-            img.file(f.name, "runtime" if f.kind == "runtime" else "python", src=f.src, data=f.data, mode=f.mode)
+            img.file(f.name, "runtime" if f.kind == "runtime" else "python", src=f.src, data=f.data,
+                     mode=f.mode)
         for d in rt.dirs:
             img.dir(d, "runtime" if d == pyruntime.IMAGE_LIBDIR else "python")
         for name, target in rt.symlinks:
@@ -396,7 +400,8 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         cache = segments.SegmentCache(cfg.cache or DEFAULT_CACHE)
         done = segments.compress_all(parts, cache)
         for _blob, info in done:
-            rep.debug(f"segment {info.name}: {info.entries} entries, {info.uncompressed} -> {info.compressed} "
+            rep.debug(f"segment {info.name}: {info.entries} entries, "
+                      f"{info.uncompressed} -> {info.compressed} "
                       f"bytes, {info.codec}, " + ("cached" if info.cached else f"{info.seconds:.2f} s"))
         if cache.write_error:
             rep.info(f"note: the segment cache is not writable ({cache.write_error}); every pack will "

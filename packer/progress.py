@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
 T = TypeVar("T")
 PROGRESS_EVERY = 0.1  # seconds between redraws

@@ -22,6 +22,7 @@ prints the packed libraries in that format (see `ldconfig_script`)."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
@@ -215,7 +216,7 @@ def _imports_of(data: bytes, filename: str) -> set[str]:
 
 def _venv_site_dirs(version: str) -> list[Path]:
     """The running packer's site-packages, when it is the same Python version."""
-    if "%d.%d" % sys.version_info[:2] != version:
+    if "{}.{}".format(*sys.version_info[:2]) != version:
         return []
     return [Path(p) for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
 
@@ -239,9 +240,10 @@ def find_package(name: str, dirs: list[Path]) -> Path:
         so = sorted(d.glob(f"{name}.*.so")) + sorted(d.glob(f"{name}.so"))
         if so:
             return so[0]
-    raise CommandError(f"runtime package {name!r} not found in {', '.join(map(str, dirs)) or 'any site-packages'}",
-                       hint=f"install it for the embedded interpreter, pass --site-packages DIR, "
-                       f"or leave it out of --packages")
+    where = ", ".join(map(str, dirs)) or "any site-packages"
+    raise CommandError(f"runtime package {name!r} not found in {where}",
+                       hint="install it for the embedded interpreter, pass --site-packages DIR, "
+                       "or leave it out of --packages")
 
 
 def check_abi(so: Path, interp: Interpreter, package: str) -> None:
@@ -313,7 +315,7 @@ def compile_pycs(interp: Interpreter, jobs: list[tuple[Path, str]], cache: Path 
     if todo:
         with tempfile.TemporaryDirectory(dir=_ensure(root)) as tmp:
             lines = []
-            for i, (src, out, dfile) in enumerate(todo):
+            for i, (src, _out, dfile) in enumerate(todo):
                 lines.append(f"{src}\t{tmp}/{i}.pyc\t{dfile}")
             tools.run([str(interp.path), "-IS", "-c", _COMPILE_SCRIPT], "compile .pyc files",
                       input="\n".join(lines), env={}, text=True)
@@ -391,10 +393,8 @@ def build_runtime(python: Path, packages: tuple[str, ...] = (),
     for name in sorted(mentioned):
         top = name.split(".")[0]
         if top not in interp.stdlib_names and top != RUNTIME_PACKAGE and top not in pkg_paths:
-            try:
+            with contextlib.suppress(CommandError):
                 pkg_paths[top] = find_package(top, dirs)
-            except CommandError:
-                pass
     packages = tuple(pkg_paths)
 
     # What to import: the runtime's modules, every stdlib or packed name its
@@ -452,7 +452,7 @@ def build_runtime(python: Path, packages: tuple[str, ...] = (),
         pyc_jobs.append((src, f"{IMAGE_LIBDIR}/{src.relative_to(runtime_src.parent)}", "runtime"))
 
     pycs = compile_pycs(interp, [(src, "/" + name) for src, name, _k in pyc_jobs], cache)
-    for (_src, name, kind), pyc in zip(pyc_jobs, pycs):
+    for (_src, name, kind), pyc in zip(pyc_jobs, pycs, strict=True):
         files.append(ImageFile(name[:-3] + ".pyc", src=pyc, mode=0o644, kind=kind))
     files.append(ImageFile(_image(interp.path), src=interp.path, kind="interpreter"))
 

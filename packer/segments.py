@@ -22,6 +22,7 @@ The kernel's unpacker does not create missing parent directories: every
 segment carries its own (cpio.ArchiveBuilder.split)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -145,10 +146,8 @@ class SegmentCache:
         if not blob or hashlib.sha256(blob).digest() != digest:
             p.unlink(missing_ok=True)
             return None
-        try:
+        with contextlib.suppress(OSError):
             os.utime(p)
-        except OSError:
-            pass
         return blob
 
     def put(self, key: str, blob: bytes) -> None:

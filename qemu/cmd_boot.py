@@ -6,6 +6,7 @@ import re
 import sys
 from pathlib import Path
 
+from liveinit.contract import DEMO_OK
 from packer.errors import CommandError
 from qemu import lab, profiles
 
@@ -23,7 +24,8 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--timeout", type=float, default=lab.DEFAULT_TIMEOUT_S,
                         help=f"seconds before giving up (default {lab.DEFAULT_TIMEOUT_S:.0f})")
     parser.add_argument("--success", default=lab.DEFAULT_SUCCESS,
-                        help=f"regex of the console line that means success (default {lab.DEFAULT_SUCCESS!r})")
+                        help="regex of the console line that means success "
+                             f"(default {lab.DEFAULT_SUCCESS!r})")
     parser.add_argument("--disk", type=Path, action="append", default=[],
                         help="extra writable virtio disk (e.g. a persistence partition); repeatable")
     parser.add_argument("--memory", type=int, default=lab.DEFAULT_MEMORY_MIB, help="guest RAM in MiB")
@@ -50,7 +52,7 @@ def success_pattern(text: str) -> re.Pattern[str]:
     except re.error as e:
         raise CommandError(f"--success {text!r} is not a valid regular expression: {e}",
                            hint="escape regex characters, e.g. --success 'login: \\(' or use a "
-                                "plain word such as --success LIVEINIT-DEMO-OK")
+                                f"plain word such as --success {DEMO_OK}") from None
 
 
 def is_initramfs(path: Path) -> bool:
@@ -70,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("nothing to boot", hint="pass an ISO (liveinit image), an initramfs, "
                            "or --kernel and --initrd")
     if args.image is not None and not args.image.is_file():
-        raise CommandError(f"{args.image} not found", hint="build it with `liveinit image ROOT --output X.iso`")
+        raise CommandError(f"{args.image} not found",
+                           hint="build it with `liveinit image ROOT --output X.iso`")
     try:
         prof = profiles.profile(args.profile)
     except KeyError as e:
-        raise CommandError(str(e.args[0]), hint="liveinit boot --list-profiles")
+        raise CommandError(str(e.args[0]), hint="liveinit boot --list-profiles") from None
     if args.image is not None and is_initramfs(args.image):
         # An initramfs, not a medium: boot it directly, like --initrd.
         if args.initrd is not None:

@@ -77,8 +77,9 @@ def capture(sysroot: Path, dest: Path) -> int:
                 out.write_bytes(data)
                 count += 1
     for group in ("class/block", "block"):
-        for e in sorted(os.scandir(sysroot / group), key=lambda e: e.name) if (sysroot / group).is_dir() else ():
-            _link(e.path, dest / group / e.name)
+        entries = os.scandir(sysroot / group) if (sysroot / group).is_dir() else ()
+        for entry in sorted(entries, key=lambda d: d.name):
+            _link(entry.path, dest / group / entry.name)
             count += 1
     bus = sysroot / "bus"
     for b in sorted(os.listdir(bus)) if bus.is_dir() else ():
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     sysroot = args.root / "sys"
     if not (sysroot / "devices").is_dir():
         raise CommandError(f"{sysroot} has no devices/ directory: not a sysfs tree",
-                           hint="pass --root pointing at a machine root (or a captured tree) that contains sys/")
+                           hint="pass --root pointing at a machine root (or a captured tree) "
+                                "that contains sys/")
     if args.dest.exists():
         if not args.force and any(args.dest.iterdir()):
             raise CommandError(f"{args.dest} exists and is not empty", hint="use --force to replace it")

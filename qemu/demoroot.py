@@ -49,7 +49,8 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 persisted=no
 [ -f {STAMP} ] && persisted=yes
 writable=no
-mkdir -p {os.path.dirname(STAMP)} 2>/dev/null && echo "$$ $(date +%s)" > {STAMP} 2>/dev/null && sync && writable=yes
+mkdir -p {os.path.dirname(STAMP)} 2>/dev/null && echo "$$ $(date +%s)" > {STAMP} 2>/dev/null \\
+  && sync && writable=yes
 fstype=$(awk '$2 == "/" {{ t = $3 }} END {{ print t }}' /proc/mounts)
 record=no
 [ -f {RECORD} ] && record=yes

@@ -6,6 +6,7 @@ exiting, or the timeout. Every QEMU process started here is killed on the
 way out, whatever happens (psutil, the whole process tree)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,7 +24,8 @@ from liveinit.contract import DEMO_OK, DEMO_POWEROFF
 from packer.config import DEFAULT_CACHE
 from packer.kernel import KernelTree
 from qemu import console
-from qemu.profiles import OVMF_VARS, Firmware, Profile, profile as get_profile
+from qemu.profiles import OVMF_VARS, Firmware, Profile
+from qemu.profiles import profile as get_profile
 
 QEMU = "qemu-system-x86_64"
 DEFAULT_SUCCESS = re.escape(DEMO_OK)
@@ -95,10 +97,8 @@ def parse_console(text: str, success: str | re.Pattern[str] = DEFAULT_SUCCESS) -
             k, _, v = kv.partition("=")
             demo[k] = v
     uptime = None
-    try:
+    with contextlib.suppress(ValueError):
         uptime = float(demo["uptime"]) if "uptime" in demo else None
-    except ValueError:
-        pass
     failed, hint = console.FAILED.search(text), console.HINT.search(text)
     panic = console.PANIC.search(text)
     failure = (failed["message"].strip() if failed
@@ -125,7 +125,8 @@ class BootResult:
 
     profile: str
     success: bool
-    reason: str                  # "success line seen", "FAILED: ...", "timeout after 120 s", "qemu exited (rc 0)"
+    # "success line seen", "FAILED: ...", "timeout after 120 s", "qemu exited (rc 0)"
+    reason: str
     log_path: Path | None        # the console log when one was asked for (log_path=), else None
     wall_s: float
     accel: str
@@ -165,10 +166,8 @@ def kill_tree(pid: int) -> None:
         return
     procs = parent.children(recursive=True) + [parent]
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(procs, timeout=5)
 
 
@@ -259,7 +258,8 @@ def _kernel_and_initrd(kernel: KernelTree | Path | None, initrd: Path | None, im
     return vmlinuz, initrd
 
 
-def command(prof: Profile, image: Path | None, work: Path, log: Path | None, kernel: KernelTree | Path | None = None,
+def command(prof: Profile, image: Path | None, work: Path, log: Path | None,
+            kernel: KernelTree | Path | None = None,
             initrd: Path | None = None, cmdline: str = "", memory: int = DEFAULT_MEMORY_MIB,
             disks: tuple[Path, ...] = (), accel_args: list[str] | None = None,
             interactive: bool = False) -> list[str]:
@@ -368,7 +368,8 @@ def boot(profile: str, kernel: KernelTree | Path | None = None, initrd: Path | N
                     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                             stderr=stderr, start_new_session=True)
                 reason = _watch(proc, log, succ, timeout, echo, wait_exit=poweroff and prof.direct)
-                if proc.poll() is not None and proc.returncode not in (0, None) and not reason.startswith("success"):
+                if (proc.poll() is not None and proc.returncode not in (0, None)
+                        and not reason.startswith("success")):
                     err = (work / "qemu.stderr").read_text(errors="replace").strip()
                     if err:
                         reason += f": {err.splitlines()[-1]}"
@@ -383,5 +384,6 @@ def boot(profile: str, kernel: KernelTree | Path | None = None, initrd: Path | N
     ok = report.success and report.failure is None
     if report.success and interactive:
         reason = "success line seen"
-    return BootResult(profile=prof.name, success=ok, reason=reason, log_path=Path(log_path) if log_path else None,
+    return BootResult(profile=prof.name, success=ok, reason=reason,
+                      log_path=Path(log_path) if log_path else None,
                       wall_s=round(wall, 2), accel=acc[1], command=tuple(cmd), report=report, console=text)

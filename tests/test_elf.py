@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from packer import elf
-from packer.errors import CommandError, main as cli_main
+from packer.cli import main as cli_main
+from packer.errors import CommandError
 from packer.elf import (ARCHES, EM_X86_64, ELFCLASS64, ElfError, NotElfError, RootFS, _Resolver,
                         expand_dst, read_elf, read_ident, resolve, search_dirs)
 
