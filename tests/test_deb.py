@@ -2,7 +2,8 @@
 `apt-get install ./liveinit_*.deb` installs it into a debootstrap chroot,
 and a kernel package installed there afterwards gets /boot/initrd.img-KVER
 made by liveinit; removing the kernel removes it, removing liveinit gives
-initramfs-tools its hooks back.
+initramfs-tools its hooks back. Without --replace, liveinit's image goes
+beside initramfs-tools' (/boot/liveinit.img-KVER).
 
 The chroot starts from a tarball cached under /var/cache/liveinit/deb-e2e:
 bookworm minbase with the .debs that liveinit and the kernel depend on
@@ -22,7 +23,7 @@ import pytest
 
 from packer.config import DEFAULT_CACHE
 from packer.cpio import read_archive
-from packer.hooks import DEBIAN_IMAGE, DISABLED_SUFFIX, OTHER_GENERATORS
+from packer.hooks import DEBIAN_IMAGE, DISABLED_SUFFIX, OTHER_GENERATORS, SIDE_IMAGE
 from qemu.testkernel import KernelTree
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -145,6 +146,16 @@ def test_deb_installs_and_packs_each_installed_kernel(kernel: KernelTree, tmp_pa
 
         run("apt-get", "remove", "-y", "-q", f"linux-image-{kver}", root=root)
         assert not initrd.exists()
+
+        # The package's default: beside an active initramfs-tools, never over its image.
+        run("liveinit", "install-hooks", "--restore", root=root)
+        out = run("apt-get", "install", "-y", "-q", f"/tmp/{kernel_deb.name}", root=root)
+        assert f"update-initramfs: Generating /boot/{DEBIAN_IMAGE}{kver}" in out
+        side = root / "boot" / f"{SIDE_IMAGE}{kver}"
+        assert "usr/lib/liveinit/liveinit/boot.pyc" in image_names(side)
+        assert "conf/initramfs.conf" in image_names(initrd)
+        run("apt-get", "remove", "-y", "-q", f"linux-image-{kver}", root=root)
+        assert not initrd.exists() and not side.exists()
 
         run("apt-get", "remove", "-y", "-q", "liveinit", root=root)
         assert hook.exists() and not hook.with_name(hook.name + DISABLED_SUFFIX).exists()
