@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from packer import hooks
+from packer import hooks  # noqa: E402  (the tree, not an installed liveinit)
 
 PACKAGE = "liveinit"
 PRIVATE = Path("usr/lib/liveinit")

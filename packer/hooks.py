@@ -146,7 +146,8 @@ fi
 
 
 def _script(purpose: str, body: str) -> str:
-    return f"#!/bin/sh\n{MARKER}: {purpose}\n# Written by `liveinit install-hooks`; see packer/hooks.py.\nset -e\n\n{body}"
+    return (f"#!/bin/sh\n{MARKER}: {purpose}\n"
+            f"# Written by `liveinit install-hooks`; see packer/hooks.py.\nset -e\n\n{body}")
 
 
 def postinst_hook() -> str:

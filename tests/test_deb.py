@@ -94,7 +94,8 @@ def base_tarball(debs: list[Path]) -> Path:
         for d in debs:
             shutil.copy(d, work / "tmp" / d.name)
         with mounted(work):
-            run("apt-get", "install", "-y", "-q", "--download-only", *(f"/tmp/{d.name}" for d in debs), root=work)
+            run("apt-get", "install", "-y", "-q", "--download-only", *(f"/tmp/{d.name}" for d in debs),
+                root=work)
         for d in debs:
             (work / "tmp" / d.name).unlink()
         run("tar", "-C", str(work), "-cf", f"{tar}.partial", ".")
@@ -132,8 +133,8 @@ def test_deb_installs_and_packs_each_installed_kernel(kernel: KernelTree, tmp_pa
         assert f"liveinit: packing /boot/{DEBIAN_IMAGE}{kver} for kernel {kver}" in out
         names = image_names(initrd)
         # liveinit's: its /init, its runtime, the kernel's modules; none of mkinitramfs' scripts.
-        assert {"init", "usr/lib/liveinit/liveinit/boot.pyc", f"usr/lib/modules/{kver}/kernel/drivers/ata/ahci.ko"} \
-            <= names
+        assert {"init", "usr/lib/liveinit/liveinit/boot.pyc",
+                f"usr/lib/modules/{kver}/kernel/drivers/ata/ahci.ko"} <= names
         assert not any(n.startswith(("scripts/", "conf/")) for n in names)
         listing = run("liveinit", "ls", f"/boot/{DEBIAN_IMAGE}{kver}", root=root)
         assert any(line.endswith(" init") for line in listing.splitlines())
