@@ -191,8 +191,9 @@ def refusals(disk: DiskInfo, state: HostState) -> list[str]:
     for m in state.mounts:
         if m is not root and (m.devno in disk.devnos or _devno_of(m.source) in disk.devnos):
             why.append(f"{m.source} is mounted on {m.mountpoint}")
+    names = {disk.name, *(p.name for p in disk.partitions)}
     for swap in state.swaps:
-        if _devno_of(swap) in disk.devnos:
+        if _devno_of(swap) in disk.devnos or (swap.startswith("/dev/") and swap[5:] in names):
             why.append(f"{swap} is an active swap (swapoff it first)")
     for owner, holders in [(disk.name, disk.holders)] + [(p.name, p.holders) for p in disk.partitions]:
         if holders:
