@@ -318,11 +318,12 @@ class Client:
 
 
 def request_lease(interface: str, mac: str, log: Log, hostname: str = "", requested: str = "",
-                  timeout: float = DEFAULT_TIMEOUT, transport: Transport | None = None) -> Lease:
+                  timeout: float = DEFAULT_TIMEOUT, transport: Transport | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> Lease:
     """A lease for `interface` (its link up, no address yet) from whichever server answers."""
     t = transport if transport is not None else UdpTransport(interface)
     try:
-        return Client(t, interface, mac, log, hostname, requested).run(timeout)
+        return Client(t, interface, mac, log, hostname, requested, clock).run(timeout)
     finally:
         if transport is None:
             t.close()

@@ -233,7 +233,8 @@ def wait_links(m: Machine, cfg: IpConfig, bootif: str, timeout: float,
             return cands
         if clock() >= deadline:
             raise BootFailure(
-                f"network: no {_wanted(cfg, bootif)} after {timeout:.0f} s; interfaces seen: {_names(found)}",
+                f"network: waited {timeout:.0f} s for {_wanted(cfg, bootif)}; "
+                f"interfaces seen: {_names(found)}",
                 "check that the image has the network driver for this machine (the `net` module group), "
                 "or name an interface that exists with ip=IFACE:dhcp")
         sleep(POLL)
@@ -293,7 +294,7 @@ def bring_up(m: Machine, cfg: IpConfig, log: Log, bootif: str = "", nl: Netlink 
         if cfg.method == DHCP:
             from liveinit import dhcp
             lease = dhcp.request_lease(link.name, link.mac, log, cfg.hostname, cfg.client,
-                                       dhcp_timeout or dhcp.DEFAULT_TIMEOUT, dhcp_transport)
+                                       dhcp_timeout or dhcp.DEFAULT_TIMEOUT, dhcp_transport, clock)
         else:
             lease = static_lease(cfg, link)
         if cfg.dns and lease.method == DHCP:

@@ -9,7 +9,6 @@ import threading
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sysfs_builder import log_text, quiet_log
 
 from liveinit import dhcp
 from liveinit.dhcp import (
@@ -30,6 +29,7 @@ from liveinit.dhcp import (
 )
 from liveinit.emergency import BootFailure
 from liveinit.netcfg import Lease
+from qemu.fakesysfs import log_text, quiet_log
 
 MAC = "52:54:00:12:34:56"
 octet = st.integers(0, 255)

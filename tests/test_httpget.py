@@ -10,12 +10,12 @@ import pytest
 from httpfake import FakeHttp
 from hypothesis import given
 from hypothesis import strategies as st
-from sysfs_builder import quiet_log
 
 from liveinit import httpget
 from liveinit.emergency import BootFailure
 from liveinit.httpget import download, fetch, parse_content_range, parse_head
 from liveinit.machine import Machine
+from qemu.fakesysfs import quiet_log
 
 IMAGE = os.urandom(3 * 1024 * 1024 + 123)
 SHA = hashlib.sha256(IMAGE).hexdigest()
