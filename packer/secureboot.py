@@ -45,8 +45,9 @@ ESP_GRUB = "EFI/BOOT/grubx64.efi"
 ESP_MOK_MANAGER = "EFI/BOOT/mmx64.efi"
 
 WHAT_SECURE_BOOT_DOES = ("a PC with Secure Boot on will refuse to start it (the firmware says "
-                         "\"Access Denied\" or \"Security Violation\" and boots nothing) until Secure Boot "
-                         "is turned off in its firmware setup; BIOS and UEFI without Secure Boot are unaffected")
+                         "\"Access Denied\" or \"Security Violation\" and boots nothing) until Secure "
+                         "Boot is turned off in its firmware setup; BIOS and UEFI without Secure Boot "
+                         "are unaffected")
 
 _SECURITY_DIR = 4              # IMAGE_DIRECTORY_ENTRY_SECURITY
 _WIN_CERT_REVISION = 0x0200
@@ -161,7 +162,7 @@ def certificate_subject(cert: bytes) -> bytes:
 def shim_vendor_certificate(shim: PEImage, data: bytes) -> bytes | None:
     """The DER certificate shim trusts besides the firmware's db (its `.vendor_cert`), if any."""
     sec = shim.section(".vendor_cert")
-    if sec is None:
+    if sec is None or sec.offset + 16 > len(data):
         return None
     size, _, offset, _ = struct.unpack_from("<IIII", data, sec.offset)
     cert = data[sec.offset + offset:sec.offset + offset + size]
@@ -182,13 +183,13 @@ def signed_by(signed: PEImage, ca_certificate: bytes) -> bool:
 def grub_embedded(data: bytes, pe: PEImage) -> dict[int, bytes]:
     """GRUB's built-in objects other than modules: {type: bytes} (2 config, 3 prefix)."""
     sec = pe.section("mods")
-    if sec is None:
+    if sec is None or sec.offset + 24 > len(data):
         return {}
     magic, _, offset, size = struct.unpack_from("<IIQQ", data, sec.offset)
     if magic != _GRUB_MODULES_MAGIC:
         return {}
     out: dict[int, bytes] = {}
-    pos, end = sec.offset + offset, sec.offset + min(size, sec.size)
+    pos, end = sec.offset + offset, min(sec.offset + min(size, sec.size), len(data))
     while pos + 8 <= end:
         kind, length = struct.unpack_from("<II", data, pos)
         if length < 8:
@@ -256,7 +257,7 @@ def _chain_in(base: Path, origin: str) -> SignedChain | str:
     """The chain under `base`, or why there is none."""
     shim, grub = _first(base, SHIM_PATHS), _first(base, GRUB_PATHS)
     if shim is None or grub is None:
-        missing = " and ".join(n for n, p in (("shim", shim), ("the signed GRUB", grub)) if p is None)
+        missing = " or ".join(n for n, p in (("shim", shim), ("signed GRUB", grub)) if p is None)
         return f"{origin} has no {missing} ({', '.join('/' + p for p in (SHIM_PATHS + GRUB_PATHS))})"
     data = grub.read_bytes()
     try:
@@ -273,7 +274,7 @@ def _chain_in(base: Path, origin: str) -> SignedChain | str:
 
 
 def signed_chain(kernel: Path, root: Path | None = None, cache: Path = DEFAULT_CACHE,
-                 download: bool = True) -> SignedChain:
+                 download: bool = True, host: Path = Path("/")) -> SignedChain:
     """The signed chain for a medium that boots `kernel`, or NoSignedChain saying why not.
 
     Looked for in `root` (the tree being imaged: its distribution's loaders
@@ -289,10 +290,11 @@ def signed_chain(kernel: Path, root: Path | None = None, cache: Path = DEFAULT_C
     if not authenticode_signed(kpe):
         raise NoSignedChain(f"the kernel {kernel} is not signed (no Authenticode signature)",
                             hint="use the distribution's signed kernel (Debian: linux-image-*-amd64, not "
-                                 "-unsigned) or sign yours with sbsign and enrol the key (docs/SECUREBOOT.md)")
+                                 "-unsigned) or sign yours with sbsign and enrol the key "
+                                 "(docs/SECUREBOOT.md)")
     tried: list[str] = []
-    places = [(root, "the root"), (Path("/"), "the host")] if root is not None else [(Path("/"), "the host")]
-    for base, origin in places:
+    places = [(root, "the root")] if root is not None else []
+    for base, origin in [*places, (host, "the host")]:
         found = _chain_in(base, origin)
         if isinstance(found, SignedChain):
             return _with_trust(found, kpe, kernel)
