@@ -129,4 +129,4 @@ def _ask(sock: _socket.socket, server: str, port: int, qname: str, timeout: floa
         pass
     except OSError as e:
         return False, str(e.strerror or e)
-    return False, f"no answer in {timeout:.0f} s"
+    return False, f"no answer in {timeout:g} s"
