@@ -1,37 +1,26 @@
 """How the runtime's probing and root search grow with the machine.
 
-Simulated sysfs trees (tests/sysfs_builder.py) with N devices, a tenth of
+Simulated sysfs trees (qemu/fakesysfs.py) with N devices, a tenth of
 them disks with a partition; the real coldplug walk + match and the real
 block-device scan + superblock identification run against them natively,
 best of several repeats. A linear cost shows as a flat ms-per-device."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _imports() -> None:
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-
 
 def measure(n: int, repeat: int = 5) -> dict[str, float]:
     """Coldplug and root-search cost for a tree of `n` devices (ms, best of `repeat`)."""
-    _imports()
-    from sysfs_builder import SysfsBuilder, machine, populate, quiet_log
-
     from liveinit import blockdev
     from liveinit.cmdline import parse
     from liveinit.coldplug import Coldplug
     from liveinit.modload import ModuleLoader
     from packer.config import DEFAULT_CACHE
     from packer.modindex import from_moddir
+    from qemu.fakesysfs import SysfsBuilder, machine, populate, quiet_log
     from qemu.testkernel import fetch_kernel
 
     kernel = fetch_kernel()
@@ -46,7 +35,7 @@ def measure(n: int, repeat: int = 5) -> dict[str, float]:
     class MatchOnly(ModuleLoader):
         """Matches like the real loader but inserts nothing."""
 
-        def load_matches(self, names, reason, alias=""):  # type: ignore[no-untyped-def]
+        def load_matches(self, names: tuple[str, ...] | list[str], reason: str, alias: str = "") -> list[str]:
             return []
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,9 +31,12 @@ ENODEV, like a kernel whose fs module is not loaded yet. `devs` maps relative
 paths to st_dev numbers for `st_dev` (default: the real lstat)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import overload
 
 
 @dataclass
@@ -72,6 +75,11 @@ class FakeSyscalls:
     nodes: dict = field(default_factory=dict)
 
     # -- helpers --------------------------------------------------------
+    @overload
+    def rel(self, p: str) -> str: ...
+    @overload
+    def rel(self, p: None) -> None: ...
+
     def rel(self, p: str | None) -> str | None:
         """`p` relative to the fake root ("/tmp/x/sysroot" -> "/sysroot")."""
         if p is None or self.root in ("", "/"):
@@ -228,7 +236,7 @@ class FakeUevents:
     `polls` records the timeouts asked for."""
 
     def __init__(self, batches: list[list[dict[str, str]]] | None = None,
-                 on_poll=None) -> None:
+                 on_poll: Callable[[int], None] | None = None) -> None:
         self.batches = list(batches or [])
         self.on_poll = on_poll
         self.polls: list[float] = []
@@ -259,7 +267,5 @@ class FakeUevents:
             self.closed = True
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.close()
-        except OSError:
-            pass

@@ -1,4 +1,4 @@
-"""Fake sysfs trees for the discovery tests and the benchmark.
+"""Fake sysfs trees for the discovery tests and the benchmark (bench/scale.py).
 
 `SysfsBuilder(root)` writes a tree under root/sys with the same shape the
 kernel (and `liveinit capture-sysfs`) produces: device directories under
@@ -24,11 +24,16 @@ import io
 import os
 import shutil
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from fakes import FakeSyscalls
 from liveinit.log import Log
 from liveinit.machine import Machine
+from qemu.fakes import FakeSyscalls
+
+# GrowingSyscalls' callback: (the module just loaded or None, every module loaded so far).
+OnLoad = Callable[[str | None, set[str]], None]
 
 
 def _link(link: Path, target: Path) -> None:
@@ -144,7 +149,8 @@ class SysfsBuilder:
         d.mkdir(parents=True, exist_ok=True)
         for k, v in (("dev", f"{major}:{minor}"), ("size", str(sectors)), ("partition", str(partno)),
                      ("start", str(start)), ("ro", "1" if ro else "0"),
-                     ("uevent", f"MAJOR={major}\nMINOR={minor}\nDEVNAME={name}\nDEVTYPE=partition\nPARTN={partno}")):
+                     ("uevent", f"MAJOR={major}\nMINOR={minor}\nDEVNAME={name}\nDEVTYPE=partition\n"
+                                f"PARTN={partno}")):
             (d / k).write_text(v + "\n")
         _link(self.sys / "class" / "block" / name, d)
         return d
@@ -301,10 +307,9 @@ class StagedTree:
                             continue
                         d.parent.mkdir(parents=True, exist_ok=True)
                         os.symlink(os.readlink(s), d)
-                    elif top in ("bus", "class") and s.is_dir():
-                        d.mkdir(parents=True, exist_ok=True)
-                    elif top == "module" and dirpath == str(base) and (
-                            name not in self.guest_modules or name in self.loaded):
+                    elif ((top in ("bus", "class") and s.is_dir())
+                          or (top == "module" and dirpath == str(base)
+                              and (name not in self.guest_modules or name in self.loaded))):
                         d.mkdir(parents=True, exist_ok=True)
                 if top == "module":
                     dirnames[:] = []
@@ -319,7 +324,7 @@ class GrowingSyscalls(FakeSyscalls):
     """FakeSyscalls whose finit_module/init_module call `on_load(name, modules)` afterwards,
     so a test can add the devices a driver would create."""
 
-    def __init__(self, root: str, on_load=None, **kw) -> None:
+    def __init__(self, root: str, on_load: OnLoad | None = None, **kw: Any) -> None:
         super().__init__(root=root, **kw)
         self.on_load = on_load
         # Coldplug loads from several threads; the kernel makes each load atomic
@@ -339,11 +344,13 @@ def quiet_log() -> Log:
 
 
 def log_text(log: Log) -> str:
-    return log.out.getvalue() if hasattr(log, "out") else ""
+    """What a `quiet_log()` wrote."""
+    out = getattr(log, "out", None)
+    return out.getvalue() if isinstance(out, io.StringIO) else ""
 
 
-def write_moddir(root: Path, deps: dict[str, list[str]], aliases: list[tuple[str, str]] = (),
-                 builtin: list[str] = (), softdeps: str = "", suffix: str = ".ko",
+def write_moddir(root: Path, deps: dict[str, list[str]], aliases: Sequence[tuple[str, str]] = (),
+                 builtin: Sequence[str] = (), softdeps: str = "", suffix: str = ".ko",
                  modprobe_d: str = "") -> Path:
     """A module directory under root/lib/modules/test: empty .ko files, modules.dep/alias/builtin."""
     moddir = root / KMOD_DIR.lstrip("/")
@@ -374,7 +381,7 @@ def write_moddir(root: Path, deps: dict[str, list[str]], aliases: list[tuple[str
     return moddir
 
 
-def machine(root: Path, on_load=None, **kw) -> tuple[Machine, GrowingSyscalls]:
+def machine(root: Path, on_load: OnLoad | None = None, **kw: Any) -> tuple[Machine, GrowingSyscalls]:
     sysc = GrowingSyscalls(str(root), on_load, **kw)
     return Machine(str(root), sysc), sysc
 
@@ -386,64 +393,3 @@ def link_kernel_modules(root: Path, moddir: Path, kver: str) -> str:
     if not (d / kver).exists():
         os.symlink(moddir, d / kver)
     return f"/lib/modules/{kver}"
-
-
-# -- benchmark ---------------------------------------------------------------
-
-def bench(index, kmoddir: str, trees: dict[str, Path], repeat: int = 20) -> dict[str, tuple[int, float]]:
-    """Native time of one coldplug walk + match (no loading) per tree: name -> (devices, ms, best of repeat)."""
-    import time
-    from liveinit.cmdline import parse
-    from liveinit.coldplug import Coldplug
-    from liveinit.modload import ModuleLoader
-
-    class MatchOnly(ModuleLoader):
-        def load_matches(self, names, reason, alias=""):
-            self.matched.extend(names)
-            return []
-
-    out = {}
-    for name, root in trees.items():
-        best = float("inf")
-        for _ in range(repeat):
-            m, _sysc = machine(root)
-            loader = MatchOnly(m, index, kmoddir, parse(""), quiet_log())
-            loader.matched = []
-            cp = Coldplug(m, loader, quiet_log())
-            t = time.perf_counter()
-            cp.walk()
-            best = min(best, time.perf_counter() - t)
-        out[name] = (cp.devices, best * 1000)
-    return out
-
-
-def _bench_main() -> None:
-    import sys
-    import tempfile
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from packer.config import DEFAULT_CACHE
-    from packer.modindex import from_moddir
-    from qemu.testkernel import fetch_kernel
-    kernel = fetch_kernel()
-    moddir = DEFAULT_CACHE / "depmod" / kernel.version / "lib" / "modules" / kernel.version
-    index = from_moddir(str(moddir))
-    data = Path(__file__).parent / "data" / "sysfs"
-    with tempfile.TemporaryDirectory() as tmp:
-        trees: dict[str, Path] = {}
-        for cap in sorted(p for p in data.iterdir() if (p / "sys").is_dir()):
-            # Every device unbound: the walk matches all of them, as at the first pass of a boot.
-            dst = Path(tmp) / cap.name
-            shutil.copytree(cap, dst, symlinks=True)
-            for link in dst.glob("sys/devices/**/driver"):
-                link.unlink()
-            trees[cap.name] = dst
-        for n in (10, 100, 1000):
-            dst = Path(tmp) / f"built-{n}"
-            populate(SysfsBuilder(dst), n)
-            trees[f"built-{n}"] = dst
-        for name, (devices, ms) in bench(index, str(moddir), trees).items():
-            print(f"{name:14} {devices:5d} devices with a modalias  {ms:7.2f} ms")
-
-
-if __name__ == "__main__":
-    _bench_main()

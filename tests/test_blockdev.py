@@ -9,7 +9,7 @@ from pathlib import Path
 
 from liveinit import blockdev
 from liveinit.blockdev import BlockDevice
-from sysfs_builder import SysfsBuilder, machine
+from qemu.fakesysfs import SysfsBuilder, machine
 
 DATA = Path(__file__).parent / "data" / "sysfs"
 MiB = 1 << 20

@@ -18,7 +18,7 @@ import liveinit.kmodindex
 import liveinit.modload
 import liveinit.rootfind
 import liveinit.uevent
-from fakes import FakeSyscalls, FakeUevents
+from qemu.fakes import FakeSyscalls, FakeUevents
 from liveinit import boot, emergency, stack
 from liveinit.contract import Settings
 from liveinit.emergency import BootFailure

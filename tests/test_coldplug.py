@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeUevents
+from qemu.fakes import FakeUevents
 from liveinit.coldplug import Coldplug, Job
 from liveinit.discovery import Discovery
 from liveinit.kmodindex import ModuleIndex
 from liveinit.modload import ModuleLoader
 from liveinit.cmdline import parse
 from packer.modindex import from_moddir
-from sysfs_builder import (KMOD_DIR, StagedTree, SysfsBuilder, link_kernel_modules, machine,
+from qemu.fakesysfs import (KMOD_DIR, StagedTree, SysfsBuilder, link_kernel_modules, machine,
                            populate, quiet_log, write_moddir)
 
 DATA = Path(__file__).parent / "data" / "sysfs"
@@ -250,7 +250,7 @@ def test_capture_roundtrips_a_captured_tree(tmp_path):
 def test_capture_of_this_host_reads_the_same_as_the_host(tmp_path):
     from liveinit import blockdev
     from packer.cli import main
-    from sysfs_builder import machine as fake_machine
+    from qemu.fakesysfs import machine as fake_machine
     dest = tmp_path / "host"
     assert main(["-q", "capture-sysfs", str(dest)]) == 0
     live, _ = fake_machine(Path("/"))
@@ -310,7 +310,7 @@ def test_uevent_listener_opens_a_netlink_socket():
 from liveinit import coldplug as coldplug_mod  # noqa: E402
 from liveinit import discovery as discovery_mod  # noqa: E402
 from liveinit.cmdline import RootSpec, parse as parse_cmdline  # noqa: E402
-from sysfs_builder import GrowingSyscalls  # noqa: E402
+from qemu.fakesysfs import GrowingSyscalls  # noqa: E402
 from liveinit.machine import Machine  # noqa: E402
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeUevents
+from qemu.fakes import FakeUevents
 from liveinit import coldplug as coldplug_mod
 from liveinit.cmdline import RootSpec, parse
 from liveinit.coldplug import LOAD_ENDED, RELEASE, STOP, Coldplug, Job, LoadEnded, Release, RootFirst, Stop
@@ -21,7 +21,7 @@ from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.modload import ModuleLoader
 from liveinit.uevent import UeventListener
-from sysfs_builder import KMOD_DIR, GrowingSyscalls, SysfsBuilder
+from qemu.fakesysfs import KMOD_DIR, GrowingSyscalls, SysfsBuilder
 from test_coldplug import small_index
 
 

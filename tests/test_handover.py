@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeSyscalls, Mount
+from qemu.fakes import FakeSyscalls, Mount
 from liveinit import handover
 from liveinit.cmdline import parse
 from liveinit.emergency import BootFailure

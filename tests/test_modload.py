@@ -16,7 +16,7 @@ from liveinit.cmdline import parse
 from liveinit.kmodindex import ModuleIndex
 from liveinit.modload import ModuleLoader
 from packer.modindex import dumps, from_moddir
-from sysfs_builder import KMOD_DIR, SysfsBuilder, link_kernel_modules, log_text, machine, quiet_log, write_moddir
+from qemu.fakesysfs import KMOD_DIR, SysfsBuilder, link_kernel_modules, log_text, machine, quiet_log, write_moddir
 
 DEPS = {"ext4": ["jbd2", "mbcache", "crc16"], "jbd2": [], "mbcache": [], "crc16": [],
         "crc32c_generic": [], "isofs": [], "e1000e": [], "snd": [], "loop": []}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeSyscalls, FakeUevents
+from qemu.fakes import FakeSyscalls, FakeUevents
 from liveinit import blockdev, rootfind
 from liveinit.cmdline import parse
 from liveinit.discovery import Discovery, NullLoader
@@ -19,7 +19,7 @@ from liveinit.emergency import BootFailure
 from liveinit.machine import Machine
 from liveinit.modload import ModuleLoader
 from packer.modindex import from_moddir
-from sysfs_builder import KMOD_DIR, SysfsBuilder, quiet_log, write_moddir
+from qemu.fakesysfs import KMOD_DIR, SysfsBuilder, quiet_log, write_moddir
 
 IMAGE = "live/filesystem.squashfs"
 MiB_SECTORS = 2048

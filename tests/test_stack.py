@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fakes import FakeSyscalls, FakeUevents
+from qemu.fakes import FakeSyscalls, FakeUevents
 from liveinit import rootfind, stack
 from liveinit.cmdline import parse
 from liveinit.discovery import Discovery, NullLoader
