@@ -143,7 +143,8 @@ def disk_name(path: Path, sys: Path = SYS) -> str:
     st = os.stat(path)
     if not stat.S_ISBLK(st.st_mode):
         raise ValueError(f"{path} is not a block device")
-    return os.path.basename(os.path.realpath(sys / "dev" / "block" / f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"))
+    devno = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    return os.path.basename(os.path.realpath(sys / "dev" / "block" / devno))
 
 
 def inspect_disk(name: str, sys: Path = SYS) -> DiskInfo:
@@ -163,9 +164,9 @@ def inspect_disk(name: str, sys: Path = SYS) -> DiskInfo:
     bus = _bus(d.relative_to(sys) if d.is_relative_to(sys) else d)
     if sys == SYS and bus not in ("virtual",):
         bus = _udev_bus(name) or bus
+    described = " ".join(filter(None, (vendor, model))) or (f"loop on {backing}" if backing else "")
     return DiskInfo(name=name, devno=_read(d / "dev"), size=int(_read(d / "size", "0")) * SECTOR,
-                    removable=_read(d / "removable") == "1", bus=bus,
-                    model=" ".join(filter(None, (vendor, model))) or (f"loop on {backing}" if backing else ""),
+                    removable=_read(d / "removable") == "1", bus=bus, model=described,
                     readonly=_read(d / "ro") == "1", partition_of=partition_of, partitions=tuple(parts),
                     holders=_holders(d), backing_file=backing)
 
@@ -231,8 +232,8 @@ def describe(disk: DiskInfo, path: str) -> list[str]:
     """Lines for the confirmation: model, size, bus, partitions."""
     from packer.progress import human
     kind = "removable" if disk.removable else "fixed"
-    head = f"{path}: {disk.model or 'unknown model'}, {human(disk.size)} ({disk.size} bytes), {disk.bus}, {kind}"
-    lines = [head]
+    lines = [f"{path}: {disk.model or 'unknown model'}, {human(disk.size)} ({disk.size} bytes), "
+             + f"{disk.bus}, {kind}"]
     if not disk.partitions:
         lines.append("  no partitions")
     for p in disk.partitions:

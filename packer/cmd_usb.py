@@ -15,10 +15,10 @@ from pathlib import Path
 
 from packer import blockdev_host, config, image, usb
 from packer.config import Kind
-
-BOOT_LOADERS = 2 << 20   # syslinux, GRUB EFI and their menus on the FAT, rounded up
 from packer.errors import CommandError
 from packer.progress import human
+
+BOOT_LOADERS = 2 << 20   # syslinux, GRUB EFI and their menus on the FAT, rounded up
 
 # Settings that may come from a TOML config file too (one table feeds both, as for
 # `pack`); --force and --yes never do: consent to erase a disk is given on the
@@ -112,7 +112,8 @@ def check_target(target: Path, size: int | None, force: bool, yes: bool,
             raise CommandError(f"refusing to write {target}: " + "; ".join(why))
         if size is not None and size != target.stat().st_size:
             raise CommandError(f"{target} exists ({human(target.stat().st_size)}) and --size asks for "
-                               f"{human(size)}", hint="remove the file first, or drop --size to write it as is")
+                               f"{human(size)}",
+                               hint="remove the file first, or drop --size to write it as is")
     elif size is None:
         raise CommandError(f"{target} does not exist", hint="pass --size SIZE to create an image file")
 
@@ -148,9 +149,10 @@ def run(args: argparse.Namespace) -> int:
         # the live files, exactly as `liveinit image` puts them on its ISO
         if source.is_dir():
             say(f"packing {source} as `liveinit image` does...")
-            result = image.build_image(source, work / "live.iso", _kernel(v["kernel_root"]), initrd=v["initrd"],
-                                       identity=v["identity"], compression=v["compression"],
-                                       label=v["label"] or image.DEFAULT_LABEL, cmdline=v["cmdline"],
+            result = image.build_image(source, work / "live.iso", _kernel(v["kernel_root"]),
+                                       initrd=v["initrd"], identity=v["identity"],
+                                       compression=v["compression"], label=v["label"] or image.DEFAULT_LABEL,
+                                       cmdline=v["cmdline"],
                                        console=v["console"], all_root=v["all_root"], workdir=work)
             live = usb.live_files_from_iso(result.iso, work)
             base = live.cmdline

@@ -21,6 +21,7 @@ Nothing is mounted: the FAT is an image file built with mkfs.vfat, syslinux
 in place by mkfs.ext4 -E offset=; the table by sfdisk on a scratch file."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -125,7 +126,8 @@ def plan(disk_size: int, needed: int, fat_size: int | None = None,
     if fat_size is not None and fat_size < needed:
         raise CommandError(f"--fat-size {human(fat_size)} is smaller than the live files need "
                            f"({human(needed)})", hint=f"give at least {needed // MIB}M, or drop --fat-size")
-    persist_min = 0 if persistence is None else (PERSISTENCE_MIN if persistence == "rest" else int(persistence))
+    persist_min = {None: 0, "rest": PERSISTENCE_MIN}.get(persistence, persistence)   # type: ignore[arg-type]
+    assert isinstance(persist_min, int)
     if isinstance(persistence, int) and persistence < PERSISTENCE_MIN:
         raise CommandError(f"--persistence {human(persistence)} is too small",
                            hint=f"give at least {PERSISTENCE_MIN // MIB}M, or 'rest'")
@@ -139,7 +141,7 @@ def plan(disk_size: int, needed: int, fat_size: int | None = None,
         raise CommandError(f"the target holds {human(disk_size)} ({disk_size} bytes); this stick needs at "
                            f"least {human(required)} ({required} bytes: 1 MiB partition table, "
                            + ", ".join(parts) + ")",
-                           hint=f"use a bigger stick or --size {_up(required, MIB) // MIB}M for an image file")
+                           hint=f"use a bigger stick, or --size {_up(required, MIB) // MIB}M for an image")
     if fat_size is None:
         if persistence == "rest":
             fat_size = min(_up(needed + FAT_FREE, ALIGN), usable - ALIGN - PERSISTENCE_MIN)
@@ -256,8 +258,8 @@ def build_fat(work: Path, part: Partition, live: LiveFiles, label: str, cmdline:
     if persistence_file is not None:
         pimg = work / "persistence.img"
         pimg.unlink(missing_ok=True)
-        tools.run(["mkfs.ext4", "-q", "-F", "-L", PERSISTENCE_LABEL, str(pimg), f"{persistence_file // 1024}k"],
-                  "make the persistence image file")
+        tools.run(["mkfs.ext4", "-q", "-F", "-L", PERSISTENCE_LABEL, str(pimg),
+                   f"{persistence_file // 1024}k"], "make the persistence image file")
         _mtools(["mcopy", "-i", img, str(pimg), f"::{PERSISTENCE_IMAGE}"], "copy the persistence image")
         pimg.unlink()
     return fat
@@ -268,8 +270,9 @@ def fat_used(fat: Path) -> int:
     the last one in use. Clusters after it are free; nothing reads them."""
     with fat.open("rb") as f:
         bs = f.read(SECTOR)
-        reserved, fats, fat_sectors = struct.unpack_from("<H", bs, 14)[0], bs[16], struct.unpack_from("<I", bs, 36)[0]
-        cluster = bs[13] * struct.unpack_from("<H", bs, 11)[0]
+        (sector, reserved), fats, (fat_sectors,) = struct.unpack_from("<HxH", bs, 11), bs[16], \
+            struct.unpack_from("<I", bs, 36)
+        cluster = bs[13] * sector
         meta = (reserved + fats * fat_sectors) * SECTOR + cluster   # + the root directory's first cluster
         end, pos, size = 0, 0, os.fstat(f.fileno()).st_size
         while pos < size:
@@ -355,9 +358,10 @@ def _verify(fd: int, region: Region) -> None:
     _drop_cache(fd)
     got = _read_sha(fd, region.offset, region.length)
     if got != region.sha256:
-        raise CommandError(f"read-back of the {region.what} ({human(region.length)} at byte {region.offset}) "
-                           f"differs from what was written (sha256 {got[:16]} != {region.sha256[:16]})",
-                           hint="the stick may be failing or fake (less capacity than it claims); try another")
+        raise CommandError(f"read-back of the {region.what} ({human(region.length)} at byte "
+                           f"{region.offset}) differs from what was written (sha256 {got[:16]} != "
+                           f"{region.sha256[:16]})",
+                           hint="the stick may be failing, or fake (smaller than it claims): try another")
 
 
 def _open(target: Path, device: bool) -> int:
@@ -440,10 +444,8 @@ def write_stick(target: Path, layout: Layout, fat: Path, mbr: bytes,
 def _reread_partitions(fd: int) -> None:
     import fcntl
     blkrrpart = 0x125F
-    try:
+    with contextlib.suppress(OSError):   # else the kernel reads it when the stick is plugged in next
         fcntl.ioctl(fd, blkrrpart)
-    except OSError:
-        pass    # the kernel rereads it when the stick is plugged in next
 
 
 def disk_id_for(identity: str) -> int:

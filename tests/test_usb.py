@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -158,7 +158,8 @@ def test_a_free_usb_stick_may_be_written(fake: tuple[Path, Path]) -> None:
     sys, proc = fake
     _proc(proc, [("8:2", "/dev/sda2", "/")])
     disk = bh.inspect_disk("sdb", sys)
-    assert (disk.bus, disk.removable, disk.model, disk.size) == ("usb", True, "SanDisk Cruzer Blade", 15_360_000_000)
+    assert (disk.bus, disk.removable, disk.model) == ("usb", True, "SanDisk Cruzer Blade")
+    assert disk.size == 15_360_000_000
     assert [p.name for p in disk.partitions] == ["sdb1", "sdb2"]
     assert bh.refusals(disk, bh.host_state(proc)) == [] and bh.needs_force(disk) == []
 
@@ -169,7 +170,8 @@ def test_the_root_disk_is_refused(fake: tuple[Path, Path]) -> None:
     why = bh.refusals(bh.inspect_disk("sda", sys), bh.host_state(proc))
     assert why == ["sda holds the running system's root filesystem (/dev/sda2)",
                    "/dev/sda1 is mounted on /boot/efi"]
-    assert bh.needs_force(bh.inspect_disk("sda", sys)) == ["sda is not a removable disk (removable=0, bus ata)"]
+    assert bh.needs_force(bh.inspect_disk("sda", sys)) == [
+        "sda is not a removable disk (removable=0, bus ata)"]
 
 
 def test_a_mounted_partition_and_a_swap_are_refused(fake: tuple[Path, Path]) -> None:
@@ -178,7 +180,8 @@ def test_a_mounted_partition_and_a_swap_are_refused(fake: tuple[Path, Path]) -> 
     (proc / "self" / "mountinfo").write_text((proc / "self" / "mountinfo").read_text()
                                              .replace("/media/my stick", "/media/my\\040stick"))
     why = bh.refusals(bh.inspect_disk("sdb", sys), bh.host_state(proc))
-    assert why == ["/dev/sdb1 is mounted on /media/my stick", "/dev/sdb2 is an active swap (swapoff it first)"]
+    assert why == ["/dev/sdb1 is mounted on /media/my stick",
+                   "/dev/sdb2 is an active swap (swapoff it first)"]
 
 
 def test_holders_and_partitions_are_refused(tmp_path: Path) -> None:
@@ -199,8 +202,11 @@ def test_confirmation_wants_the_device_name(fake: tuple[Path, Path]) -> None:
     said: list[str] = []
     asked: list[str] = []
 
-    def ask(answer: str):  # type: ignore[no-untyped-def]
-        return lambda prompt: asked.append(prompt) or answer
+    def ask(answer: str) -> Callable[[str], str]:
+        def prompt(text: str) -> str:
+            asked.append(text)
+            return answer
+        return prompt
 
     assert confirm("/dev/sdb", disk, ask("sdb"), said.append)
     assert confirm("/dev/sdb", disk, ask("/dev/sdb\n"), said.append)
@@ -329,7 +335,8 @@ def test_stick_image_with_a_persistence_partition(demo_iso: Path, tmp_path: Path
     grub_cfg = _mtools("mtype", "-i", img, "::/boot/grub/grub.cfg")
     assert syslinux_cfg.count("liveinit.persistence=LABEL=persistence") == 6    # 5 entries + 1 custom
     assert "MENU LABEL Safe mode" in syslinux_cfg and "nomodeset" in syslinux_cfg
-    assert grub_cfg.count("liveinit.persistence=LABEL=persistence") == 6 and 'menuentry "Safe mode"' in grub_cfg
+    assert grub_cfg.count("liveinit.persistence=LABEL=persistence") == 6
+    assert 'menuentry "Safe mode"' in grub_cfg
     # the live files are the ISO's, byte for byte
     iso_sq = tmp_path / "iso.squashfs"
     subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(demo_iso), "-extract",
@@ -345,7 +352,8 @@ def test_stick_image_with_a_persistence_partition(demo_iso: Path, tmp_path: Path
     blkid = subprocess.run(["blkid", "-p", "-O", str(pers["start"] * 512), str(stick)], capture_output=True,
                            text=True, check=True).stdout
     assert 'LABEL="persistence"' in blkid and 'TYPE="ext4"' in blkid
-    subprocess.run(["e2fsck", "-fn", f"{stick}?offset={pers['start'] * 512}"], check=True, capture_output=True)
+    subprocess.run(["e2fsck", "-fn", f"{stick}?offset={pers['start'] * 512}"], check=True,
+                   capture_output=True)
 
 
 @pytest.mark.slow
