@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from packer import image
@@ -30,6 +31,9 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
                         help="make every file in the squashfs owned by root (for a tree built by an "
                              "unprivileged user; default: keep owners, groups and setuid/setgid bits "
                              "as in ROOT)")
+    parser.add_argument("--no-secure-boot", dest="secure_boot", action="store_false",
+                        help="UEFI boots an unsigned GRUB even when a signed shim and GRUB are found "
+                             "(default: the signed chain when the kernel is signed; docs/SECUREBOOT.md)")
 
 
 def _kernel(root: Path | None) -> KernelTree:
@@ -45,9 +49,14 @@ def _kernel(root: Path | None) -> KernelTree:
 def run(args: argparse.Namespace) -> int:
     result = image.build_image(args.root, args.output, _kernel(args.kernel_root), initrd=args.initrd,
                                identity=args.identity, compression=args.compression, label=args.label,
-                               cmdline=args.cmdline, console=args.console, all_root=args.all_root)
+                               cmdline=args.cmdline, console=args.console, all_root=args.all_root,
+                               secure_boot=args.secure_boot)
+    if not result.secure_boot:
+        print(f"warning: {result.efi_loader}", file=sys.stderr)
     if not args.quiet:
         print(f"{result.iso}: {result.iso_size / 2**20:.1f} MiB "
               f"(squashfs {result.squashfs_size / 2**20:.1f} MiB)"
               f" label={result.label} identity={result.identity}")
+        if result.secure_boot:
+            print(f"UEFI with Secure Boot: {result.efi_loader}")
     return 0

@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from liveinit.contract import ID_FILE, INITRD_FILE, KERNEL_FILE, LIVE_IMAGE
-from packer import tools
+from packer import secureboot, tools
 from packer.config import check_cmdline, source_date_epoch
 from packer.errors import CommandError
 from packer.kernel import KernelTree
@@ -100,6 +100,8 @@ class ImageResult:
     label: str
     cmdline: str
     files: tuple[str, ...] = field(default=())
+    secure_boot: bool = False     # UEFI boots through the signed chain (shim, signed GRUB)
+    efi_loader: str = ""          # which chain, or the warning saying why not and what Secure Boot does
 
 
 def _env(epoch: int) -> dict[str, str]:
@@ -253,20 +255,32 @@ def build_grub_efi(work: Path, label: str, epoch: int) -> Path:
     return efi
 
 
-def build_efi_image(work: Path, label: str, epoch: int) -> Path:
-    """A FAT image holding EFI/BOOT/BOOTX64.EFI (standalone GRUB), made without root."""
-    efi = build_grub_efi(work, label, epoch)
+def efi_loader(work: Path, label: str, epoch: int, kernel_image: Path, root: Path | None,
+               secure_boot: bool = True) -> secureboot.EfiLoader:
+    """The UEFI loader files of a medium labelled `label` (ISO or stick): the
+    signed chain when there is one for `kernel_image` (see packer.secureboot),
+    else the standalone GRUB; both read the same menu."""
+    return secureboot.efi_loader(work, kernel_image, root, _grub_embedded_cfg(label),
+                                 lambda: build_grub_efi(work, label, epoch), secure_boot)
+
+
+def build_efi_image(work: Path, files: tuple[tuple[str, Path], ...], epoch: int) -> Path:
+    """A FAT image holding `files` ((path in the image, source) pairs), made without root."""
     img = work / "efi.img"
-    size_kib = (efi.stat().st_size // 1024) + 512
+    size_kib = sum(src.stat().st_size // 1024 + 4 for _, src in files) + 512
     size_kib += (-size_kib) % 64
     img.unlink(missing_ok=True)
     tools.run(["mkfs.vfat", "-C", "--invariant", "-i", "4c495645", "-n", "LIVEINITEFI", str(img),
           str(size_kib)], "format the EFI system partition image", env=_env(epoch))
-    os.utime(efi, (epoch, epoch))
-    tools.run(["mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT"], "make directories in the EFI image",
+    dirs = sorted({"/".join(dest.split("/")[:i]) for dest, _ in files for i in range(1, dest.count("/") + 1)})
+    tools.run(["mmd", "-i", str(img), *(f"::/{d}" for d in dirs)], "make directories in the EFI image",
          env=_env(epoch))
-    tools.run(["mcopy", "-m", "-i", str(img), str(efi), "::/EFI/BOOT/BOOTX64.EFI"],
-         "copy GRUB into the EFI image", env=_env(epoch))
+    for dest, src in files:
+        own = work / "esp" / dest     # a copy to stamp: the sources may be the root's or the cache's
+        _copy(src, own)
+        os.utime(own, (epoch, epoch))
+        tools.run(["mcopy", "-m", "-i", str(img), str(own), f"::/{dest}"],
+             f"copy {dest} into the EFI image", env=_env(epoch))
     return img
 
 
@@ -296,14 +310,16 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
                 identity: str | None = None, compression: str = SquashfsCompression.ZSTD,
                 label: str = DEFAULT_LABEL,
                 cmdline: str = "", console: str = DEFAULT_CONSOLE, all_root: bool = False,
-                workdir: Path | None = None) -> ImageResult:
+                workdir: Path | None = None, secure_boot: bool = True) -> ImageResult:
     """Build a bootable hybrid live ISO of `root` at `output`.
 
     `initrd`: a prebuilt initramfs; the medium gets the identity its /init
     carries (`identity`, if given, must match; it is required for an
     initramfs that carries none). None packs one with the liveinit packer,
     with `identity` or one derived from the squashfs and kernel.
-    `cmdline` is appended to every menu entry. `all_root`: see build_squashfs."""
+    `cmdline` is appended to every menu entry. `all_root`: see build_squashfs.
+    `secure_boot`: boot UEFI through the signed chain when the kernel is
+    signed and one is found (efi_loader); False: the unsigned GRUB."""
     root, output = Path(root), Path(output)
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory",
@@ -337,14 +353,18 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
         (tree / "isolinux" / "isolinux.cfg").write_text(isolinux_cfg(label, full_cmdline))
         (tree / GRUB_CFG_PATH).parent.mkdir(parents=True, exist_ok=True)
         (tree / GRUB_CFG_PATH).write_text(grub_cfg(label, full_cmdline))
-        shutil.copyfile(build_efi_image(work, label, epoch), tree / EFI_IMAGE_PATH)
+        loader = efi_loader(work, label, epoch, kernel.vmlinuz, root, secure_boot)
+        if loader.config is not None:   # a CD boot's signed GRUB looks on the ISO 9660 tree
+            _copy(loader.config[1], tree / loader.config[0])
+        shutil.copyfile(build_efi_image(work, loader.files, epoch), tree / EFI_IMAGE_PATH)
         files = tuple(sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()))
         for p in tree.rglob("*"):
             os.utime(p, (epoch, epoch), follow_symlinks=False)
         os.utime(tree, (epoch, epoch))
         build_iso(tree, output, label, epoch)
         return ImageResult(iso=output, squashfs_size=squash.stat().st_size, iso_size=output.stat().st_size,
-                           identity=identity, label=label, cmdline=full_cmdline, files=files)
+                           identity=identity, label=label, cmdline=full_cmdline, files=files,
+                           secure_boot=loader.signed, efi_loader=loader.message)
 
 
 def extract(iso: Path, member: str, dest: Path) -> Path:

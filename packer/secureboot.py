@@ -24,6 +24,7 @@ Everything here reads files; nothing is signed (see docs/SECUREBOOT.md)."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ MOK_MANAGER_PATHS = ("usr/lib/shim/mmx64.efi.signed",)
 PACKAGES = ("shim-signed", "grub-efi-amd64-signed", "shim-helpers-amd64-signed")
 CACHE_DIR = "secureboot"
 
-ESP_SHIM = "EFI/BOOT/BOOTX64.EFI"
+ESP_BOOT = "EFI/BOOT/BOOTX64.EFI"         # the removable-media path every UEFI firmware tries
 ESP_GRUB = "EFI/BOOT/grubx64.efi"
 ESP_MOK_MANAGER = "EFI/BOOT/mmx64.efi"
 
@@ -224,7 +225,7 @@ class SignedChain:
 
     def esp_files(self) -> tuple[tuple[str, Path], ...]:
         """(path on the ESP, source file) for the binaries."""
-        files = [(ESP_SHIM, self.shim), (ESP_GRUB, self.grub)]
+        files = [(ESP_BOOT, self.shim), (ESP_GRUB, self.grub)]
         if self.mok_manager is not None:
             files.append((ESP_MOK_MANAGER, self.mok_manager))
         return tuple(files)
@@ -326,3 +327,38 @@ def fallback_warning(reason: NoSignedChain) -> str:
     """The warning for a medium built with the unsigned GRUB instead."""
     hint = f" ({reason.hint})" if reason.hint else ""
     return f"no Secure Boot: {reason}{hint}; the medium gets the unsigned GRUB, and {WHAT_SECURE_BOOT_DOES}"
+
+
+@dataclass(frozen=True)
+class EfiLoader:
+    """What a medium's EFI system partition holds: (path on the ESP, file) pairs.
+
+    The ISO's El Torito image, the hybrid's ESP and a stick's FAT all get
+    these files; the ISO also needs `config` (when set) at the same path in its
+    ISO 9660 tree, where a CD boot's GRUB looks (its prefix names the CD)."""
+
+    files: tuple[tuple[str, Path], ...]
+    signed: bool
+    message: str                        # the chain used, or the fallback warning
+    config: tuple[str, Path] | None = None   # the early grub.cfg: (path, file); signed chain only
+
+
+def efi_loader(work: Path, kernel: Path, root: Path | None, early_config: str,
+               unsigned: Callable[[], Path], secure_boot: bool = True,
+               cache: Path = DEFAULT_CACHE) -> EfiLoader:
+    """The signed chain with `early_config` where its GRUB reads it, or, when
+    there is none or `secure_boot` is off, the `unsigned` GRUB (a callable:
+    built only when needed) as EFI/BOOT/BOOTX64.EFI with a warning."""
+    if secure_boot:
+        try:
+            chain = signed_chain(kernel, root, cache)
+        except NoSignedChain as e:
+            message = fallback_warning(e)
+        else:
+            cfg = work / "grub-early.cfg"
+            cfg.write_text(early_config)
+            config = (chain.config_path, cfg)
+            return EfiLoader((*chain.esp_files(), config), True, chain.note or chain.describe(), config)
+    else:
+        message = f"Secure Boot not asked for: the medium gets the unsigned GRUB, and {WHAT_SECURE_BOOT_DOES}"
+    return EfiLoader(((ESP_BOOT, unsigned()),), False, message)
