@@ -13,6 +13,10 @@ from pathlib import Path
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+# Secure Boot: the SMM-protected build (its variable store only writable from
+# SMM, so q35 with smm=on) and a variable store with Microsoft's keys enrolled.
+OVMF_SECBOOT_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_MS_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 
 
 
@@ -48,13 +52,25 @@ class Firmware(StrEnum):
     DIRECT = "direct"
     BIOS = "bios"
     UEFI = "uefi"
+    SECUREBOOT = "secureboot"
 
     @property
     def description(self) -> str:
         return FIRMWARE_DESCRIPTIONS[self]
 
+    @property
+    def machine_options(self) -> str:
+        """What the firmware adds to -machine (Secure Boot's OVMF needs SMM)."""
+        return ",smm=on" if self is Firmware.SECUREBOOT else ""
+
     def args(self, vars_copy: Path | None = None) -> list[str]:
         """Firmware arguments; UEFI needs a writable copy of OVMF_VARS.fd."""
+        if self is Firmware.SECUREBOOT:
+            # The MS-keys store is attached with snapshot=on: every boot starts
+            # from the enrolled keys and the file never changes (no copy needed).
+            return ["-global", "driver=cfi.pflash01,property=secure,value=on",
+                    "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_SECBOOT_CODE}",
+                    "-drive", f"if=pflash,format=raw,unit=1,snapshot=on,file={OVMF_MS_VARS}"]
         if self is not Firmware.UEFI:
             return []  # SeaBIOS is QEMU's default; direct boot adds -kernel later
         if vars_copy is None:
@@ -67,6 +83,7 @@ FIRMWARE_DESCRIPTIONS: dict[Firmware, str] = {
     Firmware.DIRECT: "QEMU loads the kernel and initramfs (-kernel/-initrd/-append)",
     Firmware.BIOS: "SeaBIOS boots the medium (isolinux)",
     Firmware.UEFI: "OVMF boots the medium (GRUB from the EFI system partition)",
+    Firmware.SECUREBOOT: "OVMF with Secure Boot on and Microsoft's keys (shim, signed GRUB; q35 only)",
 }
 
 
@@ -84,8 +101,8 @@ class Profile:
 
     def args(self, image: Path, vars_copy: Path | None = None) -> list[str]:
         """Machine, firmware and medium arguments (no accel, memory, console, kernel)."""
-        return (["-machine", self.storage.machine] + self.firmware.args(vars_copy)
-                + self.storage.args(image, boot=not self.direct))
+        return (["-machine", self.storage.machine + self.firmware.machine_options]
+                + self.firmware.args(vars_copy) + self.storage.args(image, boot=not self.direct))
 
 
 STORAGES: dict[str, Storage] = {s.name: s for s in (
@@ -122,6 +139,8 @@ NAMED: dict[str, tuple[str, Firmware]] = {
     "bios-usb": ("usb-ehci", Firmware.BIOS),
     "uefi-cd": ("ahci-cd", Firmware.UEFI),
     "uefi-usb": ("usb-xhci", Firmware.UEFI),
+    "secureboot-cd": ("ahci-cd", Firmware.SECUREBOOT),
+    "secureboot-usb": ("usb-xhci", Firmware.SECUREBOOT),
 }
 
 
@@ -137,6 +156,10 @@ def profile(name: str) -> Profile:
     if storage not in STORAGES or fw not in set(Firmware):
         raise KeyError(f"unknown profile {name!r}; choose one of {', '.join(names())} "
                        f"or STORAGE+FIRMWARE ({'|'.join(Firmware)})")
+    if fw == Firmware.SECUREBOOT and STORAGES[storage].machine != "q35":
+        q35 = ", ".join(s for s, st in STORAGES.items() if st.machine == "q35")
+        raise KeyError(f"profile {name!r}: Secure Boot's OVMF needs SMM, which only the q35 machine has; "
+                       f"choose a q35 storage ({q35})")
     return Profile(name, STORAGES[storage], Firmware(fw))
 
 
