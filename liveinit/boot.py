@@ -131,9 +131,12 @@ class Boot:
         # Timed inside: its line is printed before exec, which does not return.
         self.stage("handover", lambda: self.handover(cfg, discovery), timed=False)
 
-    def stage(self, name: str, fn: Callable[[], T], resume: Callable[[], bool] | None = None,
+    def stage(self, name: str, fn: Callable[[], T], resume: Callable[[], T | None] | None = None,
               timed: bool = True) -> T:
-        """Run one stage: break point, timing, failure -> shell -> retry; returns its output."""
+        """Run one stage: break point, timing, failure -> shell -> retry; returns its output.
+
+        resume: after a failure and the shell, the stage's output if the user
+        made it by hand (then the stage is not retried), else None."""
         if name in self.cfg.break_at and name not in self.broken:
             self.breakpoint(name)
         attempts = 0
@@ -151,9 +154,10 @@ class Boot:
             attempts += 1
             self.fail(name, failure)
             emergency.shell(self.m, self.log, f"stage {name} failed")
-            if resume is not None and resume():
+            made = resume() if resume is not None else None
+            if made is not None:
                 self.log.info(f"the new root is ready: continuing after stage {name}")
-                out = None   # type: ignore[assignment]  # only stack resumes, and its output is unused
+                out = made
                 break
             if self.max_attempts and attempts >= self.max_attempts:
                 raise GiveUp(f"stage {name} failed {attempts} times: {failure.message}")
@@ -285,17 +289,19 @@ class Boot:
                                   "toram": st.toram, "failed": list(st.tried)})
         return st
 
-    def root_ready(self, cfg: BootConfig) -> bool:
-        """After a failed stack: did the user mount a usable root at /sysroot by hand?"""
+    def root_ready(self, cfg: BootConfig) -> Stacked | None:
+        """After a failed stack: the root the user mounted at /sysroot by hand, if usable."""
         try:
             from liveinit import handover
+            from liveinit.stack import Stacked
             if SYSROOT not in mounts(self.m):
-                return False
+                return None
             handover.find_init(self.m, cfg)
         except Exception:
-            return False
-        self.record.set("union", {"method": "manual (emergency shell)"})
-        return True
+            return None
+        method = "manual (emergency shell)"
+        self.record.set("union", {"method": method})
+        return Stacked(SYSROOT, method, mounts(self.m)[SYSROOT], None, "unknown", False, ())
 
     def handover(self, cfg: BootConfig, discovery: Discovery) -> None:
         """Into the new root; the boot's last words (timing, record, log); exec init."""
