@@ -27,6 +27,10 @@ from liveinit.discovery import COLDPLUG_JOIN, QUIET
 from liveinit.plain import Plain
 from liveinit.syscalls import MS_RDONLY
 
+# Modules the kernel requests while mounting (request_module(): no modprobe helper
+# answers it in the initramfs): vfat's default codepage and iocharsets.
+MOUNT_NEEDS = {"vfat": ("nls_cp437", "nls_ascii", "nls_iso8859_1")}
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # mypy only: typing costs an import at boot
     from collections.abc import Callable
@@ -130,6 +134,8 @@ class _Search:
         """Mount /dev/NAME read-only at target, loading the fs module first."""
         # Memoised and a no-op when present; works with the NullLoader too.
         self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
+        for mod in MOUNT_NEEDS.get(fstype, ()):
+            self.loader.load(mod, f"{mod} for {fstype} on /dev/{dev.name}")
         self.m.makedirs(target)
         try:
             self.m.sys.mount(self.m.path(blockdev.node(self.m, dev)), self.m.path(target),
