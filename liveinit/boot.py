@@ -184,6 +184,11 @@ class Boot:
 
     def breakpoint(self, name: str) -> None:
         self.broken.add(name)
+        if self.discovery is not None:
+            # The shell is for looking at this machine's devices: let every
+            # driver load first, as udev settles before dracut's break points.
+            from liveinit.discovery import COLDPLUG_JOIN
+            self.discovery.finish(COLDPLUG_JOIN)
         self.log.info(f"break point before stage {name} (command line)")
         emergency.shell(self.m, self.log, f"break before {name}")
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 from liveinit.contract import LIVE_IMAGE, STAGES
 from liveinit.plain import Plain
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # mypy only: typing costs an import at boot
+    from liveinit.netcfg import IpConfig
+
 SPACE = " \t\n\v\f\r"          # the kernel's isspace()
 DEFAULT_ROOTDELAY = 30.0        # seconds to wait for the root / live medium
 ROOTWAIT_SECONDS = 24 * 3600.0  # `rootwait`: wait (practically) forever
@@ -48,8 +52,8 @@ FALSE = ("0", "n", "no", "false", "off")
 
 
 class RootSpec(Plain):
-    """kind: "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno";
-    value: "" for auto, "/dev/sda1", the UUID, the label, "8:1"...;
+    """kind: "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno" | "url";
+    value: "" for auto, "/dev/sda1", the UUID, the label, "8:1"..., the image's http:// URL;
     live: the device holds a live image."""
 
     __slots__ = ("kind", "value", "live")
@@ -66,7 +70,8 @@ class BootConfig(Plain):
 
     __slots__ = ("root", "rootfstype", "rootflags", "readonly", "rootdelay", "init", "init_args",
                  "live_image", "union", "union_given", "toram", "findiso", "persistence", "overlay_size",
-                 "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "errors")
+                 "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "ip", "bootif",
+                 "errors")
     root: RootSpec
     rootfstype: str | None
     rootflags: str
@@ -87,13 +92,15 @@ class BootConfig(Plain):
     break_at: frozenset[str]
     debug: bool
     quiet: bool
+    ip: IpConfig | None   # ip= (netcfg.parse_ip); None: DHCP on the first interface with a link
+    bootif: str           # BOOTIF=: the MAC the PXE firmware booted from ("aa:bb:..."), or ""
     errors: tuple[str, ...]
     _defaults = {
         "root": AUTO, "rootfstype": None, "rootflags": "", "readonly": True,
         "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": LIVE_IMAGE,
         "union": "overlay", "union_given": False, "toram": False, "findiso": None, "persistence": None,
         "overlay_size": DEFAULT_OVERLAY_SIZE, "modules_early": (), "blacklist": frozenset(),
-        "break_at": frozenset(), "debug": False, "quiet": False, "errors": (),
+        "break_at": frozenset(), "debug": False, "quiet": False, "ip": None, "bootif": "", "errors": (),
     }
     _factories = {"module_options": dict}
 
@@ -234,7 +241,11 @@ def _word(st: _State, word: str, source: str) -> None:
             st.errors.append(f"{key}: unknown liveinit parameter (see docs/CMDLINE.md); ignored")
             return
     v = st.v
-    if key == "root" and val is not None:
+    if (key == "root" and val is not None and val.startswith("live:") and "://" in val) or key == "fetch":
+        _url_root(st, key, val or "")   # root=live:http://... (dracut), fetch=http://... (live-boot)
+    elif key in ("ip", "BOOTIF") and val is not None:
+        _net_word(st, key, val)
+    elif key == "root" and val is not None:
         spec = parse_root(val)
         if spec is None:
             st.errors.append(f"root={val}: not a device spec (use /dev/NAME, UUID=, LABEL=, "
@@ -329,6 +340,29 @@ def _word(st: _State, word: str, source: str) -> None:
                 param if val is None else f"{param}={quote(val)}")
     elif val is None and source == "cmdline" and "/" not in word:
         st.init_args.append(word)
+
+
+def _url_root(st: _State, key: str, value: str) -> None:
+    """The live image on an HTTP server: the root is its URL."""
+    from liveinit import netcfg  # only a network boot pays for this import
+    try:
+        url = netcfg.parse_url(value[5:] if key == "root" else value)
+    except ValueError as e:
+        st.errors.append(f"{key}={value}: {e}")
+        return
+    st.v["root"] = RootSpec("url", str(url), True)
+
+
+def _net_word(st: _State, key: str, value: str) -> None:
+    """ip= and BOOTIF=, checked here so that a typo is reported with the others."""
+    from liveinit import netcfg
+    try:
+        if key == "ip":
+            st.v["ip"] = netcfg.parse_ip(value)
+        else:
+            st.v["bootif"] = netcfg.parse_bootif(value)
+    except ValueError as e:
+        st.errors.append(str(e))
 
 
 def parse(text: str, defaults: str = "", init_argv: list[str] | tuple[str, ...] | None = None) -> BootConfig:
