@@ -2,7 +2,7 @@
 map matching and load order over the index the packer compiled
 (packer.modindex).
 
-The index is one `marshal` blob (`liveinit.index`) of plain tuples and dicts:
+The index is one `marshal` blob (`liveinit.index`) of tuples, dicts and strings:
 alias patterns arrive precompiled and bucketed by their literal prefix, so
 PID 1 only loads the blob and matches a modalias against a handful of
 candidates. Matching follows kmod: both the pattern and the modalias are
