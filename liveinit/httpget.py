@@ -88,6 +88,14 @@ class _Fatal(Exception):
     """A failure no retry will fix (404, a bad redirect, not HTTP)."""
 
 
+class _Missing(_Fatal):
+    """404 or 410: the server has no such file."""
+
+
+class NotFound(BootFailure):
+    """The server answered 404 or 410 (callers may treat a missing file as optional)."""
+
+
 def parse_head(data: bytes) -> Response:
     """Status line and headers (without the blank line); ValueError if not HTTP."""
     lines = data.decode("iso-8859-1").split("\r\n")
@@ -271,7 +279,7 @@ class _Get:
         if status == 416 and sink.size and self.total == sink.size:
             return True                            # asked for the bytes after the end: nothing left
         if status in (404, 410):
-            raise _Fatal(f"HTTP {status} {resp.reason or 'Not Found'}: no such file on the server")
+            raise _Missing(f"HTTP {status} {resp.reason or 'Not Found'}: no such file on the server")
         if 500 <= status < 600:
             raise _Retry(f"HTTP {status} {resp.reason}: the server failed")
         if status == 200:
@@ -294,6 +302,8 @@ class _Get:
                 self.total = span[2]
         else:
             raise _Fatal(f"HTTP {status} {resp.reason}")
+        if self.progress is not None and self.total >= 0:
+            self.progress(sink.size, self.total)   # the size is known: the caller may check it fits
         coding = resp.header("content-encoding", "identity").lower()
         if coding not in ("identity", ""):
             raise _Fatal(f"the server compressed the answer ({coding}) although identity was asked for")
@@ -391,6 +401,8 @@ def _run(get: _Get, log: Log, retries: int, backoff: float, sleep: Callable[[flo
             if get.attempt():
                 return
             continue                               # the sink was reset: start again at once
+        except _Missing as e:
+            raise NotFound(f"HTTP: {get.url}: {e}", HINT) from None
         except _Fatal as e:
             raise BootFailure(f"HTTP: {get.url}: {e}", HINT) from None
         except _Retry as e:
@@ -421,7 +433,8 @@ def download(m: Machine, url: str | Url, dest: str, log: Log, *, sha256: str = "
 
     `resolve(host) -> dotted quad` looks up host names (dns.resolve with the
     lease's servers); `progress(done, total)` is called every few MiB
-    (total -1 when the server did not say)."""
+    (total -1 when the server did not say), and once as soon as the answer's
+    headers tell the size."""
     u = _url(url)
     t0 = time.monotonic()
     sink = _Sink(m.path(dest))

@@ -255,6 +255,9 @@ def find_root(m: Machine, cfg: BootConfig, identity: str, discovery: Discovery, 
 
 def _find(search: _Search) -> Found:
     m, cfg, loader, log = search.m, search.config, search.loader, search.log
+    if cfg.root.kind == "url":   # root=live:http://..., fetch=: the image comes over the network
+        from liveinit.netroot import find_net_root
+        return find_net_root(m, cfg, search.discovery, log)
     deadline = time.monotonic() + cfg.rootdelay
     if cfg.findiso:
         return _findiso(search, deadline)

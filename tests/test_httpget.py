@@ -47,7 +47,9 @@ def test_downloads_and_hashes_while_streaming(server: FakeHttp, m: Machine, tmp_
     assert (tmp_path / "ram" / "image").read_bytes() == IMAGE
     assert (got.size, got.sha256, got.resumes, got.redirects) == (len(IMAGE), SHA, 0, 0)
     assert got.path == "/ram/image" and sleeps == []
-    assert seen[-1] == (len(IMAGE), len(IMAGE)) and len(seen) == 1 + len(IMAGE) // httpget.PROGRESS_EVERY
+    # once when the headers tell the size (the caller checks it fits), then every PROGRESS_EVERY bytes
+    assert seen[0] == (0, len(IMAGE)) and seen[-1] == (len(IMAGE), len(IMAGE))
+    assert len(seen) == 2 + len(IMAGE) // httpget.PROGRESS_EVERY
 
 
 def test_resumes_with_range_after_drops(server: FakeHttp, m: Machine, tmp_path: Path) -> None:
@@ -116,6 +118,7 @@ def test_404_is_not_retried(server: FakeHttp, m: Machine, tmp_path: Path) -> Non
         _get(m, server.url("/live/missing.squashfs"))
     assert "HTTP 404" in e.value.message and server.url("/live/missing.squashfs") in e.value.message
     assert "root=live:" in e.value.hint
+    assert isinstance(e.value, httpget.NotFound)   # a missing SHA256SUMS is told apart from other failures
     assert len(server.requests) == 1
 
 
