@@ -259,7 +259,8 @@ def _unlock(m: Machine, cfg: BootConfig, dev: str, info: dict[str, str], spec: s
     from liveinit.keymap import Keymaps
     from liveinit.layers import Layers
     from liveinit.passphrase import Prompt
-    layers = Layers(m, cfg, discovery.loader, log, Prompt(m, log, Keymaps(m.root, cfg.keymap)), for_root=False)
+    prompt = Prompt(m, log, Keymaps(m.root, cfg.keymap))
+    layers = Layers(m, cfg, discovery.loader, log, prompt, for_root=False)
     mapper = layers.open_luks(dev, info, MAPPER_PREFIX + "persistence")
     if mapper is None:
         raise BootFailure(layers.refused or f"cannot open the LUKS volume {dev}")
