@@ -283,7 +283,8 @@ class Boot:
         f = find_root(self.m, cfg, self.settings.identity, discovery, self.log)
         self.log.info(f"root: {f.device} ({f.fstype}) by {f.how}")
         self.record.set("root", {"device": f.device, "fstype": f.fstype, "how": f.how,
-                                 "identity": f.identity, "medium": f.medium, "image": f.image})
+                                 "identity": f.identity, "medium": f.medium, "image": f.image,
+                                 "layers": list(f.layers)})
         return f
 
     def stack(self, cfg: BootConfig, found: Found, discovery: Discovery) -> Stacked:

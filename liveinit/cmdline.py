@@ -36,7 +36,7 @@ BREAK_BARE = {"rd.break": "handover", "break": "findroot", "liveinit.break": "ha
 
 # Dotted names that are not `module.param` options.
 NOT_MODULES = ("rd", "liveinit", "systemd", "udev", "plymouth", "vconsole",
-               "locale", "modprobe", "iso-scan", "live", "boot")
+               "locale", "modprobe", "iso-scan", "live", "boot", "luks")
 # `liveinit.NAME` for the kernel's and the other generators' own names: the
 # word is read as if written without the prefix.
 LIVEINIT_PLAIN = ("root", "rootfstype", "rootflags", "rootdelay", "rootwait", "init", "ro", "rw",
@@ -71,7 +71,8 @@ class BootConfig(Plain):
     __slots__ = ("root", "rootfstype", "rootflags", "readonly", "rootdelay", "init", "init_args",
                  "live_image", "union", "union_given", "toram", "findiso", "persistence", "overlay_size",
                  "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "ip", "bootif",
-                 "errors")
+                 "errors", "luks", "luks_uuids", "luks_names", "luks_options", "lvm", "lvm_vgs", "lvm_lvs",
+                 "md", "md_uuids", "keymap", "persistence_encryption")
     root: RootSpec
     rootfstype: str | None
     rootflags: str
@@ -95,14 +96,29 @@ class BootConfig(Plain):
     ip: IpConfig | None   # ip= (netcfg.parse_ip); None: DHCP on the first interface with a link
     bootif: str           # BOOTIF=: the MAC the PXE firmware booted from ("aa:bb:..."), or ""
     errors: tuple[str, ...]
+    # Layers under the root (liveinit/layers.py): rd.luks=0 / rd.lvm=0 / rd.md=0 turn one off;
+    # the lists restrict it to those UUIDs (lower case, no "luks-") / VGs / VG/LVs / arrays.
+    luks: bool
+    luks_uuids: tuple[str, ...]
+    luks_names: dict[str, str]      # LUKS UUID -> /dev/mapper name (rd.luks.name=UUID=NAME)
+    luks_options: dict[str, str]    # LUKS UUID ("" = every volume) -> crypttab-style options
+    lvm: bool
+    lvm_vgs: tuple[str, ...]
+    lvm_lvs: tuple[str, ...]        # "VG/LV"
+    md: bool
+    md_uuids: tuple[str, ...]
+    keymap: str | None              # console keymap (vconsole.keymap=, keyboard-layouts=)
+    persistence_encryption: tuple[str, ...]   # live-boot's persistence-encryption= ("none", "luks")
     _defaults = {
         "root": AUTO, "rootfstype": None, "rootflags": "", "readonly": True,
         "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": LIVE_IMAGE,
         "union": "overlay", "union_given": False, "toram": False, "findiso": None, "persistence": None,
         "overlay_size": DEFAULT_OVERLAY_SIZE, "modules_early": (), "blacklist": frozenset(),
         "break_at": frozenset(), "debug": False, "quiet": False, "ip": None, "bootif": "", "errors": (),
+        "luks": True, "luks_uuids": (), "lvm": True, "lvm_vgs": (), "lvm_lvs": (), "md": True,
+        "md_uuids": (), "keymap": None, "persistence_encryption": (),
     }
-    _factories = {"module_options": dict}
+    _factories = {"module_options": dict, "luks_names": dict, "luks_options": dict}
 
 
 def _split(text: str) -> tuple[list[str], bool]:
@@ -205,6 +221,9 @@ class _State:
         self.breaks: set[str] = set()
         self.init_args: list[str] = []
         self.errors: list[str] = []
+        self.lists: dict[str, list[str]] = {}      # luks_uuids, lvm_vgs, lvm_lvs, md_uuids
+        self.luks_names: dict[str, str] = {}
+        self.luks_options: dict[str, str] = {}
 
 
 def _bool(st: _State, key: str, value: str | None) -> bool:
@@ -227,6 +246,63 @@ def _add_break(st: _State, key: str, value: str | None) -> None:
             st.errors.append(f"{key}={name}: unknown break point (stages: {', '.join(STAGES)})")
         else:
             st.breaks.add(stage)
+
+
+def luks_uuid(text: str) -> str:
+    """A LUKS UUID as rd.luks.uuid= may spell it (upper case, "luks-" prefix) in canonical form."""
+    text = text.strip().lower()
+    return text[5:] if text.startswith("luks-") else text
+
+
+def _append(st: _State, field: str, value: str) -> None:
+    items = st.lists.setdefault(field, [])
+    for v in value.split(","):
+        if v and v not in items:
+            items.append(v)
+
+
+def _layer_word(st: _State, key: str, val: str | None) -> bool:
+    """The LUKS, LVM, md and console keymap parameters; False when `key` is none of them."""
+    v = st.v
+    if key.startswith("rd."):
+        key = key[3:]
+    if key in ("luks", "lvm", "md") and val is not None:
+        v[key] = _bool(st, key, val)
+    elif key == "luks.uuid" and val:
+        _append(st, "luks_uuids", ",".join(luks_uuid(u) for u in val.split(",")))
+    elif key == "luks.name" and val:
+        uuid, eq, name = val.partition("=")
+        if not eq or not name or "/" in name:
+            st.errors.append(f"{key}={val}: expected UUID=NAME; ignored")
+        else:
+            st.luks_names[luks_uuid(uuid)] = name
+            _append(st, "luks_uuids", luks_uuid(uuid))
+    elif key == "luks.options" and val is not None:
+        uuid, eq, opts = val.partition("=")
+        if eq and "," not in uuid and len(luks_uuid(uuid).replace("-", "")) == 32:
+            st.luks_options[luks_uuid(uuid)] = opts
+        else:
+            st.luks_options[""] = val
+    elif key == "lvm.vg" and val:
+        _append(st, "lvm_vgs", val)
+    elif key == "lvm.lv" and val:
+        if all("/" in lv.strip("/") for lv in val.split(",")):
+            _append(st, "lvm_lvs", ",".join(lv.strip("/") for lv in val.split(",")))
+        else:
+            st.errors.append(f"{key}={val}: expected VG/LV; ignored")
+    elif key == "md.uuid" and val:
+        _append(st, "md_uuids", val.lower())
+    elif key in ("vconsole.keymap", "keyboard-layouts") and val:
+        v["keymap"] = val.split(",")[0]
+    elif key == "persistence-encryption" and val:
+        kinds = tuple(k for k in val.lower().split(",") if k)
+        bad = [k for k in kinds if k not in ("none", "luks")]
+        if bad:
+            st.errors.append(f"{key}={val}: {', '.join(bad)} unknown (use none, luks)")
+        v["persistence_encryption"] = tuple(k for k in kinds if k in ("none", "luks"))
+    else:
+        return False
+    return True
 
 
 def _word(st: _State, word: str, source: str) -> None:
@@ -333,6 +409,8 @@ def _word(st: _State, word: str, source: str) -> None:
         v["quiet"] = True
     elif word == "rd.live.image" or (key == "boot" and val == "live"):
         st.live = True
+    elif _layer_word(st, key, val):
+        pass
     elif "." in key and key.split(".", 1)[0] not in NOT_MODULES and key[0] != "/":
         mod, _, param = key.partition(".")
         if mod and param:
@@ -415,6 +493,9 @@ def parse(text: str, defaults: str = "", init_argv: list[str] | tuple[str, ...] 
         modules_early=tuple(st.modules),
         blacklist=frozenset(st.blacklist),
         module_options={m: " ".join(p) for m, p in st.options.items()},
+        luks_names=st.luks_names,
+        luks_options=st.luks_options,
+        **{f: tuple(items) for f, items in st.lists.items()},
         break_at=frozenset(st.breaks),
         errors=tuple(st.errors),
         **v,

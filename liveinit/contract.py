@@ -31,6 +31,11 @@ PERSIST_HOST = RUN_DIR + "/persist"  # the filesystem holding a persistence imag
 OLD_ROOT = RUN_DIR + "/initrd"      # pivot_root: where the old initrd root goes
 RECORD = RUN_DIR + "/boot.json"     # the boot record
 SYSROOT = "/sysroot"                # the new root, before hand-over
+MAPPER_PREFIX = "liveinit-"         # /dev/mapper names of LUKS volumes liveinit opens for persistence
+
+# -- console keymaps (packer/keymap.py compiles them, liveinit/keymap.py loads them)
+KEYMAP_DIR = "/etc/liveinit/keymaps"
+KEYMAP_SUFFIX = ".bmap"             # `loadkeys -b` output
 
 # -- boot stages, in order (timing lines, break points, the boot record) ------
 STAGES = ("early", "cmdline", "coldplug", "findroot", "stack", "handover")
@@ -44,6 +49,8 @@ COSTS_LINE = "costs: {summary}"            # costs.Costs.summary(): time by kind
 FAILED_LINE = "FAILED: {message}"
 HINT_LINE = "hint: {hint}"
 SHELL_LINE = "emergency shell"
+# The passphrase prompt (on every active console; the lab types the answer after it).
+PASSPHRASE_PROMPT = "Passphrase for {device} ({what}): "
 
 # -- the demo root's init (packer writes it, the lab waits for it) ------------
 DEMO_OK = "LIVEINIT-DEMO-OK"             # + " uptime=S root=FSTYPE writable=yes persisted=no init=PID"
@@ -60,7 +67,9 @@ class Settings(Plain):
     kernel release the modules are for; moddir, index: where the modules and
     the compiled module index are in the image. Set at boot, not baked: t0
     (monotonic time of /init's first line), argv (/init's arguments, passed on
-    to init); max_attempts (tests: tries per stage, 0 = for ever)."""
+    to init); max_attempts (tests: tries per stage, 0 = for ever). The image's
+    default console keymap is a word of `cmdline` (vconsole.keymap=NAME), so
+    the kernel's command line overrides it like any other default."""
 
     __slots__ = ("cmdline", "identity", "kver", "moddir", "index", "t0", "argv", "max_attempts")
     cmdline: str

@@ -39,6 +39,7 @@ if TYPE_CHECKING:   # mypy only: typing costs an import at boot
     from liveinit.cmdline import BootConfig, RootSpec
     from liveinit.discovery import Discovery
     from liveinit.emergency import BootFailure
+    from liveinit.layers import Layers
     from liveinit.log import Log
     from liveinit.machine import Machine
 
@@ -57,15 +58,18 @@ KEYS = {"uuid": "UUID", "label": "LABEL", "partuuid": "PARTUUID", "partlabel": "
 
 class Found(Plain):
     """The root device or live medium: device (/dev node), fstype, identity (fsprobe
-    keys), how (found by what), medium (mount point, live) and image (file on it, live)."""
+    keys), how (found by what), medium (mount point, live), image (file on it, live) and
+    layers (what liveinit/layers.py opened on the way: the boot record's "layers")."""
 
-    __slots__ = ("device", "fstype", "identity", "how", "medium", "image")
+    __slots__ = ("device", "fstype", "identity", "how", "medium", "image", "layers")
     device: str
     fstype: str
     identity: dict
     how: str
     medium: str | None
     image: str | None
+    layers: tuple[dict, ...]
+    _defaults = {"layers": ()}
 
 
 class _Search:
@@ -83,6 +87,7 @@ class _Search:
         self.devices: dict[str, blockdev.BlockDevice] = {}
         self.tried: set[tuple[str, int, int, int]] = set()
         self.poll_max = POLL_MAX
+        self.layers: Layers | None = None   # LUKS/LVM/md under the root (find_root sets it)
 
     @property
     def config(self) -> BootConfig:
@@ -96,6 +101,8 @@ class _Search:
         devs = blockdev.scan(self.m)
         for d in devs:
             self.devices[d.name] = d
+        if self.layers is not None and self.layers.visit(devs, self.identify):
+            return self.scan()   # a layer was opened: its device is there now
         return devs
 
     def identify(self, dev: blockdev.BlockDevice) -> dict[str, str]:
@@ -105,6 +112,9 @@ class _Search:
             begun = self.m.costs.begin(PROBING)
             try:
                 info = blockdev.identify(self.m, dev)
+                if "TYPE" not in info:   # LUKS, LVM, md: fsprobe does not know them
+                    from liveinit.layerprobe import probe
+                    info.update(probe(self.m.path(blockdev.node(self.m, dev))))
             except Exception as e:  # a broken superblock must not kill PID 1
                 self.log.debug(f"cannot probe /dev/{dev.name}: {e}")
                 info = {}
@@ -123,7 +133,11 @@ class _Search:
             r = attempt()
             if r is not None:
                 return r
-            left = deadline - time.monotonic()
+            layers = self.layers
+            if layers is not None and layers.refused:
+                return None   # a volume stayed locked: nothing more will appear
+            # Time spent at a passphrase prompt is the user's, not the devices'.
+            left = deadline + (layers.asked if layers is not None else 0.0) - time.monotonic()
             if left <= 0:
                 return None
             self.discovery.events(min(left, self.poll_max))
@@ -168,6 +182,11 @@ class _Search:
                 lines.append(f"  /dev/{name} {d.size // 1048576} MiB: {desc}")
         else:
             lines.append("no block devices at all (is the storage driver in the image?)")
+        if self.layers is not None:
+            lines += self.layers.report()
+            if self.layers.tried or self.cfg and (self.cfg.luks_uuids or self.cfg.md_uuids):
+                from liveinit.layers import HINT
+                hint = hint + "; " + HINT
         loaded = ", ".join(sorted(self.loader.loaded)) or "none"
         lines.append(f"modules loaded: {loaded}")
         if self.loader.failed:
@@ -189,6 +208,10 @@ def _match_spec(search: _Search, spec: RootSpec) -> blockdev.BlockDevice | None:
         if kind == "path":
             if value in ("/dev/" + d.name, d.name):
                 return d
+            if d.name.startswith(("dm-", "md")) and value.startswith("/dev/"):
+                from liveinit.layers import aliases
+                if value in aliases(search.m, d.name):
+                    return d
         elif kind == "devno":
             if value == f"{d.major}:{d.minor}" or _devno_hex(value) == (d.major, d.minor):
                 return d
@@ -248,9 +271,25 @@ def find_root(m: Machine, cfg: BootConfig, identity: str, discovery: Discovery, 
 
     The discovery's background coldplug is joined before this returns."""
     search = _Search(m, cfg, identity, discovery, log)
+    search.layers = _layers(m, cfg, discovery, log)
     found = _find(search)
     discovery.finish(COLDPLUG_JOIN)
+    if search.layers is not None and search.layers.opened:
+        found = found.replace(layers=tuple(search.layers.opened))
     return found
+
+
+def _layers(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log) -> Layers | None:
+    """The layer opener for this root search: a device root may sit on LUKS, LVM or md;
+    a live search opens only what the command line names (rd.luks.uuid=, rd.md.uuid=...)."""
+    named = cfg.luks_uuids or cfg.lvm_vgs or cfg.lvm_lvs or cfg.md_uuids
+    if cfg.root.live and not named:
+        return None
+    from liveinit.keymap import Keymaps
+    from liveinit.layers import Layers
+    from liveinit.passphrase import Prompt
+    prompt = Prompt(m, log, Keymaps(m.root, cfg.keymap))
+    return Layers(m, cfg, discovery.loader, log, prompt, for_root=not cfg.root.live)
 
 
 def _find(search: _Search) -> Found:

@@ -191,7 +191,7 @@ def _writable(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log) -> tu
     spec = cfg.persistence
     if spec:
         try:
-            return _persistence(m, spec, discovery, log)
+            return _persistence(m, cfg, spec, discovery, log)
         except (OSError, BootFailure) as e:
             msg = e.message if isinstance(e, BootFailure) else str(e)
             log.warn(f"persistence {spec}: {msg}; changes will be lost at power-off (tmpfs)")
@@ -201,7 +201,7 @@ def _writable(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log) -> tu
     return RW, "tmpfs"
 
 
-def _persistence(m: Machine, spec: str, discovery: Discovery, log: Log) -> tuple[str, str]:
+def _persistence(m: Machine, cfg: BootConfig, spec: str, discovery: Discovery, log: Log) -> tuple[str, str]:
     loader = discovery.loader
     dev, fstype = "", ""
     devspec, _, filepath = spec.partition(":")
@@ -213,7 +213,12 @@ def _persistence(m: Machine, spec: str, discovery: Discovery, log: Log) -> tuple
         if found is None:
             raise BootFailure(f"no device matches {devspec}")
         dev = found
-        fstype = _probe(m.path(dev)).get("TYPE", "")
+        info = _probe(m.path(dev))
+        if not info.get("TYPE"):
+            from liveinit.layerprobe import probe
+            info = probe(m.path(dev))
+        dev, info, spec = _unlock(m, cfg, dev, info, spec, discovery, log)
+        fstype = info.get("TYPE", "")
         if not fstype:
             raise BootFailure(f"{dev} holds no filesystem liveinit recognises")
     if not filepath:
@@ -236,6 +241,31 @@ def _persistence(m: Machine, spec: str, discovery: Discovery, log: Log) -> tuple
     _mount_fs(m, loader, loop, RW, ftype, 0, None, f"persistence image {filepath}")
     log.info(f"persistence: {filepath} ({ftype}) holds the writable layer")
     return RW + "/" + PERSIST_DIR, f"persistence {spec}"
+
+
+def _unlock(m: Machine, cfg: BootConfig, dev: str, info: dict[str, str], spec: str, discovery: Discovery,
+            log: Log) -> tuple[str, dict[str, str], str]:
+    """A LUKS persistence device opened (the passphrase asked on the console):
+    (its /dev/mapper node, what that holds, the description); others as they are.
+    live-boot's persistence-encryption= says which kinds are accepted."""
+    kinds = cfg.persistence_encryption
+    luks = info.get("TYPE") == "crypto_LUKS"
+    if kinds and ("luks" if luks else "none") not in kinds:
+        raise BootFailure(f"{dev} is {'LUKS-encrypted' if luks else 'not encrypted'} but "
+                          f"persistence-encryption={','.join(kinds)}")
+    if not luks:
+        return dev, info, spec
+    from liveinit.contract import MAPPER_PREFIX
+    from liveinit.keymap import Keymaps
+    from liveinit.layers import Layers
+    from liveinit.passphrase import Prompt
+    prompt = Prompt(m, log, Keymaps(m.root, cfg.keymap))
+    layers = Layers(m, cfg, discovery.loader, log, prompt, for_root=False)
+    mapper = layers.open_luks(dev, info, MAPPER_PREFIX + "persistence")
+    if mapper is None:
+        raise BootFailure(layers.refused or f"cannot open the LUKS volume {dev}")
+    ms = layers.opened[-1]["ms"] if layers.opened else 0
+    return mapper, _probe(m.path(mapper)), f"{spec} (LUKS {dev} opened in {ms} ms)"
 
 
 def _copy_tree(src: str, dst: str) -> None:
