@@ -46,6 +46,9 @@ if TYPE_CHECKING:   # mypy only: typing costs an import at boot
     T = TypeVar("T")
 
 POLL_MAX = 1.0      # rescan at least this often even without events
+RETRY_FIRST = 0.5   # a device whose probe or mount failed is tried again after this long...
+RETRY_MAX = 4.0     # ...doubling up to this, until the root delay ends
+EIO = 5
 SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger...
 PERSIST_WAIT = 5.0      # how long a persistence device named on the command line may take to appear
 # Content that is never a mountable medium.
@@ -85,7 +88,10 @@ class _Search:
         self.log = log
         self.ids: dict[tuple[str, int, int, int], dict[str, str]] = {}   # (name, major, minor, size) -> keys
         self.devices: dict[str, blockdev.BlockDevice] = {}
-        self.tried: set[tuple[str, int, int, int]] = set()
+        self.tried: set[tuple[str, int, int, int]] = set()   # read fine and not ours: done with
+        self.errors: dict[str, str] = {}     # device name -> why its last attempt failed
+        self.retry: dict[str, tuple[float, float]] = {}   # device name -> (next try, back-off)
+        self.loops: dict[str, str] = {}      # device name -> the loop device it is mounted through
         self.poll_max = POLL_MAX
         self.layers: Layers | None = None   # LUKS/LVM/md under the root (find_root sets it)
 
@@ -117,6 +123,8 @@ class _Search:
                     info.update(probe(self.m.path(blockdev.node(self.m, dev))))
             except Exception as e:  # a broken superblock must not kill PID 1
                 self.log.debug(f"cannot probe /dev/{dev.name}: {e}")
+                why = _strerror(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+                self.errors[dev.name] = f"cannot read its superblock: {why}"
                 info = {}
             self.m.costs.end(PROBING, begun)
             if info:
@@ -145,19 +153,68 @@ class _Search:
     # -- mounting -----------------------------------------------------------
 
     def mount(self, dev: blockdev.BlockDevice, fstype: str, target: str) -> bool:
-        """Mount /dev/NAME read-only at target, loading the fs module first."""
+        """Mount /dev/NAME read-only at target, loading the fs module first. A
+        failure is remembered (`failed`) for the retry and the failure message.
+
+        A device whose direct mount fails with EIO although its superblock was
+        read (a CD behind an HBA whose capacity sr cannot read: the block size
+        is wrong and isofs' reads come out unaligned) is mounted through a
+        read-only loop device over it, which reads in plain 512-byte sectors."""
         # Memoised and a no-op when present; works with the NullLoader too.
         self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
         for mod in MOUNT_NEEDS.get(fstype, ()):
             self.loader.load(mod, f"{mod} for {fstype} on /dev/{dev.name}")
         self.m.makedirs(target)
+        node = self.m.path(blockdev.node(self.m, dev))
         try:
-            self.m.sys.mount(self.m.path(blockdev.node(self.m, dev)), self.m.path(target),
-                             fstype, MS_RDONLY, None)
+            self.m.sys.mount(node, self.m.path(target), fstype, MS_RDONLY, None)
         except OSError as e:
-            self.log.debug(f"cannot mount /dev/{dev.name} ({fstype}) at {target}: {e}")
-            return False
+            if e.errno != EIO:
+                return self.failed(dev, f"mount as {fstype} failed: {_strerror(e)}")
+            direct = _strerror(e)
+        else:
+            self.errors.pop(dev.name, None)
+            return True
+        self.loader.load("loop", f"loop over /dev/{dev.name} (direct mount: {direct})")
+        try:
+            loop = self.m.sys.loop_attach(node, True, True, self.m.path("/dev"))
+        except OSError as e:
+            return self.failed(dev, f"mount as {fstype} failed: {direct}; a loop device over it "
+                               f"could not be set up either: {_strerror(e)}")
+        try:
+            self.m.sys.mount(loop, self.m.path(target), fstype, MS_RDONLY, None)
+        except OSError as e:
+            self.m.sys.loop_release(loop)
+            return self.failed(dev, f"mount as {fstype} failed: {direct}; through {self._rel(loop)} "
+                               f"too: {_strerror(e)}")
+        self.loops[dev.name] = self._rel(loop)
+        self.errors.pop(dev.name, None)
+        self.log.warn(f"/dev/{dev.name}: mounting it failed ({direct}) though its superblock reads "
+                      f"fine; mounted through the read-only loop device {self._rel(loop)} instead")
         return True
+
+    def _rel(self, path: str) -> str:
+        root = self.m.root
+        return path[len(root):] if root != "/" and path.startswith(root + "/") else path
+
+    def failed(self, dev: blockdev.BlockDevice, why: str) -> bool:
+        """Remember why `dev` failed and when to try it again (doubling back-off); False."""
+        self.errors[dev.name] = why
+        _, backoff = self.retry.get(dev.name, (0.0, RETRY_FIRST / 2))
+        backoff = min(backoff * 2, RETRY_MAX)
+        self.retry[dev.name] = (time.monotonic() + backoff, backoff)
+        self.log.debug(f"/dev/{dev.name}: {why}; trying it again in {backoff:g} s")
+        return False
+
+    def due(self, dev: blockdev.BlockDevice) -> bool:
+        """Whether `dev` may be tried now: never failed, or its back-off is over."""
+        at = self.retry.get(dev.name)
+        return at is None or time.monotonic() >= at[0]
+
+    def via(self, dev: blockdev.BlockDevice) -> str:
+        """" via /dev/loopN" when `dev` is mounted through a loop device, else ""."""
+        loop = self.loops.get(dev.name)
+        return f" via {loop}" if loop else ""
 
     def umount(self, target: str) -> None:
         try:
@@ -180,8 +237,12 @@ class _Search:
                 desc = " ".join(f"{k}={info[k]}" for k in ("TYPE", "LABEL", "UUID", "PARTUUID")
                                 if info.get(k)) or "no filesystem recognised"
                 lines.append(f"  /dev/{name} {d.size // 1048576} MiB: {desc}")
+                if name in self.errors:
+                    lines.append(f"    tried: {self.errors[name]}")
         else:
             lines.append("no block devices at all (is the storage driver in the image?)")
+        for name in sorted(set(self.errors) - set(self.devices)):
+            lines.append(f"  /dev/{name} (gone): tried: {self.errors[name]}")
         if self.layers is not None:
             lines += self.layers.report()
             if self.layers.tried or self.cfg and (self.cfg.luks_uuids or self.cfg.md_uuids):
@@ -224,6 +285,14 @@ def _match_spec(search: _Search, spec: RootSpec) -> blockdev.BlockDevice | None:
             if got == value:
                 return d
     return None
+
+
+def _strerror(e: OSError) -> str:
+    """`Input/output error (EIO)`: the words and the errno's name, for the messages."""
+    import errno
+    name = errno.errorcode.get(e.errno or 0, "")
+    text = e.strerror or str(e)
+    return f"{text} ({name})" if name else text
 
 
 def _devno_hex(value: str) -> tuple[int, int] | None:
@@ -303,6 +372,8 @@ def _find(search: _Search) -> Found:
     spec = cfg.root
     if spec.kind == "auto":
         return _search_live(search, deadline)
+    if spec.live:
+        return _find_live_spec(search, spec, deadline)
     dev = search.wait(lambda: _match_spec(search, spec), deadline)
     text = _spec_text(spec)
     if dev is None:
@@ -313,29 +384,62 @@ def _find(search: _Search) -> Found:
     info = search.identify(dev)
     fstype = cfg.rootfstype or info.get("TYPE", "")
     nodepath = blockdev.node(m, dev)
-    if not spec.live:
-        search.discovery.device_root_found(cfg)   # before the fs module loads: root first ends
-        if fstype:
-            loader.load_alias("fs-" + fstype, f"fs-{fstype} for root {text}")
-        log.info(f"root {text} is {nodepath} ({fstype or 'unknown type'})")
-        return Found(nodepath, fstype, info, f"root={text}", None, None)
-    if not fstype or not search.mount(dev, fstype, MEDIUM):
-        raise search.failure(f"the live medium {text} ({nodepath}) could not be mounted "
-                             f"(type {fstype or 'unknown'})",
-                             "check root=live:... names the device holding the live image, "
-                             "or give rootfstype=")
-    image = _require_image(search, f"{nodepath} ({text})",
-                           "set liveinit.image= to the image's path on the medium, or fix root=live:...")
-    log.info(f"live medium {text} is {nodepath}")
-    return Found(nodepath, fstype, info, f"root=live:{text}", MEDIUM, image)
+    search.discovery.device_root_found(cfg)   # before the fs module loads: root first ends
+    if fstype:
+        loader.load_alias("fs-" + fstype, f"fs-{fstype} for root {text}")
+    log.info(f"root {text} is {nodepath} ({fstype or 'unknown type'})")
+    return Found(nodepath, fstype, info, f"root={text}", None, None)
+
+
+def _find_live_spec(search: _Search, spec: RootSpec, deadline: float) -> Found:
+    """root=live:SPEC: the named device, mounted and holding the image, waited for
+    like any root= (a failed mount is tried again until the delay ends)."""
+    cfg, m = search.config, search.m
+    text = _spec_text(spec)
+
+    def attempt() -> Found | None:
+        dev = _match_spec(search, spec)
+        if dev is None or not search.due(dev):
+            return None
+        info = search.identify(dev)
+        fstype = cfg.rootfstype or info.get("TYPE", "")
+        if not fstype:
+            search.failed(dev, search.errors.get(dev.name, "no filesystem recognised"))
+            return None
+        if not search.mount(dev, fstype, MEDIUM):
+            return None
+        if not _has_image(search, MEDIUM):
+            search.umount(MEDIUM)
+            search.failed(dev, f"mounted as {fstype} but holds no {cfg.live_image}")
+            return None
+        nodepath = blockdev.node(m, dev)
+        search.log.info(f"live medium {text} is {nodepath}{search.via(dev)}")
+        return Found(nodepath, fstype, info, f"root=live:{text}{search.via(dev)}", MEDIUM,
+                     _image_on(search, MEDIUM))
+
+    found = search.wait(attempt, deadline)
+    if found is not None:
+        return found
+    dev = _match_spec(search, spec)
+    if dev is None:
+        raise search.failure(
+            f"no device with {text} appeared within {cfg.rootdelay:g} s",
+            "check root=live:... against the devices listed above; if the device is slow (USB) raise "
+            "rootdelay=; if its driver is missing add it with rd.driver.pre=MODULE")
+    raise search.failure(
+        f"the live medium {text} (/dev/{dev.name}) could not be used within {cfg.rootdelay:g} s: "
+        f"{search.errors.get(dev.name, 'unknown error')}",
+        "check root=live:... names the device holding the live image (liveinit.image= its path), "
+        "give rootfstype= if its type is not recognised, or raise rootdelay= for a slow medium")
 
 
 def _candidates(search: _Search) -> list[blockdev.BlockDevice]:
-    """Devices not tried yet, optical first, then removable, then the rest."""
+    """Devices not done with (read fine, not ours) and not backing off after a
+    failure, optical first, then removable, then the rest."""
     out = []
     for d in search.scan():
         key = (d.name, d.major, d.minor, d.size)
-        if key not in search.tried:
+        if key not in search.tried and search.due(d):
             out.append(d)
     out.sort(key=lambda d: (0 if d.optical else 1 if d.removable else 2, d.name))
     return out
@@ -354,11 +458,12 @@ def _search_live(search: _Search, deadline: float) -> Found:
             fstype = info.get("TYPE")
             if not info:
                 continue  # not readable yet, or empty: look again on the next rescan
-            search.tried.add((d.name, d.major, d.minor, d.size))
             if not fstype or fstype in NOT_FS:
+                search.tried.add((d.name, d.major, d.minor, d.size))
                 continue
             if not search.mount(d, fstype, MEDIUM):
-                continue
+                continue   # tried again after its back-off
+            search.tried.add((d.name, d.major, d.minor, d.size))
             if not _has_image(search, MEDIUM):
                 search.umount(MEDIUM)
                 continue
@@ -385,9 +490,11 @@ def _search_live(search: _Search, deadline: float) -> Found:
         log.info(f"no medium carries identity {want!r}; using /dev/{d.name} (identity {ident!r})")
         if search.mount(d, fstype, MEDIUM) and _has_image(search, MEDIUM):
             return _live_found(search, d, info, fstype, f"identity {ident!r}, none matched")
+    tried = len({k[0] for k in search.tried} | set(search.errors))
+    failed = f", {len(search.errors)} failed" if search.errors else ""
     raise search.failure(
         f"no block device holds {cfg.live_image} (searched for {cfg.rootdelay:g} s, "
-        f"{len(search.tried)} devices tried)",
+        f"{tried} devices tried{failed})",
         "insert the live medium or raise rootdelay=; name it with root=live:LABEL=...; "
         "set liveinit.image= if the image lives elsewhere; add a missing storage driver "
         "with rd.driver.pre=MODULE")
@@ -396,6 +503,7 @@ def _search_live(search: _Search, deadline: float) -> Found:
 def _live_found(search: _Search, d: blockdev.BlockDevice, info: dict[str, str], fstype: str,
                 why: str) -> Found:
     path = "/dev/" + d.name
+    why += search.via(d)
     search.log.info(f"live medium: {search.config.live_image} on {d.name} ({why})")
     return Found(path, fstype, info, f"search: {search.config.live_image} on {d.name} ({why})",
                  MEDIUM, _image_on(search, MEDIUM))
@@ -411,17 +519,21 @@ def _findiso(search: _Search, deadline: float) -> Found:
     def attempt() -> tuple[blockdev.BlockDevice, dict[str, str], str] | None:
         if spec.kind != "auto":
             d = _match_spec(search, spec)
-            cands = [d] if d is not None and (d.name, d.major, d.minor, d.size) not in search.tried else []
+            cands = [d] if (d is not None and (d.name, d.major, d.minor, d.size) not in search.tried
+                            and search.due(d)) else []
         else:
             cands = _candidates(search)
         for d in cands:
             info = search.identify(d)
             if not info:
                 continue
-            search.tried.add((d.name, d.major, d.minor, d.size))
             fstype = info.get("TYPE")
-            if not fstype or fstype in NOT_FS or not search.mount(d, fstype, ISO_MOUNT):
+            if not fstype or fstype in NOT_FS:
+                search.tried.add((d.name, d.major, d.minor, d.size))
                 continue
+            if not search.mount(d, fstype, ISO_MOUNT):
+                continue
+            search.tried.add((d.name, d.major, d.minor, d.size))
             if os.path.isfile(m.path(ISO_MOUNT + "/" + iso_rel)):
                 return d, info, fstype
             search.umount(ISO_MOUNT)

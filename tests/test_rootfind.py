@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from qemu.fakes import FakeSyscalls, FakeUevents
 from liveinit import blockdev, rootfind
 from liveinit.cmdline import parse
 from liveinit.discovery import Discovery, NullLoader
@@ -19,6 +18,7 @@ from liveinit.emergency import BootFailure
 from liveinit.machine import Machine
 from liveinit.modload import ModuleLoader
 from packer.modindex import from_moddir
+from qemu.fakes import FakeSyscalls, FakeUevents
 from qemu.fakesysfs import KMOD_DIR, SysfsBuilder, quiet_log, write_moddir
 
 IMAGE = "live/filesystem.squashfs"
@@ -200,7 +200,7 @@ def test_findiso_loop_mounts_the_iso(tmp_path, monkeypatch):
     found = w.find()
     assert found.device == "/dev/loop0" and found.fstype == "iso9660"
     assert found.image == rootfind.MEDIUM + "/" + IMAGE
-    assert "findiso /isos/live.iso on sda2" == found.how
+    assert found.how == "findiso /isos/live.iso on sda2"
     assert w.sysc.of("loop_attach") == [("loop_attach", rootfind.ISO_MOUNT + "/isos/live.iso", True)]
     assert w.sysc.mounts[rootfind.ISO_MOUNT].source == "/dev/sda2"
     assert w.sysc.mounts[rootfind.MEDIUM].source == "/dev/loop0"
@@ -296,6 +296,105 @@ def test_device_unreadable_at_first_is_probed_again(tmp_path, monkeypatch):
         if n == 1:
             w.ids["sdb1"] = {"TYPE": "vfat", "LABEL": "STICK"}
 
-    listener = FakeUevents([[], [{"ACTION": "change", "DEVPATH": "/devices/x/block/sdb/sdb1"}]], on_poll=ready)
+    change = {"ACTION": "change", "DEVPATH": "/devices/x/block/sdb/sdb1"}
+    listener = FakeUevents([[], [change]], on_poll=ready)
     found = w.find(listener)
     assert found.device == "/dev/sdb1" and len(listener.polls) == 2
+
+
+# -- faults: retries, the loop fallback, the failure message (issue 12) -------
+
+def test_a_failed_mount_is_tried_again_with_back_off(tmp_path, monkeypatch):
+    """The medium comes up late and its first two mounts fail (EIO, then ENOMEDIUM):
+    it is retried after 0.5 s, then 1 s, and taken on the third try."""
+    import errno
+    w = World(tmp_path, monkeypatch, "rootdelay=10")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True,
+           files={IMAGE: "sq", "live/liveinit.id": "me"})
+    w.sysc.fail["mount:iso9660"] = [errno.ENOMEDIUM, errno.ENOMEDIUM]
+    t = time.monotonic()
+    found = w.find()
+    took = time.monotonic() - t
+    assert found.device == "/dev/sr0" and found.medium == rootfind.MEDIUM
+    assert [c[1] for c in w.sysc.mount_calls()] == ["/dev/sr0"] * 3
+    assert 1.4 <= took < 4, took        # 0.5 s + 1 s of back-off, not the whole delay
+
+
+def test_failed_mounts_are_named_with_their_error_when_the_delay_ends(tmp_path, monkeypatch):
+    import errno
+    w = World(tmp_path, monkeypatch, "rootdelay=1.2")
+    standard(w)
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
+    w.sysc.fail["mount:iso9660"] = errno.ENOMEDIUM
+    with pytest.raises(BootFailure) as e:
+        w.find()
+    msg = e.value.message
+    assert "(searched for 1.2 s, 4 devices tried, 1 failed)" in msg   # sda, sda1, sda2, sr0
+    line = msg.split("/dev/sr0 64 MiB: TYPE=iso9660 LABEL=LIVE\n    tried: mount as iso9660 failed: ")[1]
+    assert line.split("\n")[0].endswith("No medium found (ENOMEDIUM)")
+    assert len([c for c in w.sysc.mount_calls() if c[1] == "/dev/sr0"]) >= 2   # retried in 1.2 s
+
+
+def test_eio_with_a_readable_superblock_mounts_through_a_loop_device(tmp_path, monkeypatch):
+    """The megasas-gen2 CD: isofs on /dev/sr0 fails with EIO, a read-only loop over it works."""
+    import errno
+    w = World(tmp_path, monkeypatch, "rootdelay=2")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True,
+           files={IMAGE: "sq", "live/liveinit.id": "me"})
+    w.media["/dev/loop0"] = w.media["/dev/sr0"]
+    w.sysc.fail["mount:" + rootfind.MEDIUM] = [errno.EIO]
+    found = w.find()
+    assert found.device == "/dev/sr0" and "(identity match via /dev/loop0)" in found.how
+    assert w.sysc.of("loop_attach") == [("loop_attach", "/dev/sr0", True)]
+    assert w.sysc.mounts[rootfind.MEDIUM].source == "/dev/loop0"
+    assert "loop" in w.loader.loaded
+    assert "mounted through the read-only loop device /dev/loop0" in w.log.out.getvalue()
+
+
+def test_eio_through_the_loop_too_is_reported_with_both_errors(tmp_path, monkeypatch):
+    import errno
+    w = World(tmp_path, monkeypatch, "root=live:LABEL=LIVE rootdelay=0.3")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
+    w.sysc.fail["mount:iso9660"] = errno.EIO
+    with pytest.raises(BootFailure) as e:
+        w.find()
+    msg = e.value.message.split("\n")[0]
+    assert msg.startswith("the live medium LABEL=LIVE (/dev/sr0) could not be used within 0.3 s: "
+                          "mount as iso9660 failed: ")
+    assert msg.count("Input/output error (EIO)") == 2 and "; through /dev/loop0 too: " in msg
+    assert ("loop_release", "/dev/loop0") in w.sysc.calls
+    assert "rootfstype=" in e.value.hint and "rootdelay=" in e.value.hint
+
+
+def test_root_live_spec_waits_out_its_delay_after_a_failed_mount(tmp_path, monkeypatch):
+    """root=live:LABEL=...: one failed mount no longer ends the stage at once."""
+    import errno
+    w = World(tmp_path, monkeypatch, "root=live:LABEL=LIVE rootdelay=5")
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
+    w.sysc.fail["mount:iso9660"] = [errno.EIO, errno.EIO]   # direct and through the loop
+    found = w.find()
+    assert found.device == "/dev/sr0" and found.how == "root=live:LABEL=LIVE"
+    assert len([c for c in w.sysc.mount_calls() if c[1] == "/dev/sr0"]) == 2
+
+
+def test_root_live_spec_without_the_image_names_what_is_missing(tmp_path, monkeypatch):
+    w = World(tmp_path, monkeypatch, "root=live:LABEL=rootfs rootdelay=0.2")
+    standard(w)
+    with pytest.raises(BootFailure) as e:
+        w.find()
+    assert e.value.message.startswith("the live medium LABEL=rootfs (/dev/sda2) could not be used "
+                                      f"within 0.2 s: mounted as ext4 but holds no /{IMAGE}")
+    assert w.sysc.mounts == {}
+
+
+def test_unreadable_superblock_is_named_in_the_failure(tmp_path, monkeypatch):
+    w = World(tmp_path, monkeypatch, "rootdelay=0.2")
+    w.disk("sr0", 11, 0, removable=True)
+
+    def unreadable(m, dev):
+        raise OSError(123, "No medium found")
+
+    monkeypatch.setattr(blockdev, "identify", unreadable)
+    with pytest.raises(BootFailure) as e:
+        w.find()
+    assert "tried: cannot read its superblock: No medium found (ENOMEDIUM)" in e.value.message
