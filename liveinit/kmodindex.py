@@ -16,6 +16,7 @@ Stdlib only and import-light: marshal and nothing else; no `re`, no `fnmatch`
 from __future__ import annotations
 
 import marshal
+from binascii import crc32
 
 # Format 3: a PCI map entry is (module, pattern, (vendor, device, subvendor,
 # subdevice, class, class_mask)).
@@ -23,6 +24,10 @@ FORMAT = 3
 # Version 2 writes no object references: equal indexes give equal bytes
 # (the packer's index and its module cache are written with it).
 MARSHAL_VERSION = 2
+# The file: this magic, the CRC-32 of the marshal payload (4 bytes, little
+# endian), the payload. marshal trusts its input (a damaged length field can
+# make it allocate gigabytes), so nothing reaches it before the CRC matches.
+INDEX_MAGIC = b"LIIX"
 INDEX_NAME = "liveinit.index"
 PCI_ANY = 0xFFFFFFFF
 HEX_DIGITS = "0123456789ABCDEF"  # the kernel writes modalias ids in upper-case hex
@@ -312,7 +317,12 @@ class ModuleIndex:
 
     @classmethod
     def loads(cls, blob: bytes) -> ModuleIndex:
-        data = marshal.loads(blob)
+        """The index in `blob` (as packer.modindex.dumps writes it); ValueError
+        when it is not one or is damaged."""
+        payload = memoryview(blob)[8:]
+        if blob[:4] != INDEX_MAGIC or crc32(payload) != int.from_bytes(blob[4:8], "little"):
+            raise ValueError("not a liveinit module index, or a damaged one (its CRC-32 does not match)")
+        data = marshal.loads(payload)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a liveinit module index of format {FORMAT}")
         return cls(data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import marshal
 import os
+from binascii import crc32
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,6 +22,7 @@ from typing import NamedTuple
 from liveinit.kmodindex import (
     FORMAT,
     HEX_DIGITS,
+    INDEX_MAGIC,
     INDEX_NAME,
     MARSHAL_VERSION,
     PCI_ANY,
@@ -459,7 +461,8 @@ def from_moddir(moddir: Path | str, config_dirs: Iterable[Path | str] = ()) -> M
 
 def dumps(index: ModuleIndex) -> bytes:
     """The index as PID 1 reads it: one marshal blob, equal bytes for equal indexes."""
-    return marshal.dumps(index.data, MARSHAL_VERSION)
+    payload = marshal.dumps(index.data, MARSHAL_VERSION)
+    return INDEX_MAGIC + crc32(payload).to_bytes(4, "little") + payload
 
 
 def dump(index: ModuleIndex, path: Path | str) -> None:

@@ -279,6 +279,22 @@ def test_dump_load_roundtrip_is_deterministic(tmp_path: Path) -> None:
     assert c.load_order("ext4") == a.load_order("ext4")
 
 
+def test_a_damaged_index_is_a_value_error_before_marshal_reads_it() -> None:
+    """Found by scripts/fuzz.py: one changed length field made marshal.loads
+    allocate gigabytes (minutes at 5 GiB and growing); every damaged byte, a
+    cut and a foreign file are now a ValueError, whatever marshal would do."""
+    blob = C.dumps(small_index())
+    assert blob[:4] == K.INDEX_MAGIC
+    for at in range(0, len(blob), 7):
+        damaged = bytearray(blob)
+        damaged[at] ^= 0x40
+        with pytest.raises(ValueError, match="not a liveinit module index"):
+            ModuleIndex.loads(bytes(damaged))
+    for bad in (blob[:-1], blob[:8], b"", b"not marshal"):
+        with pytest.raises(ValueError, match="not a liveinit module index"):
+            ModuleIndex.loads(bad)
+
+
 def test_from_moddir_text_files(tmp_path: Path) -> None:
     (tmp_path / "modules.dep").write_text("kernel/b.ko: kernel/a.ko\nkernel/a.ko:\n")
     (tmp_path / "modules.order").write_text("kernel/a.ko\nkernel/b.ko\n")
