@@ -11,8 +11,9 @@ Defaults, and why:
 - `compress`: auto, a codec per segment (packer/segments.py: xz -9 for the
   big stable kernel and python segments, cached; zstd -19 for the small
   runtime segment). Any other method applies to every segment.
-- `groups`: the universal set, every storage, usb, cdrom, fs, live and keyboard
-  driver; `--host-only` replaces it by the running machine's drivers.
+- `groups`: the universal set, every storage, usb, cdrom, fs, live, keyboard and
+  net (wired NICs, for root=live:http://...: +1.7 MiB xz) driver; `--host-only`
+  replaces it by the running machine's drivers.
 - `python`: /usr/bin/python3 (resolved to e.g. python3.11, which the image embeds).
 - `busybox`: off: the universal image must stay under a third of
   initramfs-tools' (9.5 MiB) and busybox costs 0.53 MiB of it; the emergency
@@ -44,7 +45,7 @@ DEFAULT_SKELETON = REPO_ROOT / "rootfs-skel"
 DEFAULT_PYTHON = Path("/usr/bin/python3")
 DEFAULT_OUTPUT = Path("initrd.img")
 AUTO = "auto"    # --compress: a codec per segment (packer.segments.AUTO_CODECS)
-UNIVERSAL_GROUPS = ("storage", "usb", "cdrom", "fs", "live", "keyboard")
+UNIVERSAL_GROUPS = ("storage", "usb", "cdrom", "fs", "live", "keyboard", "net")
 DEFAULT_PACKAGES: tuple[str, ...] = ()   # + whatever the runtime imports (see pyruntime)
 
 

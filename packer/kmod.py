@@ -77,6 +77,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "usb": ("xhci_pci", "xhci_hcd", "xhci_plat_hcd", "ehci_pci", "ehci_hcd", "ehci_platform",
             "ohci_pci", "ohci_hcd", "ohci_platform", "uhci_hcd", "usb_storage", "uas",
             "kernel/drivers/usb/storage/*", "usbhid", "hid_generic"),
+    # Wired NICs of PCs, servers, hypervisors and clouds, and USB Ethernet
+    # adapters: a network boot's drivers (root=live:http://...). Server NICs
+    # whose drivers are megabytes (ice, mlx5_core, bnx2x, qede) are left to --modules.
+    "net": ("virtio_net", "e1000", "e1000e", "igb", "igc", "ixgbe", "ixgbevf", "i40e", "r8169", "realtek",
+            "tg3", "bnx2", "bnxt_en", "atlantic", "be2net", "vmxnet3", "hv_netvsc", "xen_netfront", "ena", "gve",
+            "sky2", "atl1c", "alx", "forcedeth", "8139cp", "8139too", "pcnet32", "r8152", "cdc_ether", "cdc_ncm",
+            "asix", "ax88179_178a", "virtio_pci"),
     "cdrom": ("sr_mod", "cdrom", "isofs", "udf"),
     "fs": ("isofs", "udf", "vfat", "fat", "msdos", "nls_cp437", "nls_iso8859_1", "nls_utf8", "nls_ascii",
            "exfat", "ext4", "btrfs", "xfs", "squashfs", "erofs", "overlay", "loop", "f2fs"),
