@@ -43,17 +43,42 @@ LIVEINIT_PLAIN = ("root", "rootfstype", "rootflags", "rootdelay", "rootwait", "i
                   "findiso", "quiet")
 # `liveinit.NAME` parameters read under that full name below.
 LIVEINIT_OWN = ("image", "union", "toram", "persistence", "overlay_size", "overlay-size",
-                "modules", "blacklist", "break", "debug",
+                "modules", "blacklist", "break", "debug", "check", "shell", "emergency",
                 "demo")   # read by the demo root's init, not by the runtime
 ROOT_PREFIXES = (("UUID=", "uuid"), ("LABEL=", "label"), ("CDLABEL=", "label"),
                  ("PARTUUID=", "partuuid"), ("PARTLABEL=", "partlabel"))
+EMERGENCY_ACTIONS = ("reboot", "poweroff", "halt")   # rd.emergency=: what a locked shell does
+# Other tools' parameters liveinit does not implement: listed once on the console
+# as ignored, so that nobody believes they took effect (docs/CMDLINE.md).
+FOREIGN_IGNORED = {
+    "rd.live.overlay.reset": "dracut", "rd.live.overlay.readonly": "dracut",
+    "rd.live.overlay.overlayfs": "dracut", "rd.writable.fsimg": "dracut", "rd.live.overlay.thin": "dracut",
+    "rd.fstab": "dracut", "rd.auto": "dracut", "rd.retry": "dracut", "rd.timeout": "dracut",
+    "rd.neednet": "dracut", "rd.luks.key": "dracut", "rd.md.conf": "dracut", "rd.lvm.conf": "dracut",
+    "rd.iscsi.initiator": "dracut", "netroot": "dracut", "nfsroot": "kernel/dracut",
+    "resume": "kernel/initramfs-tools", "noresume": "initramfs-tools",
+    "persistence-media": "live-boot", "persistence-read-only": "live-boot",
+    "persistence-storage": "live-boot", "ignore_uuid": "live-boot", "live-media": "live-boot",
+    "live-media-offset": "live-boot", "live-media-timeout": "live-boot", "module": "live-boot",
+    "nopersistence": "live-boot", "plainroot": "live-boot", "todisk": "live-boot",
+    "ramdisk-size": "live-boot", "httpfs": "live-boot", "ftpfs": "live-boot",
+    "cdrom-detect/try-usb": "casper", "ignore_bootid": "casper", "showmounts": "casper",
+}
+# Read by the kernel, the real init or the desktop, not by an initramfs: not listed.
+FOREIGN_HARMLESS = ("console", "loglevel", "panic", "nomodeset", "splash", "vga", "noapic", "acpi",
+                    "mem", "noeject", "noprompt", "hostname", "username", "locales", "timezone",
+                    "keyboard-model", "live-config", "components", "noautologin", "nottyautologin",
+                    "rd.plymouth", "rd.udev.log_level", "rd.udev.log_priority", "rd.info",
+                    "rd.dm", "rd.live.debug", "BOOT_IMAGE", "initrd", "rhgb",
+                    "boot", "rd.driver.post", "apparmor", "security", "selinux", "enforcing")
 TRUE = ("", "1", "y", "yes", "true", "on")
 FALSE = ("0", "n", "no", "false", "off")
 
 
 class RootSpec(Plain):
-    """kind: "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno" | "url";
-    value: "" for auto, "/dev/sda1", the UUID, the label, "8:1"..., the image's http:// URL;
+    """kind: "auto" | "path" | "uuid" | "label" | "partuuid" | "partlabel" | "devno" | "url" |
+    "invalid" (root= that is none of these: the root search fails naming it);
+    value: "" for auto, "/dev/sda1", the UUID, the label, "8:1"..., the image's http:// URL, the text;
     live: the device holds a live image."""
 
     __slots__ = ("kind", "value", "live")
@@ -72,7 +97,8 @@ class BootConfig(Plain):
                  "live_image", "union", "union_given", "toram", "findiso", "persistence", "overlay_size",
                  "modules_early", "blacklist", "module_options", "break_at", "debug", "quiet", "ip", "bootif",
                  "errors", "luks", "luks_uuids", "luks_names", "luks_options", "lvm", "lvm_vgs", "lvm_lvs",
-                 "md", "md_uuids", "keymap", "persistence_encryption")
+                 "md", "md_uuids", "keymap", "persistence_encryption", "check", "shell", "emergency",
+                 "ignored")
     root: RootSpec
     rootfstype: str | None
     rootflags: str
@@ -109,6 +135,10 @@ class BootConfig(Plain):
     md_uuids: tuple[str, ...]
     keymap: str | None              # console keymap (vconsole.keymap=, keyboard-layouts=)
     persistence_encryption: tuple[str, ...]   # live-boot's persistence-encryption= ("none", "luks")
+    check: bool           # verify the medium against its SHA256SUMS before using it
+    shell: bool           # rd.shell=0: no emergency shell, the `emergency` action instead
+    emergency: str        # rd.emergency=: "" (the default: halt) | reboot | poweroff | halt
+    ignored: tuple[str, ...]   # other tools' parameters liveinit does not implement, "word (tool)"
     _defaults = {
         "root": AUTO, "rootfstype": None, "rootflags": "", "readonly": True,
         "rootdelay": DEFAULT_ROOTDELAY, "init": None, "init_args": (), "live_image": LIVE_IMAGE,
@@ -117,6 +147,7 @@ class BootConfig(Plain):
         "break_at": frozenset(), "debug": False, "quiet": False, "ip": None, "bootif": "", "errors": (),
         "luks": True, "luks_uuids": (), "lvm": True, "lvm_vgs": (), "lvm_lvs": (), "md": True,
         "md_uuids": (), "keymap": None, "persistence_encryption": (),
+        "check": False, "shell": True, "emergency": "", "ignored": (),
     }
     _factories = {"module_options": dict, "luks_names": dict, "luks_options": dict}
 
@@ -224,6 +255,7 @@ class _State:
         self.lists: dict[str, list[str]] = {}      # luks_uuids, lvm_vgs, lvm_lvs, md_uuids
         self.luks_names: dict[str, str] = {}
         self.luks_options: dict[str, str] = {}
+        self.ignored: list[str] = []
 
 
 def _bool(st: _State, key: str, value: str | None) -> bool:
@@ -325,9 +357,8 @@ def _word(st: _State, word: str, source: str) -> None:
         spec = parse_root(val)
         if spec is None:
             st.errors.append(f"root={val}: not a device spec (use /dev/NAME, UUID=, LABEL=, "
-                             "PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto); "
-                             "searching for the live medium instead")
-            spec = AUTO
+                             "PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto)")
+            spec = RootSpec("invalid", val, False)   # the root search fails on it, naming it
         v["root"] = spec
     elif key == "rootfstype" and val:
         v["rootfstype"] = val
@@ -409,6 +440,21 @@ def _word(st: _State, word: str, source: str) -> None:
         v["quiet"] = True
     elif word == "rd.live.image" or (key == "boot" and val == "live"):
         st.live = True
+    elif key in ("liveinit.check", "rd.live.check", "verify-checksums"):
+        v["check"] = _bool(st, key, val) if key != "verify-checksums" else True
+    elif key in ("rd.shell", "liveinit.shell"):
+        v["shell"] = _bool(st, key, val)
+    elif key in ("rd.emergency", "liveinit.emergency") and val is not None:
+        if val.lower() in EMERGENCY_ACTIONS:
+            v["emergency"] = val.lower()
+        else:
+            st.errors.append(f"{key}={val}: use {', '.join(EMERGENCY_ACTIONS)}; using halt")
+    elif key in FOREIGN_IGNORED:
+        note = f"{word} ({FOREIGN_IGNORED[key]})"
+        if note not in st.ignored:
+            st.ignored.append(note)
+    elif key in FOREIGN_HARMLESS and val is not None:
+        pass   # a bare word (splash) still goes on to init below, as the kernel passes it
     elif _layer_word(st, key, val):
         pass
     elif "." in key and key.split(".", 1)[0] not in NOT_MODULES and key[0] != "/":
@@ -498,5 +544,6 @@ def parse(text: str, defaults: str = "", init_argv: list[str] | tuple[str, ...] 
         **{f: tuple(items) for f, items in st.lists.items()},
         break_at=frozenset(st.breaks),
         errors=tuple(st.errors),
+        ignored=tuple(st.ignored),
         **v,
     )

@@ -106,10 +106,24 @@ def test_live_markers_make_a_plain_root_spec_live(marker: str) -> None:
 
 
 @pytest.mark.parametrize("bad", ["UUID=", "live:LABEL=", "/dev/", "nfs:1.2.3.4:/x", "a/b", "x:y"])
-def test_bad_root_spec_is_an_error_and_falls_back_to_search(bad: str) -> None:
+def test_bad_root_spec_is_an_error_not_a_search(bad: str) -> None:
+    """An unparseable root= must not boot whatever live medium a search finds (issue 12)."""
     cfg = parse(f'root="{bad}"')
-    assert cfg.root == RootSpec("auto", "", True)
+    assert cfg.root == RootSpec("invalid", bad, False)
     assert len(cfg.errors) == 1 and cfg.errors[0].startswith(f"root={bad}:")
+
+
+def test_lockdown_check_and_foreign_parameters() -> None:
+    cfg = parse("rd.shell=0 rd.emergency=poweroff rd.live.check rd.retry=20 persistence-media=removable "
+                "rd.retry=20 nomodeset splash hostname=kiosk")
+    assert (cfg.shell, cfg.emergency, cfg.check) == (False, "poweroff", True)
+    assert cfg.ignored == ("rd.retry=20 (dracut)", "persistence-media=removable (live-boot)")
+    assert cfg.errors == () and cfg.init_args == ("nomodeset", "splash")
+    assert parse("verify-checksums").check and parse("liveinit.check=1").check
+    assert not parse("liveinit.check=0").check and parse("").shell and parse("").emergency == ""
+    bad = parse("rd.emergency=explode")
+    assert bad.emergency == ""
+    assert bad.errors == ("rd.emergency=explode: use reboot, poweroff, halt; using halt",)
 
 
 # -- plain root parameters -----------------------------------------------------
