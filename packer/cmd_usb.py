@@ -18,7 +18,7 @@ from packer.config import Kind
 from packer.errors import CommandError
 from packer.progress import human
 
-BOOT_LOADERS = 2 << 20   # syslinux, GRUB EFI and their menus on the FAT, rounded up
+BOOT_LOADERS = 2 << 20   # syslinux and the menus on the FAT, rounded up (the UEFI loader is counted)
 
 # Settings that may come from a TOML config file too (one table feeds both, as for
 # `pack`); --force and --yes never do: consent to erase a disk is given on the
@@ -50,6 +50,9 @@ SETTINGS: tuple[config.Setting, ...] = (
                    metavar="ID"),
     config.Setting("all-root", Kind.BOOL, False, "make every file in the squashfs owned by root "
                    "(ROOT source)"),
+    config.Setting("secure-boot", Kind.BOOL, True, "UEFI boots through the signed chain (shim, the "
+                   "distribution's signed GRUB) when the kernel is signed; --no-secure-boot: an unsigned "
+                   "GRUB (docs/SECUREBOOT.md)"),
     config.Setting("workdir", Kind.PATH, None, "directory for scratch files (the FAT is built there "
                    "first, as big as the files on it)", metavar="DIR"),
 )
@@ -143,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if not source.exists():
         raise CommandError(f"{source} does not exist", hint="give a root directory or an ISO file")
     check_target(target, size, args.force, args.yes, say)
+    epoch = config.source_date_epoch()
 
     with usb.scratch_dir(v["workdir"]) as tmp:
         work = Path(tmp)
@@ -153,16 +157,25 @@ def run(args: argparse.Namespace) -> int:
                                        initrd=v["initrd"], identity=v["identity"],
                                        compression=v["compression"], label=v["label"] or image.DEFAULT_LABEL,
                                        cmdline=v["cmdline"],
-                                       console=v["console"], all_root=v["all_root"], workdir=work)
+                                       console=v["console"], all_root=v["all_root"], workdir=work,
+                                       secure_boot=v["secure_boot"])
             live = usb.live_files_from_iso(result.iso, work)
             base = live.cmdline
         else:
             live = usb.live_files_from_iso(source, work)
             base = " ".join(filter(None, (live.cmdline, v["cmdline"])))
         label = usb.check_label(v["label"] or live.label)
+        efi_work = work / "efi"
+        efi_work.mkdir()
+        # the kernel on the stick decides, as for the ISO: signed -> shim and the signed GRUB
+        loader = image.efi_loader(efi_work, label, epoch, live.live / Path(image.KERNEL_PATH).name,
+                                  source if source.is_dir() else None, v["secure_boot"])
+        if not loader.signed:
+            print(f"warning: {loader.message}", file=sys.stderr)
 
         disk_size = size if size is not None else usb.target_size(target)
-        sizes = [f.stat().st_size for f in live.files] + [BOOT_LOADERS] + ([pfile] if pfile else [])
+        sizes = ([f.stat().st_size for f in live.files] + [src.stat().st_size for _, src in loader.files]
+                 + [BOOT_LOADERS] + ([pfile] if pfile else []))
         layout = usb.plan(disk_size, usb.fat_needed(sizes), fat_size, persist)
         cmdline = " ".join(filter(None, (base, usb.persistence_arg(layout, pfile))))
         config.check_cmdline(cmdline)
@@ -171,13 +184,14 @@ def run(args: argparse.Namespace) -> int:
                 f.truncate(size)
 
         say(f"building the FAT32 file system '{label}' ({human(layout.fat.size)})...")
-        fat = usb.build_fat(work, layout.fat, live, label, cmdline, entries, pfile,
-                            epoch=config.source_date_epoch())
+        fat = usb.build_fat(work, layout.fat, live, label, cmdline, entries, loader.files, pfile,
+                            epoch=epoch)
         mbr = usb.mbr_sector(layout, usb.disk_id_for(live.identity), work)
         regions = usb.write_stick(target, layout, fat, mbr, say=say)
     say(f"{target}: written and verified ({human(sum(r.length for r in regions))} read back, sha256 equal) "
         f"in {time.monotonic() - t0:.1f} s; label={label} identity={live.identity}")
-    say(f"  partition 1: FAT32 {human(layout.fat.size)}: live files, syslinux (BIOS), GRUB (UEFI)")
+    say(f"  partition 1: FAT32 {human(layout.fat.size)}: live files, syslinux (BIOS), "
+        + (f"UEFI with Secure Boot: {loader.message}" if loader.signed else "unsigned GRUB (UEFI)"))
     if layout.persistence is not None:
         say(f"  partition 2: ext4 '{usb.PERSISTENCE_LABEL}' {human(layout.persistence.size)} (persistence)")
     elif pfile:

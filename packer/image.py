@@ -264,6 +264,11 @@ def efi_loader(work: Path, label: str, epoch: int, kernel_image: Path, root: Pat
                                  lambda: build_grub_efi(work, label, epoch), secure_boot)
 
 
+def parent_dirs(files: tuple[tuple[str, Path], ...]) -> list[str]:
+    """Every directory above the destinations of `files`, parents first (what mmd must make)."""
+    return sorted({"/".join(dest.split("/")[:i]) for dest, _ in files for i in range(1, dest.count("/") + 1)})
+
+
 def build_efi_image(work: Path, files: tuple[tuple[str, Path], ...], epoch: int) -> Path:
     """A FAT image holding `files` ((path in the image, source) pairs), made without root."""
     img = work / "efi.img"
@@ -272,9 +277,8 @@ def build_efi_image(work: Path, files: tuple[tuple[str, Path], ...], epoch: int)
     img.unlink(missing_ok=True)
     tools.run(["mkfs.vfat", "-C", "--invariant", "-i", "4c495645", "-n", "LIVEINITEFI", str(img),
           str(size_kib)], "format the EFI system partition image", env=_env(epoch))
-    dirs = sorted({"/".join(dest.split("/")[:i]) for dest, _ in files for i in range(1, dest.count("/") + 1)})
-    tools.run(["mmd", "-i", str(img), *(f"::/{d}" for d in dirs)], "make directories in the EFI image",
-         env=_env(epoch))
+    tools.run(["mmd", "-i", str(img), *(f"::/{d}" for d in parent_dirs(files))],
+              "make directories in the EFI image", env=_env(epoch))
     for dest, src in files:
         own = work / "esp" / dest     # a copy to stamp: the sources may be the root's or the cache's
         _copy(src, own)

@@ -6,7 +6,10 @@ Layout (MBR, see `Layout`):
     1 MiB ...    partition 1, FAT32 (type 0x0c, active), the medium:
                    /live/*                 the ISO's live files (squashfs, kernel, initrd, id)
                    /syslinux/*             syslinux: BIOS, the ISO's isolinux menu
-                   /EFI/BOOT/BOOTX64.EFI   GRUB: UEFI, the ISO's GRUB menu (/boot/grub/grub.cfg)
+                   /EFI/BOOT/BOOTX64.EFI   UEFI: shim, which starts the signed GRUB beside it
+                                           (grubx64.efi; its early config in /EFI/debian/grub.cfg),
+                                           or the unsigned GRUB (image.efi_loader); both read the
+                                           ISO's GRUB menu (/boot/grub/grub.cfg)
                    /persistence.img        --persistence-file: an ext4 image
     after it     partition 2 (--persistence): ext4 labelled `persistence`
 
@@ -32,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from liveinit import fatfile
 from liveinit.contract import ID_FILE, LIVE_DIR, PERSISTENCE_IMAGE, PERSISTENCE_LABEL
 from packer import image, tools
 from packer.errors import CommandError
@@ -219,9 +223,11 @@ def _mtools(argv: list[str], what: str) -> None:
 
 
 def build_fat(work: Path, part: Partition, live: LiveFiles, label: str, cmdline: str,
-              entries: tuple[image.MenuEntry, ...], persistence_file: int | None = None,
-              epoch: int = 0) -> Path:
-    """The FAT32 file system of partition `part` as an image file, ready to write at its offset."""
+              entries: tuple[image.MenuEntry, ...], efi_files: tuple[tuple[str, Path], ...],
+              persistence_file: int | None = None, epoch: int = 0) -> Path:
+    """The FAT32 file system of partition `part` as an image file, ready to write at its offset.
+
+    `efi_files`: the UEFI loader, (path on the FAT, source) pairs (image.efi_loader's `files`)."""
     for f in live.files:
         if f.stat().st_size > FAT_MAX_FILE:
             raise CommandError(f"{f.name} is {human(f.stat().st_size)}: FAT32 holds files up to 4 GiB",
@@ -238,8 +244,8 @@ def build_fat(work: Path, part: Partition, live: LiveFiles, label: str, cmdline:
                str(fat), str(part.size // 1024)], "format the stick's FAT32 partition",
               env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
     img = f"{fat}"
-    _mtools(["mmd", "-i", img, f"::/{SYSLINUX_DIR}", "::/EFI", "::/EFI/BOOT", "::/boot", "::/boot/grub",
-             f"::{LIVE_DIR}"], "make the stick's directories")
+    _mtools(["mmd", "-i", img, f"::/{SYSLINUX_DIR}", "::/boot", "::/boot/grub", f"::{LIVE_DIR}",
+             *(f"::/{d}" for d in image.parent_dirs(efi_files))], "make the stick's directories")
     tools.run(["syslinux", "--install", "--directory", f"/{SYSLINUX_DIR}", img],
               "install syslinux on the FAT partition")
     menus = work / "menus"
@@ -249,10 +255,8 @@ def build_fat(work: Path, part: Partition, live: LiveFiles, label: str, cmdline:
     modules = [image.SYSLINUX_MODULES / n for n in image.SYSLINUX_FILES if n != "ldlinux.c32"]
     _mtools(["mcopy", "-i", img, *map(str, modules), str(menus / "syslinux.cfg"), f"::/{SYSLINUX_DIR}/"],
             "copy the syslinux menu")
-    efi_work = work / "efi"
-    efi_work.mkdir(exist_ok=True)
-    efi = image.build_grub_efi(efi_work, label, epoch)
-    _mtools(["mcopy", "-i", img, str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "copy GRUB EFI")
+    for dest, src in efi_files:
+        _mtools(["mcopy", "-i", img, str(src), f"::/{dest}"], f"copy the UEFI loader's {dest}")
     _mtools(["mcopy", "-i", img, str(menus / "grub.cfg"), f"::/{image.GRUB_CFG_PATH}"], "copy the GRUB menu")
     _mtools(["mcopy", "-i", img, *map(str, live.files), f"::{LIVE_DIR}/"], "copy the live files")
     if persistence_file is not None:
@@ -262,6 +266,10 @@ def build_fat(work: Path, part: Partition, live: LiveFiles, label: str, cmdline:
                    f"{persistence_file // 1024}k"], "make the persistence image file")
         _mtools(["mcopy", "-i", img, str(pimg), f"::{PERSISTENCE_IMAGE}"], "copy the persistence image")
         pimg.unlink()
+        # the live system writes it through the device, the FAT read-only: one run of clusters
+        where = fatfile.extent(str(fat), PERSISTENCE_IMAGE)
+        if isinstance(where, str):
+            raise CommandError(f"the persistence image on the new FAT is unusable: {where}")
     return fat
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from packer import blockdev_host as bh
-from packer import usb
+from packer import secureboot, usb
 from packer.cli import main
 from packer.cmd_usb import check_device, confirm
 from packer.errors import CommandError
@@ -330,6 +330,14 @@ def test_stick_image_with_a_persistence_partition(demo_iso: Path, tmp_path: Path
               "::/syslinux/ldlinux.sys", "::/syslinux/syslinux.cfg", "::/syslinux/menu.c32",
               "::/EFI/BOOT/BOOTX64.EFI", "::/boot/grub/grub.cfg"):
         assert f in listing.splitlines(), listing
+    # the signed chain (the Debian kernel is signed): shim, the signed GRUB beside it, MokManager,
+    # and the early config where that GRUB reads it, finding the stick by its label
+    for f in ("::/EFI/BOOT/grubx64.efi", "::/EFI/BOOT/mmx64.efi", "::/EFI/debian/grub.cfg"):
+        assert f in listing.splitlines(), listing
+    assert "--label DEMOSTICK" in _mtools("mtype", "-i", img, "::/EFI/debian/grub.cfg")
+    shim = tmp_path / "shim.efi"
+    _mtools("mcopy", "-i", img, "::/EFI/BOOT/BOOTX64.EFI", str(shim))
+    assert secureboot.read_pe(shim.read_bytes()).section(".vendor_cert") is not None
     assert "Volume in drive : is DEMOSTICK" in _mtools("mdir", "-i", img, "::/")
     syslinux_cfg = _mtools("mtype", "-i", img, "::/syslinux/syslinux.cfg")
     grub_cfg = _mtools("mtype", "-i", img, "::/boot/grub/grub.cfg")
@@ -371,6 +379,22 @@ def test_stick_image_with_a_persistence_file(demo_iso: Path, tmp_path: Path) -> 
     assert 'LABEL="persistence"' in subprocess.run(["blkid", "-p", str(pimg)], capture_output=True,
                                                    text=True).stdout
     assert "liveinit.persistence=/persistence.img" in _mtools("mtype", "-i", img, "::/syslinux/syslinux.cfg")
+
+
+@pytest.mark.slow
+def test_no_secure_boot_gives_the_unsigned_grub_with_a_warning(demo_iso: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    stick = tmp_path / "stick.img"
+    assert main(["usb", str(demo_iso), str(stick), "--size", "100M", "--no-secure-boot"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: Secure Boot not asked for" in captured.err and "Access Denied" in captured.err
+    assert "unsigned GRUB (UEFI)" in captured.out
+    img = f"{stick}@@1M"
+    listing = _mtools("mdir", "-/", "-a", "-b", "-i", img, "::/EFI").splitlines()
+    assert listing == ["::/EFI/BOOT/", "::/EFI/BOOT/BOOTX64.EFI"], listing
+    grub = tmp_path / "grub.efi"
+    _mtools("mcopy", "-i", img, "::/EFI/BOOT/BOOTX64.EFI", str(grub))
+    assert not secureboot.authenticode_signed(secureboot.read_pe(grub.read_bytes()))
 
 
 @pytest.mark.slow
