@@ -71,10 +71,11 @@ class Setting:
     short: str | None = None
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    dest: str | None = None        # the field's name when the flag's is a Python keyword (--with)
 
     @property
     def field(self) -> str:
-        return self.name.replace("-", "_")
+        return self.dest or self.name.replace("-", "_")
 
 
 def source_date_epoch() -> int:
@@ -136,6 +137,12 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="MOD,..."),
     Setting("host-only", Kind.BOOL, False, "pack only the drivers of the running machine "
             "(its modaliases, root device chain and root filesystem)"),
+    Setting("with", Kind.LIST, (), "block layers the root may sit on, whose tools and modules to pack: "
+            "luks (cryptsetup), lvm, md (mdadm); --host-only adds those under the running root",
+            metavar="LAYER,...", dest="layers"),
+    Setting("keymap", Kind.LIST, (), "console keymaps to pack for typing a passphrase (kbd names such as "
+            "de-latin1, or XKB layouts with console-setup); the first is the default "
+            "(vconsole.keymap= on the boot command line picks another)", metavar="NAME,..."),
     Setting("microcode", Kind.BOOL, True, "prepend the host's CPU microcode as an early segment"),
     Setting("source-date-epoch", Kind.INT, None, "clamp every mtime to this (default: "
             "$SOURCE_DATE_EPOCH, else 0)", metavar="SECONDS"),
@@ -168,6 +175,8 @@ class PackConfig:
     site_packages: tuple[str, ...] = ()
     python_modules: tuple[str, ...] = ()
     host_only: bool = False
+    layers: tuple[str, ...] = ()
+    keymap: tuple[str, ...] = ()
     microcode: bool = True
     source_date_epoch: int | None = None
     cache: Path | None = None

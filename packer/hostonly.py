@@ -29,6 +29,7 @@ class HostScan:
     root_fstype: str                # e.g. ext4
     root_drivers: tuple[str, ...]   # driver and module names up the root device's parents
     root_modaliases: tuple[str, ...]
+    layers: tuple[str, ...] = ()    # LUKS/LVM/md under the root (packer.blocktools.Layer values)
 
 
 def root_filesystem(mountpoint: str = "/") -> tuple[str, str]:
@@ -97,9 +98,12 @@ def scan_host() -> HostScan:
                            hint="--host-only cannot follow this root (overlay/network/container?); "
                            "pack the universal image instead")
     drivers, root_aliases = _driver_chain(root, set())
+    from packer.blocktools import layers_below
+    layers = layers_below(root.sys_name)  # type: ignore[attr-defined]
     return HostScan(modaliases=tuple(aliases), root_device=device, root_fstype=fstype,
                        root_drivers=tuple(dict.fromkeys(drivers)),
-                       root_modaliases=tuple(dict.fromkeys(root_aliases)))
+                       root_modaliases=tuple(dict.fromkeys(root_aliases)),
+                       layers=tuple(sorted(layers)))
 
 
 def _normal(name: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from liveinit.contract import FAILED_LINE, PREFIX, SHELL_LINE, Settings, index_for, moddir_for
-from packer import pyruntime, segments, tools
+from packer import blocktools, keymap, pyruntime, segments, tools
 from packer.busybox import BUSYBOX, applets
 from packer.config import DEFAULT_CACHE, PackConfig, check_cmdline
 from packer.errors import CommandError
@@ -218,18 +218,23 @@ def _split_modules(specs: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 
 def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
-                 rep: Reporter) -> tuple[tuple[str, ...], int]:
+                 rep: Reporter) -> tuple[tuple[str, ...], int, set[blocktools.Layer]]:
+    """The modules (and their firmware); returns (modules, firmware files, block layers packed for)."""
     from liveinit.modfile import uncompressed_name
     from packer.kmod import ModuleTree, uncompressed_modules
     tree = ModuleTree(moddir, cache=(cfg.cache / "kmod") if cfg.cache else None)
+    layers = blocktools.parse_layers(cfg.layers)
     if cfg.host_only:
         from packer import hostonly
         scan = hostonly.scan_host()
         rep.debug(f"host-only: root {scan.root_device} ({scan.root_fstype}), "
-                  f"chain {', '.join(scan.root_drivers)}, {len(scan.modaliases)} modaliases")
+                  f"chain {', '.join(scan.root_drivers)}, {len(scan.modaliases)} modaliases"
+                  + (f", on {', '.join(scan.layers)}" if scan.layers else ""))
         wanted = hostonly.host_modules(tree, scan)
+        layers |= blocktools.parse_layers(scan.layers)
     else:
         wanted = set(tree.select(groups=cfg.groups))
+    wanted |= blocktools.modules(tree, layers)
     names, globs = _split_modules(cfg.modules)
     if names or globs:
         wanted |= set(tree.select(names=names, globs=globs))
@@ -264,7 +269,7 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
     fw = tree.firmware(mods) if cfg.firmware else []
     for p in fw:
         img.host_path(Path(p), "firmware")
-    return tuple(mods), len(fw)
+    return tuple(mods), len(fw), layers
 
 
 def _add_skeleton(img: _Image, skel: Path) -> None:
@@ -330,7 +335,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
 
     with rep.phase("modules"):
         kver, moddir = resolve_kernel(cfg)
-        mods, nfw = _add_modules(img, cfg, kver, moddir, rep)
+        mods, nfw, layers = _add_modules(img, cfg, kver, moddir, rep)
         rep.debug(f"modules: {len(mods)} from {moddir} ({nfw} firmware files)")
 
     with rep.phase("python"):
@@ -359,6 +364,9 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         for b in extra:
             if not b.exists():
                 raise CommandError(f"--binaries {b}: no such file", hint="give the path of an executable")
+        extra += blocktools.binaries(layers)
+        for name, data in keymap.keymap_files(cfg.keymap):
+            img.file(name, "files", data=data, mode=0o644)
         closure = resolve([*rt.elf, *extra, *([busybox] if busybox else []), *([env] if env else [])])
         for p in [*closure.files, *rt.libraries]:
             img.host_path(p, "libs")
@@ -385,7 +393,8 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
 
     with rep.phase("archive"):
         identity = cfg.identity or derive_identity(kver, mods, rt, cfg)
-        settings = Settings(cmdline=cfg.cmdline, identity=identity, kver=kver, moddir=moddir_for(kver),
+        baked = keymap.with_default(cfg.cmdline, cfg.keymap)   # the first keymap is the default
+        settings = Settings(cmdline=baked, identity=identity, kver=kver, moddir=moddir_for(kver),
                             index=index_for(kver))
         img.file("init", "init", data=render_init("/" + str(rt.interpreter.path).lstrip("/"), settings,
                                                   env_name), mode=0o755, replace=True)
