@@ -262,8 +262,9 @@ def command(prof: Profile, image: Path | None, work: Path, log: Path | None,
             kernel: KernelTree | Path | None = None,
             initrd: Path | None = None, cmdline: str = "", memory: int = DEFAULT_MEMORY_MIB,
             disks: tuple[Path, ...] = (), accel_args: list[str] | None = None,
-            interactive: bool = False) -> list[str]:
-    """The full QEMU command line for one boot (files it needs are made in `work`)."""
+            interactive: bool = False, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The full QEMU command line for one boot (files it needs are made in `work`);
+    `extra_args` go before the console's (a NIC and its -netdev, for network boots)."""
     cmd = [QEMU, "-nodefaults", "-no-reboot", "-m", str(memory), "-smp", "1"]
     cmd += accel_args if accel_args is not None else ["-accel", "tcg", "-cpu", "max"]
     vars_copy = None
@@ -277,7 +278,7 @@ def command(prof: Profile, image: Path | None, work: Path, log: Path | None,
     for i, disk in enumerate(disks):
         cmd += ["-drive", f"file={disk},if=none,id=extra{i},format=raw",
                 "-device", f"virtio-blk-pci,drive=extra{i}"]
-    cmd += ["-device", "virtio-rng-pci"]
+    cmd += ["-device", "virtio-rng-pci", *extra_args]
     if prof.direct:
         vmlinuz, rd = _kernel_and_initrd(kernel, initrd, image, work)
         cmd += ["-kernel", str(vmlinuz), "-initrd", str(rd), "-append", cmdline]
@@ -336,7 +337,7 @@ def boot(profile: str, kernel: KernelTree | Path | None = None, initrd: Path | N
          success: str | re.Pattern[str] = DEFAULT_SUCCESS, poweroff: bool = True,
          disks: tuple[Path, ...] = (), memory: int = DEFAULT_MEMORY_MIB, log_path: Path | None = None,
          echo: TextIO | None = None, interactive: bool = False,
-         lab_cmdline: str = LAB_CMDLINE) -> BootResult:
+         lab_cmdline: str = LAB_CMDLINE, extra_args: tuple[str, ...] = ()) -> BootResult:
     """Boot `image` (and/or `kernel`+`initrd`) on `profile` and report.
 
     Direct boots use `lab_cmdline` + `liveinit.demo=poweroff` (unless
@@ -355,7 +356,8 @@ def boot(profile: str, kernel: KernelTree | Path | None = None, initrd: Path | N
         full_cmdline = " ".join(filter(None, (lab_cmdline, DEMO_POWEROFF if poweroff else "", cmdline)))
         acc = accel()
         cmd = command(prof, image, work, log, kernel=kernel, initrd=initrd, cmdline=full_cmdline,
-                      memory=memory, disks=disks, accel_args=acc, interactive=interactive)
+                      memory=memory, disks=disks, accel_args=acc, interactive=interactive,
+                      extra_args=extra_args)
         start = time.monotonic()
         proc: subprocess.Popen[bytes] | None = None
         try:
