@@ -66,7 +66,7 @@ def build(spec: Spec, workdir: Path, order: list[str] | None = None) -> ArchiveB
         elif item[0] == "fifo":
             b.add_fifo(name, item[1])
         else:
-            b.add_device(name, item[0][0], *item[2], mode=item[1])
+            b.add_device(name, item[0][0], item[2][0], item[2][1], mode=item[1])
     return b
 
 
@@ -567,8 +567,8 @@ def test_one_changed_byte_of_an_archive(at: int, value: int) -> None:
 
 @pytest.mark.timeout(120)
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(["gzip", "xz", "zstd"]), st.data())
-def test_corrupted_checksummed_streams_read_back_exactly_or_are_refused(method: str,
+@given(st.sampled_from([Compression.GZIP, Compression.XZ, Compression.ZSTD]), st.data())
+def test_corrupted_checksummed_streams_read_back_exactly_or_are_refused(method: Compression,
                                                                       data: st.DataObject) -> None:
     """gzip, xz and zstd streams carry a checksum: a corrupted or cut stream reads
     back as the original entries (a byte no decoder looks at) or is an

@@ -9,6 +9,7 @@ import shlex
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -244,7 +245,7 @@ def test_cli_through_the_command_table(images: dict[str, Path], capsys: pytest.C
 
 
 @contextmanager
-def loop_device(image: Path, *options: str):
+def loop_device(image: Path, *options: str) -> Iterator[str]:
     """A loop device over `image` (losetup OPTIONS), detached afterwards."""
     loop = subprocess.run(["losetup", "-f", "--show", *options, str(image)],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -345,11 +346,11 @@ def _read_ranges(path: Path) -> list[tuple[int, int]]:
         if off >= 0 and n > 0:
             reads.append((off, off + n))
         return read(dev, off, n)
-    fsprobe._Dev.read = recording  # type: ignore[method-assign]
+    setattr(fsprobe._Dev, "read", recording)  # noqa: B010 -- a method swapped for the call
     try:
         fsprobe.probe(str(path))
     finally:
-        fsprobe._Dev.read = read  # type: ignore[method-assign]
+        setattr(fsprobe._Dev, "read", read)  # noqa: B010
     size = path.stat().st_size
     return sorted({(a, min(b, size)) for a, b in reads if a < size})
 
