@@ -186,6 +186,40 @@ def _mounted(m: Machine, path: str) -> bool:
     return False
 
 
+def _mount_source(m: Machine, path: str) -> tuple[str, str]:
+    """(source, fstype) of the (last) mount at `path`; ("", "") when nothing is mounted there."""
+    target = m.path(path)
+    out = ("", "")
+    for line in (m.read("/proc/mounts") or "").splitlines():
+        f = line.split()
+        if len(f) > 2 and f[1] in (path, target):
+            out = (f[0], f[2])
+    return out
+
+
+def _medium_file(m: Machine, image: str, filepath: str, log: Log) -> str:
+    """A writable loop device for the persistence image `filepath` on the read-only
+    medium: over the image's bytes on the medium's own device when they are one run of
+    a FAT's clusters (the FAT stays read-only, never dirty: safe to unplug); else over
+    the file, the medium remounted read-write (a FAT then needs a clean unmount)."""
+    source, fstype = _mount_source(m, MEDIUM)
+    why = f"the medium is {fstype or 'not mounted'}, not a FAT"
+    if fstype == "vfat" and source.startswith("/dev/"):
+        from liveinit import fatfile
+        where = fatfile.extent(m.path(source), filepath)
+        if not isinstance(where, str):
+            offset, size = where
+            loop = m.sys.loop_attach(m.path(source), readonly=False, autoclear=True, dev=m.path("/dev"),
+                                     offset=offset, sizelimit=size)
+            log.info(f"persistence: {filepath} is bytes {offset}-{offset + size - 1} of {source}: "
+                     "written there, the FAT stays read-only")
+            return loop
+        why = where
+    log.warn(f"persistence: {filepath}: {why}; the medium is remounted read-write")
+    m.sys.mount(source or "none", m.path(MEDIUM), None, MS_REMOUNT, None)
+    return m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+
+
 def _writable(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log) -> tuple[str, str]:
     """Mount the writable layer at RW; returns (base dir holding upper/work, description)."""
     spec = cfg.persistence
@@ -237,7 +271,10 @@ def _persistence(m: Machine, cfg: BootConfig, spec: str, discovery: Discovery, l
     if not ftype:
         raise BootFailure(f"{filepath} holds no filesystem (make one with mkfs.ext4)")
     _need(loader, "loop", f"persistence image {filepath}")
-    loop = m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+    if devspec:
+        loop = m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+    else:
+        loop = _medium_file(m, image, filepath, log)
     _mount_fs(m, loader, loop, RW, ftype, 0, None, f"persistence image {filepath}")
     log.info(f"persistence: {filepath} ({ftype}) holds the writable layer")
     return RW + "/" + PERSIST_DIR, f"persistence {spec}"
@@ -400,8 +437,8 @@ class _Undo:
             self.mounted.append(target)
 
     def loop_attach(self, path: str, readonly: bool = True, autoclear: bool = True,
-                    dev: str = "/dev") -> str:
-        loop = self.sys.loop_attach(path, readonly, autoclear, dev)
+                    dev: str = "/dev", offset: int = 0, sizelimit: int = 0) -> str:
+        loop = self.sys.loop_attach(path, readonly, autoclear, dev, offset, sizelimit)
         self.loops.append(loop)
         return loop
 

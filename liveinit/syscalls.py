@@ -164,8 +164,9 @@ class Linux:
             os.close(fd)
 
     def loop_attach(self, path: str, readonly: bool = True, autoclear: bool = True,
-                    dev: str = "/dev") -> str:
-        """Attach `path` to a free loop device and return the device path."""
+                    dev: str = "/dev", offset: int = 0, sizelimit: int = 0) -> str:
+        """Attach `path` (from byte `offset`, `sizelimit` bytes of it; 0: to its end)
+        to a free loop device and return the device path."""
         flags = (LO_FLAGS_READ_ONLY if readonly else 0) | (LO_FLAGS_AUTOCLEAR if autoclear else 0)
         ffd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
         try:
@@ -184,7 +185,7 @@ class Linux:
         ok = False
         try:
             name = os.fsencode(path)[-LO_NAME_SIZE + 1:]
-            info = LOOP_INFO64.pack(0, 0, 0, 0, 0, 0, 0, 0, flags, name, b"", b"", 0, 0)
+            info = LOOP_INFO64.pack(0, 0, 0, offset, sizelimit, 0, 0, 0, flags, name, b"", b"", 0, 0)
             cfg = struct.pack("=II", ffd, 0) + info
             cfg += bytes(LOOP_CONFIG_SIZE - len(cfg))
             buf = ctypes.create_string_buffer(cfg, LOOP_CONFIG_SIZE)

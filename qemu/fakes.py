@@ -11,7 +11,8 @@ tests assert "/sysroot", not "/tmp/pytest-.../sysroot"):
     ("pivot_root", new_root, put_old)      ("chroot", path)   ("chdir", path)
     ("finit_module", module_name, params)  ("init_module", params)
     ("mknod", path, kind, major, minor)    ("reboot", cmd)
-    ("loop_attach", path, readonly) -> returns "/dev/loopN" (prefixed with root)
+    ("loop_attach", path, readonly) -> returns "/dev/loopN" (prefixed with root);
+        + (offset, sizelimit) when either is given
     ("execv", path, argv)                  ("console", path)
     ("loop_release", path or None)
 
@@ -212,9 +213,9 @@ class FakeSyscalls:
         self._maybe_fail("console", p, f"open({p!r})")
 
     def loop_attach(self, path: str, readonly: bool = True, autoclear: bool = True,
-                    dev: str = "/dev") -> str:
+                    dev: str = "/dev", offset: int = 0, sizelimit: int = 0) -> str:
         p = self.rel(path)
-        self.calls.append(("loop_attach", p, readonly))
+        self.calls.append(("loop_attach", p, readonly) + ((offset, sizelimit) if offset or sizelimit else ()))
         self._maybe_fail("loop_attach", p, f"loop_attach({p!r})")
         if not os.path.exists(path):
             raise OSError(errno.ENOENT, f"open({p!r}): no such file")

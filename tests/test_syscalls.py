@@ -80,3 +80,29 @@ def test_loop_set_fd_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_loop_attach_missing_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         Linux().loop_attach(str(tmp_path / "nope.img"))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("configure", [True, False])
+def test_loop_over_a_byte_range_writes_only_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  configure: bool) -> None:
+    # the persistence image on a FAT stick: a loop over its bytes of the partition
+    if not configure:
+        monkeypatch.setattr(syscalls, "LOOP_CONFIGURE", 0x4CFF)
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"A" * 8192 + b"B" * 16384 + b"C" * 8192)
+    lx = Linux()
+    loop = lx.loop_attach(str(disk), readonly=False, offset=8192, sizelimit=16384)
+    try:
+        name = os.path.basename(loop)
+        assert (Path(f"/sys/block/{name}") / "loop" / "offset").read_text().strip() == "8192"
+        assert int((Path(f"/sys/block/{name}") / "size").read_text()) * 512 == 16384
+        with open(loop, "r+b") as f:
+            assert f.read() == b"B" * 16384
+            f.seek(0)
+            f.write(b"x" * 16384)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        lx.loop_release(loop)
+    assert disk.read_bytes() == b"A" * 8192 + b"x" * 16384 + b"C" * 8192
