@@ -1,8 +1,9 @@
 """Secure Boot end to end: the demo ISO boots through shim and Debian's signed
 GRUB on OVMF with Secure Boot on and Microsoft's keys enrolled, as a CD and as
 a USB disk; the kernel reports Secure Boot and lockdown, and loads its (signed)
-modules; the same ISO boots on OVMF without Secure Boot; an ISO built with the
-unsigned GRUB is refused by the firmware, so the check is real.
+modules; so does the stick `liveinit usb` writes from it; the same ISO boots
+on OVMF without Secure Boot; an ISO built with the unsigned GRUB is refused by
+the firmware, so the check is real.
 
 One signed and one unsigned ISO per module; each boot takes 10-100 s under TCG."""
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from liveinit.contract import DEMO_OK
 from packer import image
+from packer.cli import main
 from packer.kernel import KernelTree
 from qemu import lab
 from qemu.demoroot import build_demo_root
@@ -49,14 +51,14 @@ def unsigned_iso(kernel: KernelTree, demo_root: Path,
     return res
 
 
-def _assert_secure_boot(res: lab.BootResult) -> None:
+def _assert_secure_boot(res: lab.BootResult, medium_fs: str = "isofs") -> None:
     assert res.success, f"{res.summary()}\n{res.console[-3000:]}"
     assert DEMO_OK in res.console
     assert "GNU GRUB" in res.console and image.MENU[0].title in res.console
     assert SECURE_BOOT_ON in res.console
     assert LOCKED_DOWN in res.console
     # modules the runtime loaded (finit_module) were accepted under lockdown
-    assert res.report.modules and {"isofs", "squashfs", "overlay", "loop"} <= set(res.report.modules)
+    assert res.report.modules and {medium_fs, "squashfs", "overlay", "loop"} <= set(res.report.modules)
     assert UNSIGNED_MODULE_REFUSED not in res.console
 
 
@@ -75,6 +77,17 @@ def test_cd_boots_under_secure_boot(signed_iso: image.ImageResult) -> None:
 def test_usb_disk_boots_under_secure_boot(signed_iso: image.ImageResult) -> None:
     res = lab.boot("secureboot-usb", image=signed_iso.iso, timeout=BOOT_TIMEOUT_S)
     _assert_secure_boot(res)
+    assert {"usb_storage", "sd_mod"} <= set(res.report.modules or ())
+    print(res.summary())
+
+
+def test_usb_stick_boots_under_secure_boot(signed_iso: image.ImageResult, tmp_path: Path) -> None:
+    """The stick `liveinit usb` writes from the signed ISO boots from USB through its own
+    copy of the chain (shim, signed GRUB, the early config in /EFI/debian on the FAT)."""
+    stick = tmp_path / "stick.img"
+    assert main(["usb", str(signed_iso.iso), str(stick), "--size", "300M"]) == 0
+    res = lab.boot("secureboot-usb", image=stick, timeout=BOOT_TIMEOUT_S)
+    _assert_secure_boot(res, medium_fs="vfat")
     assert {"usb_storage", "sd_mod"} <= set(res.report.modules or ())
     print(res.summary())
 
