@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from packer import blockdev_host, config, image, usb
+from packer import blockdev_host, config, image, snapshot, usb
 from packer.config import Kind
 from packer.errors import CommandError
 from packer.progress import human
@@ -42,8 +42,8 @@ SETTINGS: tuple[config.Setting, ...] = (
                    metavar="TEXT"),
     config.Setting("compression", Kind.CHOICE, image.SquashfsCompression.ZSTD.value,
                    "squashfs compression (ROOT source)", choices=tuple(image.SquashfsCompression)),
-    config.Setting("kernel-root", Kind.PATH, None, "unpacked kernel package (ROOT source, as `liveinit "
-                   "image`)", metavar="DIR"),
+    config.Setting("kernel-root", Kind.PATH, None, "unpacked kernel package (ROOT source; default: the "
+                   "root's own newest kernel, as `liveinit image`)", metavar="DIR"),
     config.Setting("initrd", Kind.PATH, None, "prebuilt initramfs (ROOT source, as `liveinit image`)",
                    metavar="FILE"),
     config.Setting("identity", Kind.STR, None, "identity string (ROOT source, as `liveinit image`)",
@@ -121,12 +121,6 @@ def check_target(target: Path, size: int | None, force: bool, yes: bool,
         raise CommandError(f"{target} does not exist", hint="pass --size SIZE to create an image file")
 
 
-def _kernel(root: Path | None) -> image.KernelTree:
-    # the kernel `liveinit image` would take
-    from packer.cmd_image import _kernel as image_kernel
-    return image_kernel(root)
-
-
 def run(args: argparse.Namespace) -> int:
     v = config.values(args, SETTINGS)
     say: Callable[[str], None] = (lambda s: None) if args.quiet else print
@@ -153,12 +147,16 @@ def run(args: argparse.Namespace) -> int:
         # the live files, exactly as `liveinit image` puts them on its ISO
         if source.is_dir():
             say(f"packing {source} as `liveinit image` does...")
-            result = image.build_image(source, work / "live.iso", _kernel(v["kernel_root"]),
+            from packer.cmd_image import kernel_for
+            kernel = kernel_for(source, v["kernel_root"], None, False)
+            snap = snapshot.plan(source, work, outputs=(target, work))   # its live copy, as `image` makes it
+            result = image.build_image(source, work / "live.iso", kernel,
                                        initrd=v["initrd"], identity=v["identity"],
                                        compression=v["compression"], label=v["label"] or image.DEFAULT_LABEL,
                                        cmdline=v["cmdline"],
                                        console=v["console"], all_root=v["all_root"], workdir=work,
-                                       secure_boot=v["secure_boot"])
+                                       secure_boot=v["secure_boot"], excludes=snap.excludes,
+                                       pseudo_file=snap.pseudo_file)
             live = usb.live_files_from_iso(result.iso, work)
             base = live.cmdline
         else:

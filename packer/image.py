@@ -23,6 +23,7 @@ from packer import secureboot, tools
 from packer.config import check_cmdline, source_date_epoch
 from packer.errors import CommandError
 from packer.kernel import KernelTree
+from packer.snapshot import DEFAULT_EXCLUDES, ProgressLine, run_mksquashfs
 
 # Where things are in the ISO's tree (the contract's absolute medium paths).
 SQUASHFS_PATH = LIVE_IMAGE.lstrip("/")
@@ -43,8 +44,6 @@ class SquashfsCompression(StrEnum):
     LZ4 = "lz4"
 
 
-# Contents excluded, directories kept: the runtime mounts over them.
-DEFAULT_EXCLUDES = ("proc/*", "sys/*", "dev/*", "run/*", "tmp/*")
 DEFAULT_LABEL = "LIVEINIT"
 # Both consoles: messages on the screen and the serial port; /dev/console is
 # the last one, the serial port, which is where the boot lab listens.
@@ -110,12 +109,15 @@ def _env(epoch: int) -> dict[str, str]:
 
 def build_squashfs(root: Path, output: Path, compression: str = SquashfsCompression.ZSTD,
                    excludes: tuple[str, ...] = DEFAULT_EXCLUDES, all_root: bool = False,
-                   epoch: int | None = None) -> Path:
+                   epoch: int | None = None, pseudo_file: Path | None = None,
+                   progress: ProgressLine | None = None) -> Path:
     """mksquashfs `root` into `output`, reproducibly (same tree -> same bytes).
 
     Owners and groups are kept (setgid-shadow tools, /var/mail, the journal
     need theirs); `all_root` makes every file root's, for a tree built by an
-    unprivileged user whose uid means nothing on the live system."""
+    unprivileged user whose uid means nothing on the live system. `pseudo_file`:
+    mksquashfs pseudo-file definitions (packer.snapshot's clean-up); `progress`
+    draws mksquashfs' progress."""
     if compression not in set(SquashfsCompression):
         raise CommandError(f"unknown squashfs compression {compression!r}",
                            hint="choose one of " + ", ".join(SquashfsCompression))
@@ -128,10 +130,12 @@ def build_squashfs(root: Path, output: Path, compression: str = SquashfsCompress
            "-comp", compression, "-mkfs-time", str(epoch), "-all-time", str(epoch)]
     if all_root:
         cmd.append("-all-root")
+    if pseudo_file is not None:
+        cmd += ["-pf", str(pseudo_file)]
     if excludes:
         cmd += ["-wildcards", "-e", *excludes]
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}  # it conflicts with -all-time
-    tools.run(cmd, f"build the squashfs of {root}", env=env)
+    run_mksquashfs(cmd, f"build the squashfs of {root}", env, progress)
     return output
 
 
@@ -314,7 +318,10 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
                 identity: str | None = None, compression: str = SquashfsCompression.ZSTD,
                 label: str = DEFAULT_LABEL,
                 cmdline: str = "", console: str = DEFAULT_CONSOLE, all_root: bool = False,
-                workdir: Path | None = None, secure_boot: bool = True) -> ImageResult:
+                workdir: Path | None = None, secure_boot: bool = True,
+                excludes: tuple[str, ...] = DEFAULT_EXCLUDES, pseudo_file: Path | None = None,
+                progress: ProgressLine | None = None,
+                entries: tuple[MenuEntry, ...] = MENU) -> ImageResult:
     """Build a bootable hybrid live ISO of `root` at `output`.
 
     `initrd`: a prebuilt initramfs; the medium gets the identity its /init
@@ -323,7 +330,9 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
     with `identity` or one derived from the squashfs and kernel.
     `cmdline` is appended to every menu entry. `all_root`: see build_squashfs.
     `secure_boot`: boot UEFI through the signed chain when the kernel is
-    signed and one is found (efi_loader); False: the unsigned GRUB."""
+    signed and one is found (efi_loader); False: the unsigned GRUB.
+    `excludes`, `pseudo_file`, `progress`: see build_squashfs (packer.snapshot.plan
+    makes them for a live copy of a running system). `entries`: the boot menu."""
     root, output = Path(root), Path(output)
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory",
@@ -342,7 +351,8 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
     with tempfile.TemporaryDirectory(prefix="liveinit-image-", dir=workdir) as tmp:
         work = Path(tmp)
         tree = work / "tree"
-        squash = build_squashfs(root, tree / SQUASHFS_PATH, compression, all_root=all_root, epoch=epoch)
+        squash = build_squashfs(root, tree / SQUASHFS_PATH, compression, excludes, all_root, epoch,
+                                pseudo_file, progress)
         identity = identity or default_identity(squash, kernel.version)
         (tree / IDENTITY_PATH).write_text(identity + "\n")
         if initrd is None:
@@ -354,9 +364,9 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
             _copy(ISOLINUX_DIR / name, tree / "isolinux" / name)
         for name in SYSLINUX_FILES:
             _copy(SYSLINUX_MODULES / name, tree / "isolinux" / name)
-        (tree / "isolinux" / "isolinux.cfg").write_text(isolinux_cfg(label, full_cmdline))
+        (tree / "isolinux" / "isolinux.cfg").write_text(isolinux_cfg(label, full_cmdline, entries))
         (tree / GRUB_CFG_PATH).parent.mkdir(parents=True, exist_ok=True)
-        (tree / GRUB_CFG_PATH).write_text(grub_cfg(label, full_cmdline))
+        (tree / GRUB_CFG_PATH).write_text(grub_cfg(label, full_cmdline, entries))
         loader = efi_loader(work, label, epoch, kernel.vmlinuz, root, secure_boot)
         if loader.config is not None:   # a CD boot's signed GRUB looks on the ISO 9660 tree
             _copy(loader.config[1], tree / loader.config[0])
