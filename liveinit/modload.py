@@ -26,6 +26,14 @@ CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
 ZSTD_HINT = ("zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): "
              "pack with uncompressed or xz modules")
 
+# What finit_module/init_module fail with when the kernel's module signature check
+# refuses a module: EPERM under lockdown (Secure Boot), EKEYREJECTED with
+# module.sig_enforce=1, ENOKEY and EBADMSG for an unknown key or a bad signature.
+SIGNATURE_ERRNOS = (1, 129, 126, 74)
+SIGNATURE_REFUSED = ("refused by the kernel's module signature check: unsigned, or signed by a key the "
+                     "kernel does not trust (Secure Boot lockdown or module.sig_enforce=1 enforce "
+                     "signatures; see docs/SECUREBOOT.md)")
+
 
 def normalize(name: str) -> str:
     """Module names use '_' and '-' interchangeably; the kernel uses '_'."""
@@ -220,6 +228,8 @@ class ModuleLoader:
             if e.errno == EEXIST:
                 self.present.add(mod)
                 return True
+            if e.errno in SIGNATURE_ERRNOS:
+                return self._fail(mod, f"{SIGNATURE_REFUSED} ({e.strerror or e}; {path})")
             return self._fail(mod, f"{e.strerror or e} ({path})")
         self.loaded[mod] = reason
         self.log.info(f"loaded {mod}{' ' + params if params else ''}: {reason}")

@@ -16,7 +16,15 @@ from liveinit.cmdline import parse
 from liveinit.kmodindex import ModuleIndex
 from liveinit.modload import ModuleLoader
 from packer.modindex import dumps, from_moddir
-from qemu.fakesysfs import KMOD_DIR, SysfsBuilder, link_kernel_modules, log_text, machine, quiet_log, write_moddir
+from qemu.fakesysfs import (
+    KMOD_DIR,
+    SysfsBuilder,
+    link_kernel_modules,
+    log_text,
+    machine,
+    quiet_log,
+    write_moddir,
+)
 
 DEPS = {"ext4": ["jbd2", "mbcache", "crc16"], "jbd2": [], "mbcache": [], "crc16": [],
         "crc32c_generic": [], "isofs": [], "e1000e": [], "snd": [], "loop": []}
@@ -184,8 +192,8 @@ def modprobe_order(depmod_root: Path, kver: str, name: str, tmp_path: Path) -> l
     empty.mkdir(exist_ok=True)
     out = subprocess.run(["modprobe", "-d", str(depmod_root), "-S", kver, "-C", str(empty),
                           "--show-depends", name], capture_output=True, text=True, check=True).stdout
-    names = [os.path.basename(l.split()[1]).split(".ko")[0].replace("-", "_")
-             for l in out.splitlines() if l.startswith("insmod ")]
+    names = [os.path.basename(line.split()[1]).split(".ko")[0].replace("-", "_")
+             for line in out.splitlines() if line.startswith("insmod ")]
     # --show-depends repeats modules reached twice; modprobe inserts each once (the first).
     return list(dict.fromkeys(names))
 
@@ -201,3 +209,24 @@ def test_order_matches_kmod_on_the_debian_tree(name, tmp_path, depmod_root, kern
     loader = ModuleLoader(m, index, kdir, parse(""), quiet_log())
     assert loader.load(name, "test")
     assert inserted(sysc) == modprobe_order(depmod_root, kernel.version, name, tmp_path)
+
+
+@pytest.mark.parametrize("err", [errno.EPERM, errno.EKEYREJECTED, errno.ENOKEY, errno.EBADMSG])
+@pytest.mark.parametrize("suffix", [".ko", ".ko.xz"])
+def test_a_module_refused_by_signature_checking_says_so(tmp_path, err, suffix):
+    loader, sysc, log = setup(tmp_path, deps={"loop": [], "isofs": []}, aliases=[], suffix=suffix,
+                              fail={"finit_module:loop": err, "init_module": err})
+    if suffix == ".ko.xz":
+        (tmp_path / KMOD_DIR.lstrip("/") / "kernel/loop.ko.xz").write_bytes(lzma.compress(b"\x7fELF loop"))
+    assert not loader.load("loop", "loop device")
+    why = loader.failed["loop"]
+    assert why.startswith("refused by the kernel's module signature check: unsigned, or signed by a key")
+    assert "module.sig_enforce=1" in why and "docs/SECUREBOOT.md" in why
+    assert os.strerror(err) in why and f"loop{suffix}" in why
+    assert f"module loop not loaded: {why}" in log_text(log)
+
+
+def test_other_insert_errors_are_not_called_signature_refusals(tmp_path):
+    loader, _, _ = setup(tmp_path, fail={"finit_module:loop": errno.ENOEXEC})
+    assert not loader.load("loop", "loop device")
+    assert "signature" not in loader.failed["loop"] and "Exec format error" in loader.failed["loop"]
