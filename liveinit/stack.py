@@ -90,6 +90,12 @@ def _probe(path: str) -> dict[str, str]:
     return fsprobe.probe(path)
 
 
+def _not_loaded(loader: Loader | None, mod: str) -> str:
+    """Why the loader failed to load `mod` (the kernel refused it, say), for a hint; '' if it did not."""
+    why = loader.failed.get(mod) if loader is not None else None
+    return f"the {mod} module was not loaded: {why}" if why else ""
+
+
 def _need(loader: Loader | None, alias: str, reason: str) -> None:
     """Ask the loader for a module on demand; a missing one shows up at mount time."""
     if loader is None:
@@ -495,14 +501,16 @@ def _stack(m: Machine, cfg: BootConfig, found: Found, discovery: Discovery, log:
     except OSError as e:
         raise BootFailure(
             f"cannot attach {image} to a loop device: {e}",
-            "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent") from e
+            _not_loaded(loader, "loop")
+            or "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent") from e
     try:
         _mount_fs(m, loader, loop, RO, fstype, MS_RDONLY, None, f"live image {image}")
     except OSError as e:
         raise BootFailure(
             f"cannot mount {image} ({fstype}) from {loop} at {RO}: {e}",
-            f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
-            "or the image is corrupt (check the medium's checksum)") from e
+            _not_loaded(loader, fstype)
+            or f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
+               "or the image is corrupt (check the medium's checksum)") from e
     method, writable, tried = _stack_union(m, cfg, RO, discovery, log)
     if method == "none":
         log.info(f"root: {image} ({fstype}) read-only (union=none)")

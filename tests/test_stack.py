@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from qemu.fakes import FakeSyscalls, FakeUevents
 from liveinit import rootfind, stack
 from liveinit.cmdline import parse
 from liveinit.discovery import Discovery, NullLoader
@@ -19,6 +18,7 @@ from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.rootfind import Found
 from liveinit.syscalls import MS_BIND, MS_NOATIME, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT
+from qemu.fakes import FakeSyscalls, FakeUevents
 
 IMAGE = "/run/liveinit/medium/live/filesystem.squashfs"
 RO, RW = "/run/liveinit/ro", "/run/liveinit/rw"
@@ -281,7 +281,8 @@ def test_toram_with_findiso_also_releases_the_filesystem_holding_the_iso(env: En
         f.write("/dev/sda1 /run/liveinit/iso ext4 rw 0 0\n/dev/loop1 /run/liveinit/medium iso9660 ro 0 0\n")
     env.stack("toram findiso=/live.iso")
     calls = env.sys.calls
-    assert calls.index(("umount2", "/run/liveinit/medium", 0)) < calls.index(("umount2", "/run/liveinit/iso", 2))
+    assert (calls.index(("umount2", "/run/liveinit/medium", 0))
+            < calls.index(("umount2", "/run/liveinit/iso", 2)))
     assert "the device holding the ISO can be removed" in env.out.getvalue()
 
 
@@ -460,6 +461,23 @@ def test_loop_failure(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(BootFailure) as exc:
         e.stack()
     assert "loop device" in exc.value.message and "loop" in exc.value.hint
+
+
+
+@pytest.mark.parametrize("module, fail", [("loop", {"loop_attach": errno.ENOENT}),
+                                          ("squashfs", {"mount:squashfs": errno.ENODEV})])
+def test_a_module_the_kernel_refused_is_the_hint(tmp_path: Path, monkeypatch, module: str, fail) -> None:
+    """A module refused by signature checking is not 'missing': the hint repeats the loader's reason."""
+    from liveinit.modload import SIGNATURE_REFUSED
+    monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
+    e = Env(tmp_path, fail=fail)
+    (tmp_path / "sys/class/block/sr0").mkdir(parents=True)    # the medium is still there, readable
+    (tmp_path / "dev/sr0").write_bytes(bytes(4096))
+    e.loader.failed[module] = f"{SIGNATURE_REFUSED} (Key was rejected by service; {module}.ko)"
+    with pytest.raises(BootFailure) as exc:
+        e.stack()
+    assert exc.value.hint == f"the {module} module was not loaded: {e.loader.failed[module]}"
+    assert "missing" not in exc.value.hint
 
 
 def test_mount_options() -> None:
