@@ -730,6 +730,17 @@ def replay(t: Target, seed: int, i: int) -> int:
     return 0
 
 
+def markdown(summary: dict[str, Any]) -> str:
+    """The table of docs/RELIABILITY.md, from a run's summary.json."""
+    rows = ["| target | inputs | crashes | accepted | slowest input (CPU) |", "|---|---:|---:|---:|---|"]
+    for t in summary["targets"]:
+        crashes = sum(t["crashes"].values())
+        rows.append(f"| `{t['target']}` | {t['inputs']:,} | {crashes} | {t['accepted']:,} | "
+                    f"{t['slowest_cpu_ms']:.2f} ms (input {t['slowest_input']}, "
+                    f"{t['slowest_bytes']:,} bytes) |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--count", type=int, default=DEFAULT_COUNT,
@@ -745,7 +756,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="reproducers and summary (default %(default)s)")
     ap.add_argument("--replay", type=int, metavar="N", help="run input N of the --only target, in process")
     ap.add_argument("--list", action="store_true", help="list the targets and exit")
+    ap.add_argument("--markdown", type=Path, metavar="SUMMARY", help="print a run's summary.json as a table")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())), end="")
+        return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as work:

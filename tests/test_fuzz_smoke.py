@@ -35,6 +35,8 @@ def test_every_target_runs_without_a_crash(tmp_path: Path) -> None:
     for t in summary["targets"]:
         assert t["inputs"] == COUNT and t["crashes"] == {}, t
         assert (out / t["target"] / "slowest.bin").exists()
+    table = fuzz.markdown(summary).splitlines()     # what docs/RELIABILITY.md shows
+    assert len(table) == 2 + len(names) and all(f"| {COUNT} | 0 |" in row for row in table[2:])
     # The mutations reach both sides of each parser: accepted and refused inputs.
     by_name = {t["target"]: t for t in summary["targets"]}
     for name in ("cpio.read_archive", "fsprobe.probe", "fsprobe.ext4", "fsprobe.partition_table",
