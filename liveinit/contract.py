@@ -19,6 +19,9 @@ CHECKSUMS_FILE = LIVE_DIR + "/SHA256SUMS"        # sha256sum format, paths relat
 # Persistence on a stick (`liveinit usb` makes them, the boot menu names them):
 PERSISTENCE_LABEL = "persistence"                # ext4 label of a persistence partition
 PERSISTENCE_IMAGE = "/persistence.img"           # an ext4 image file on the medium itself
+# In the live image's root (`liveinit image --writable-from`): the paths union=bind makes
+# writable instead of its fixed set, one absolute path a line ('#' comments).
+WRITABLE_LIST = "/etc/liveinit/writable"
 
 # -- the runtime's mounts under /run (moved into the new root at hand-over) ---
 RUN_DIR = "/run/liveinit"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
-from liveinit.contract import ISO_MOUNT, MEDIUM, PERSIST_HOST, RAM, RO, RW, SYSROOT
+from liveinit.contract import ISO_MOUNT, MEDIUM, PERSIST_HOST, RAM, RO, RW, SYSROOT, WRITABLE_LIST
 from liveinit.emergency import BootFailure
 from liveinit.plain import Plain
 from liveinit.syscalls import (
@@ -326,18 +326,25 @@ def _copy_tree(src: str, dst: str) -> None:
             _copy_tree(s, d)
             continue
         elif entry.is_file(follow_symlinks=False):
-            with open(s, "rb") as fi, open(d, "wb") as fo:
-                while True:
-                    b = fi.read(COPY_CHUNK)
-                    if not b:
-                        break
-                    fo.write(b)
+            _copy_file(s, d, est)
+            continue
         else:
             try:
                 os.mknod(d, est.st_mode, est.st_rdev)
             except OSError:
                 continue   # sockets, or no privilege: nothing to keep
         _attrs(d, est)
+    _attrs(dst, st)
+
+
+def _copy_file(src: str, dst: str, st: os.stat_result) -> None:
+    """Copy a regular file's data and attributes."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            b = fi.read(COPY_CHUNK)
+            if not b:
+                break
+            fo.write(b)
     _attrs(dst, st)
 
 
@@ -379,18 +386,37 @@ def _union(m: Machine, method: str, lower: str, base: str, loader: Loader | None
         raise OSError(errno.EINVAL, f"unknown union method {method}")
 
 
+def bind_paths(text: str | None) -> tuple[str, ...]:
+    """The paths the bind method makes writable (relative to the root): the image's
+    WRITABLE_LIST (`text`: one absolute path a line, '#' comments), a path below one
+    already listed dropped; BIND_DIRS when the image has no list."""
+    if text is None:
+        return BIND_DIRS
+    out: list[str] = []
+    for line in sorted(x.strip().rstrip("/") for x in text.splitlines()):
+        if line.startswith("/") and "/../" not in line + "/" \
+                and not any(line.startswith("/" + p + "/") for p in out):
+            out.append(line[1:])
+    return tuple(out)
+
+
 def _bind_wraith(m: Machine, lower: str, base: str) -> None:
-    """Read-only bind of the image with writable copies of BIND_DIRS bound over it."""
+    """Read-only bind of the image with writable copies of `bind_paths` (directories and
+    files) bound over it."""
     root = m.path(SYSROOT)
     m.sys.mount(m.path(lower), root, None, MS_BIND | MS_REC)
     m.sys.mount("none", root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for d in BIND_DIRS:
-        src = lower + "/" + d
-        if not os.path.isdir(m.path(src)):
-            continue
+    for d in bind_paths(m.read(lower + WRITABLE_LIST)):
+        src = m.path(lower + "/" + d)
+        if os.path.islink(src) or not (os.path.isdir(src) or os.path.isfile(src)):
+            continue   # a bind mount follows symlinks; devices and sockets need no copy
         copy = base + "/bind/" + d
         if not m.exists(copy):   # persistent copies survive: do not overwrite them
-            _copy_tree(m.path(src), m.path(copy))
+            if os.path.isdir(src):
+                _copy_tree(src, m.path(copy))
+            else:
+                m.makedirs(os.path.dirname(copy))
+                _copy_file(src, m.path(copy), os.lstat(src))
         m.sys.mount(m.path(copy), m.path(SYSROOT + "/" + d), None, MS_BIND)
 
 

@@ -53,6 +53,9 @@ SETTINGS: tuple[config.Setting, ...] = (
                    metavar="NAME"),
     config.Setting("keep-identity", Kind.BOOL, False, "keep the host's fstab disk entries, machine-id and "
                    "ssh host keys in the copy (default: disabled, emptied, left out)"),
+    config.Setting("writable-from", Kind.PATH, None, "a `liveinit wraith` list: the paths the bind method "
+                   "(union=bind, the fallback without overlayfs) makes writable, instead of /etc, /var, "
+                   "/tmp, /root and /home", metavar="FILE"),
     config.Setting("workdir", Kind.PATH, None, "directory for scratch files (the squashfs is built there)",
                    metavar="DIR"),
 )
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                              include_mounts=tuple(Path(p) for p in v["include_mount"]),
                              exclude=tuple(v["exclude"]),
                              exclude_from=tuple(Path(p) for p in v["exclude_from"]),
-                             hostname=v["hostname"], keep_identity=v["keep_identity"])
+                             hostname=v["hostname"], keep_identity=v["keep_identity"],
+                             writable_from=v["writable_from"])
         for line in plan.cleanup:
             say(f"live copy: {line}")
         say(f"packing {root}: {plan.files} files, {human(plan.bytes_in)} (kernel {kernel.version})")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from liveinit.contract import WRITABLE_LIST
 from packer import tools
 from packer.errors import CommandError
 from packer.kernel import KernelTree
@@ -244,12 +245,22 @@ def _hosts(text: str, hostname: str) -> str:
 
 
 def live_cleanup(root: Path, work: Path, hostname: str | None = None,
-                 keep_identity: bool = False) -> Cleanup:
+                 keep_identity: bool = False, writable: tuple[str, ...] | None = None) -> Cleanup:
     """What the copy of `root` gets instead of the host's identity (nothing with `keep_identity`
-    but the hostname); new contents are written under `work` for the pseudo definitions."""
+    but the hostname), and the `writable` list (contract.WRITABLE_LIST) when given; new
+    contents are written under `work` for the pseudo definitions."""
     new: dict[str, str] = {}
     done: list[str] = []
     excl: list[str] = []
+    pseudo = []
+    if writable is not None:
+        rel = WRITABLE_LIST.lstrip("/")
+        new[rel] = "".join(p + "\n" for p in writable)
+        done.append(f"{WRITABLE_LIST}: {len(writable)} paths union=bind makes writable")
+        parent = Path(rel).parent
+        if not (root / parent).is_dir():
+            pseudo += [f"{p} d 755 0 0" for p in reversed(parent.parents[:-1]) if not (root / p).is_dir()]
+            pseudo.append(f"{parent} d 755 0 0")
     if not keep_identity:
         fstab = root / "etc" / "fstab"
         if fstab.is_file():
@@ -274,7 +285,6 @@ def live_cleanup(root: Path, work: Path, hostname: str | None = None,
         if hosts.is_file():
             new["etc/hosts"] = _hosts(hosts.read_text(errors="surrogateescape"), hostname)
         done.append(f"hostname {hostname}")
-    pseudo = []
     for i, (rel, content) in enumerate(sorted(new.items())):
         src = work / f"pseudo-{i}"
         src.write_text(content, errors="surrogateescape")
@@ -302,7 +312,7 @@ class Plan:
 
 def plan(root: Path, work: Path, outputs: tuple[Path, ...] = (), include_mounts: tuple[Path, ...] = (),
          exclude: tuple[str, ...] = (), exclude_from: tuple[Path, ...] = (), hostname: str | None = None,
-         keep_identity: bool = False) -> Plan:
+         keep_identity: bool = False, writable_from: Path | None = None) -> Plan:
     """Everything decided before mksquashfs starts (see the module's docstring)."""
     for m in include_mounts:
         if _rel(root, m) is None:
@@ -311,7 +321,15 @@ def plan(root: Path, work: Path, outputs: tuple[Path, ...] = (), include_mounts:
     extra = list(exclude)
     for f in exclude_from:
         extra += read_patterns(f)
-    clean = live_cleanup(root, work, hostname, keep_identity)
+    writable = None
+    if writable_from is not None:
+        from packer.wraith import read_list
+        try:
+            text = writable_from.read_text()
+        except OSError as e:
+            raise CommandError(f"cannot read --writable-from {writable_from}: {e.strerror}") from None
+        writable = read_list(text, str(writable_from))
+    clean = live_cleanup(root, work, hostname, keep_identity, writable)
     patterns = excludes(root, outputs, include_mounts, (*extra, *clean.excludes))
     pseudo_file = None
     if clean.pseudo:

@@ -131,7 +131,7 @@ class FakeSyscalls:
         if (fstype and self.filesystems is not None and not flags & MS_BIND
                 and fstype not in self.filesystems and fstype not in self.modules):
             raise OSError(errno.ENODEV, f"mount({s!r}, {t!r}, {fstype!r}): unknown filesystem")
-        if not os.path.isdir(target):
+        if not os.path.isdir(target) and not (flags & MS_BIND and os.path.isfile(target)):   # file on file
             raise OSError(errno.ENOENT, f"mount({s!r}, {t!r}): no such directory")
         self.mounts[t] = Mount(s, fstype, flags, data)
 
