@@ -902,6 +902,86 @@ def _probe_exfat(dev: _Dev) -> dict[str, str] | None:
     return d
 
 
+NTFS_MAX_CLUSTER = 2 << 20     # Windows 10's largest cluster
+NTFS_VOLUME_RECORD = 3         # $Volume's MFT record number
+NTFS_VOLUME_NAME = 0x60        # its attribute holding the label (UTF-16LE)
+NTFS_ATTR_END = 0xFFFFFFFF
+NTFS_ATTR_HEADER = 22          # type, length, resident flag, name, flags, instance, value length and offset
+
+
+def _ntfs_geometry(bs: bytes) -> tuple[int, int, int] | None:
+    """(bytes per sector, bytes per cluster, MFT record size) of a valid NTFS boot sector."""
+    if bs[3:11] != b"NTFS    ":
+        return None
+    sector = _unpack_from("<H", bs, 11)[0]
+    if sector < 256 or sector > 4096 or not _pow2(sector):
+        return None
+    spc = bs[13]
+    if spc > 128 or not _pow2(spc):    # 1..128 sectors, or 240..249: 2^(256 - n), above 64 KiB
+        if not 240 <= spc <= 249:
+            return None
+        spc = 1 << (256 - spc)
+    cluster = sector * spc
+    if cluster > NTFS_MAX_CLUSTER:
+        return None
+    reserved, fats, root_entries, sectors = _unpack_from("<HBHH", bs, 14)
+    if reserved or fats or root_entries or sectors or _unpack_from("<H", bs, 22)[0] \
+            or _unpack_from("<I", bs, 32)[0]:
+        return None   # FAT fields NTFS keeps zero
+    per_record = _unpack_from("<b", bs, 64)[0]
+    if not 0xE1 <= per_record & 0xFF <= 0xF7 and per_record not in (1, 2, 4, 8, 16, 32, 64):
+        return None
+    record = per_record * cluster if per_record > 0 else 1 << -per_record
+    if record < 4:
+        return None
+    clusters = _unpack_from("<Q", bs, 40)[0] // spc
+    if _unpack_from("<Q", bs, 48)[0] > clusters or _unpack_from("<Q", bs, 56)[0] > clusters:
+        return None   # the MFT or its mirror beyond the volume
+    return sector, cluster, record
+
+
+def _ntfs_volume_record(dev: _Dev) -> tuple[bytes, bytes, int] | None:
+    """(boot sector, $Volume's MFT record, record size) when `dev` holds NTFS."""
+    bs = dev.read(0, 512)
+    geo = _ntfs_geometry(bs) if bs is not None else None
+    if bs is None or geo is None:
+        return None
+    _sector, cluster, size = geo
+    mft = _unpack_from("<Q", bs, 48)[0] * cluster
+    first = dev.read(mft, size)
+    vol = dev.read(mft + NTFS_VOLUME_RECORD * size, size)
+    if first is None or vol is None or first[:4] != b"FILE" or vol[:4] != b"FILE":
+        return None
+    return bs, vol, size
+
+
+def _is_ntfs(dev: _Dev) -> bool:
+    return _ntfs_volume_record(dev) is not None
+
+
+def _probe_ntfs(dev: _Dev) -> dict[str, str] | None:
+    found = _ntfs_volume_record(dev)
+    if found is None:
+        return None
+    bs, rec, size = found
+    d: dict[str, str] = {}
+    off, allocated = _unpack_from("<H", rec, 20)[0], _unpack_from("<I", rec, 28)[0]
+    # The attributes, read as they are on disk (blkid applies no update-sequence fixups).
+    while off + NTFS_ATTR_HEADER <= size and off <= allocated:
+        kind, length = _unpack_from("<II", rec, off)
+        if not length or kind == NTFS_ATTR_END:
+            break
+        if kind == NTFS_VOLUME_NAME:
+            vlen, voff = _unpack_from("<IH", rec, off + 16)
+            if off + voff + vlen <= size:
+                _put(d, "LABEL", _utf16_label(rec[off + voff:off + voff + vlen], False))
+            break
+        off += length
+    d["BLOCK_SIZE"] = str(_unpack_from("<H", bs, 11)[0])
+    d["UUID"] = f"{_unpack_from('<Q', bs, 72)[0]:016X}"
+    return d
+
+
 def _probe_f2fs(dev: _Dev) -> dict[str, str] | None:
     sb = dev.read(1024, 3072)
     if sb is None or sb[:4] != b"\x10\x20\xf5\xf2":
@@ -953,6 +1033,7 @@ _FILESYSTEMS = (
     ("squashfs3", USAGE_FS, _probe_squashfs3, False),
     ("btrfs", USAGE_FS, _probe_btrfs, False),
     ("exfat", USAGE_FS, _probe_exfat, False),
+    ("ntfs", USAGE_FS, _probe_ntfs, False),
     ("f2fs", USAGE_FS, _probe_f2fs, False),
     ("erofs", USAGE_FS, _probe_erofs, False),
 )
@@ -1014,7 +1095,7 @@ def _dos_table(dev: _Dev) -> PartitionTable | None:
         return None
     if any(t == MBR_GPT for _b, t, _s, _n in ents):
         return None
-    if _is_vfat(dev):
+    if _is_vfat(dev) or _is_ntfs(dev):   # boot sectors with 55AA, not partition tables
         return None
     ssf = dev.ssz // SECTOR
     disk_id = _unpack_from("<I", mbr, 440)[0]
