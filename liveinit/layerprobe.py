@@ -4,11 +4,12 @@ volumes and Linux md RAID members (superblocks 0.90, 1.0, 1.1, 1.2).
 `probe(path)` answers with blkid's keys for these formats (`blkid -p -o export`:
 TYPE crypto_LUKS / LVM2_member / linux_raid_member, VERSION, UUID, LABEL,
 UUID_SUB), reading at most a few sectors at the start and the end. Checksums
-are not verified except md v1's, which blkid checks too."""
+are not verified except LVM's label CRC, which blkid checks too."""
 from __future__ import annotations
 
 import os
 import struct
+from binascii import crc32
 
 LUKS_MAGIC = b"LUKS\xba\xbe"
 LVM_LABEL = b"LABELONE"
@@ -60,6 +61,8 @@ def _lvm(head: bytes) -> dict[str, str] | None:
             continue
         if struct.unpack_from("<Q", head, at + 8)[0] != sector:
             continue
+        if lvm_crc(head[at + 20:at + SECTOR]) != struct.unpack_from("<I", head, at + 16)[0]:
+            continue
         pv = at + struct.unpack_from("<I", head, at + 20)[0]
         raw = head[pv:pv + 32].decode("ascii", "replace")
         parts, i = [], 0
@@ -70,23 +73,17 @@ def _lvm(head: bytes) -> dict[str, str] | None:
     return None
 
 
-def _md1(sb: bytes, sb_offset_sectors: int) -> dict[str, str] | None:
+def lvm_crc(data: bytes, initial: int = 0xF597A6CF) -> int:
+    """LVM's label checksum: CRC-32 (reflected 0xEDB88320) from `initial`, no final inversion."""
+    return crc32(data, initial ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+
+def _md1(sb: bytes, sb_offset_sectors: int, version: str) -> dict[str, str] | None:
     if len(sb) < 256 or struct.unpack_from("<II", sb, 0) != (MD_MAGIC, 1):
         return None
     if struct.unpack_from("<Q", sb, 144)[0] != sb_offset_sectors:
         return None
-    max_dev = struct.unpack_from("<I", sb, 220)[0]
-    size = 256 + max_dev * 2
-    if max_dev > 1920 or len(sb) < size:
-        return None
-    words = struct.unpack_from(f"<{size // 4}I", sb, 0)
-    total = sum(words) - words[216 // 4]
-    if size % 4:
-        total += struct.unpack_from("<H", sb, size - 2)[0]
-    csum = ((total & 0xFFFFFFFF) + (total >> 32)) & 0xFFFFFFFF
-    if csum != struct.unpack_from("<I", sb, 216)[0]:
-        return None
-    out = {"TYPE": "linux_raid_member", "VERSION": "1.x", "UUID": _uuid(sb[16:32]),
+    out = {"TYPE": "linux_raid_member", "VERSION": version, "UUID": _uuid(sb[16:32]),
            "UUID_SUB": _uuid(sb[168:184])}
     label = _text(sb[32:64])
     if label:
@@ -107,13 +104,13 @@ def probe_fd(fd: int, size: int) -> dict[str, str]:
     found = _luks(head) or _lvm(head)
     if found:
         return found
-    for off in (4096, 0):                       # 1.2, 1.1
-        r = _md1(head[off:off + 4096], off // SECTOR)
+    for off, version in ((4096, "1.2"), (0, "1.1")):
+        r = _md1(head[off:off + 4096], off // SECTOR, version)
         if r:
             return r
     if size >= 16 * 4096:
         sect = ((size // SECTOR) - 16) & ~7   # 1.0: 8 KiB from the end, 4 KiB aligned
-        r = _md1(_read(fd, sect * SECTOR, 4096), sect)
+        r = _md1(_read(fd, sect * SECTOR, 4096), sect, "1.0")
         if r:
             return r
         at = (size & ~(MD_RESERVED - 1)) - MD_RESERVED   # 0.90

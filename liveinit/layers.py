@@ -123,14 +123,14 @@ class Layers:
     (a device root); else (a live search) only the volumes rd.luks.uuid= names."""
 
     def __init__(self, m: Machine, cfg: BootConfig, loader: Loader, log: Log, prompt: Prompt | None,
-                 for_root: bool = True, run: Runner = command.run) -> None:
+                 for_root: bool = True, run: Runner | None = None) -> None:
         self.m = m
         self.cfg = cfg
         self.loader = loader
         self.log = log
         self.prompt = prompt
         self.for_root = for_root
-        self.run = run
+        self.run = run or command.run
         self.tools = {kind: command.find(m.root, tool) for kind, tool in TOOLS.items()}
         self.seen: set[tuple[str, int, int]] = set()
         self.opened: list[dict[str, object]] = []   # the boot record's "layers"
@@ -229,6 +229,7 @@ class Layers:
         label = info.get("LABEL")
         described = f"LUKS UUID={info.get('UUID', '?')}" + (f" LABEL={label}" if label else "")
         last = ""
+        wrong = unanswered = 0
         for attempt in range(1, tries + 1):
             if self.prompt is None:
                 last = "no console to ask for the passphrase on"
@@ -237,8 +238,9 @@ class Layers:
             secret = self.prompt.ask(node, described, timeout)
             self.asked += time.monotonic() - waited
             if secret is None:
-                last = "no passphrase typed in time"
-                self.log.warn(f"luks: {node}: {last}")
+                unanswered += 1
+                last = _tally(wrong, unanswered)
+                self.log.warn(f"luks: {node}: no passphrase typed in time (try {attempt} of {tries})")
                 continue
             begun = time.monotonic()
             try:
@@ -257,7 +259,8 @@ class Layers:
                 last = f"cryptsetup failed (exit {r.rc}): {r.out}"
                 self.log.error(f"luks: {node}: {last}")
                 break
-            last = f"{attempt} wrong passphrase" + ("s" if attempt > 1 else "")
+            wrong += 1
+            last = _tally(wrong, unanswered)
             self.log.warn(f"luks: wrong passphrase for {node} (try {attempt} of {tries})")
         self.tried.append(f"{what}: not opened: {last}")
         self.refused = f"{what}: {last}"
@@ -327,6 +330,13 @@ class Layers:
             if not any(u in t for t in self.tried) and not any(o.get("uuid") == u for o in self.opened):
                 lines.append(f"  LUKS volume {u} (rd.luks.uuid=): no such device appeared")
         return (["layers tried:"] + lines) if lines else []
+
+
+def _tally(wrong: int, unanswered: int) -> str:
+    parts = [f"{wrong} wrong passphrase{'s' if wrong != 1 else ''}"] if wrong else []
+    if unanswered:
+        parts.append(f"{unanswered} prompt{'s' if unanswered != 1 else ''} not answered in time")
+    return ", ".join(parts)
 
 
 def _describe(node: str, info: dict[str, str]) -> str:

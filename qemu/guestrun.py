@@ -194,17 +194,35 @@ def _digest(paths: tuple[Path, ...]) -> str:
     return h.hexdigest()
 
 
+def tree_digest(root: Path) -> str:
+    """A digest of a directory tree's names, modes, link targets and contents (not
+    its times): the cache key of an image made from it, the same on every run."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        h.update(f"{p.relative_to(root)}\0{st.st_mode:o}\0".encode())
+        if p.is_symlink():
+            h.update(os.readlink(p).encode())
+        elif p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def prepare(name: str, script: str, sizes: dict[str, int], inputs: tuple[Path, ...] = (),
-            kernel: KernelTree | None = None, cache: Path = GUEST_CACHE) -> dict[str, Path]:
+            kernel: KernelTree | None = None, cache: Path = GUEST_CACHE,
+            inputs_key: str | None = None) -> dict[str, Path]:
     """Disk images made by `script` in the guest, cached by the recipe.
 
     `sizes`: output image name -> size in MiB, attached writable in that order
-    (/dev/vda...); `inputs`: files attached read-only after them. Returns
-    name -> path of the cached image (copy it before booting it writable)."""
+    (/dev/vda...); `inputs`: files attached read-only after them, keyed by their
+    bytes unless `inputs_key` stands for them (e.g. the `tree_digest` of the
+    tree an input image was made from). Returns name -> path of the cached
+    image (copy it before booting it writable)."""
     if kernel is None:
         from qemu.testkernel import fetch_kernel
         kernel = fetch_kernel()
-    recipe = f"{kernel.version}\n{sorted(sizes.items())}\n{script}\n{_digest(inputs)}\n{INIT}"
+    digest = inputs_key if inputs_key is not None else _digest(inputs)
+    recipe = f"{kernel.version}\n{sorted(sizes.items())}\n{script}\n{digest}\n{INIT}"
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     d = cache / "images" / f"{name}-{key}"
     out = {n: d / f"{n}.img" for n in sizes}
