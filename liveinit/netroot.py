@@ -43,6 +43,10 @@ DEFAULT_NAME = "filesystem.squashfs"
 PARAMS = "root=live:URL (or fetch=URL)"
 
 
+class Unlisted(BootFailure):
+    """The SHA256SUMS beside the image has no line for it."""
+
+
 class _Progress:
     """httpget's progress callback: the memory check once the size is known,
     then `netboot: X of Y MiB, R MiB/s, ETA S s` every PROGRESS_SECONDS."""
@@ -56,8 +60,11 @@ class _Progress:
         self.last = self.t0
         self.checked = False
         self.size = -1
+        self.refuse: BootFailure | None = None   # raised once the answer shows the image exists
 
     def __call__(self, done: int, total: int) -> None:
+        if self.refuse is not None:
+            raise self.refuse
         if total >= 0 and not self.checked:
             self.checked = True
             self.size = total
@@ -109,7 +116,7 @@ def _image_name(url: Url) -> str:
 def expected_sha256(url: Url, log: Log, resolve: Callable[[str], str] | None, retries: int = httpget.RETRIES,
                     backoff: float = httpget.BACKOFF, timeout: float = httpget.TIMEOUT) -> str:
     """The image's digest from the SHA256SUMS beside it; "" (with a warning)
-    when the server has none, a BootFailure when it has one without the image."""
+    when the server has none, Unlisted when it has one without the image."""
     from liveinit import sha256sums
     sums_url = beside(url, SUMS_NAME)
     try:
@@ -125,7 +132,7 @@ def expected_sha256(url: Url, log: Log, resolve: Callable[[str], str] | None, re
         raise BootFailure(f"netboot: {sums_url} is not a SHA256SUMS file: {e}",
                           "publish the file `sha256sum` (or `liveinit netboot`) writes") from None
     if digest is None:
-        raise BootFailure(f"netboot: {sums_url} has no line for {url.path}",
+        raise Unlisted(f"netboot: {sums_url} has no line for {url.path}",
                           f"add the image's line (sha256sum {_image_name(url)}), or fix the image's "
                           f"name in {PARAMS}")
     return digest
@@ -163,7 +170,11 @@ def find_net_root(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log, *
     resolve = None if is_ipv4(url.host) else _resolver(lease)
     mounted = False
     try:
-        digest = expected_sha256(url, log, resolve, retries, backoff, timeout)
+        progress = _Progress(m, url, log)
+        try:
+            digest = expected_sha256(url, log, resolve, retries, backoff, timeout)
+        except Unlisted as e:   # refused once the image's own answer arrives: a missing image says 404
+            digest, progress.refuse = "", e
         mem = meminfo(m)
         room = mem.get("MemAvailable", mem.get("MemFree", 0)) - TORAM_RESERVE
         if room <= 0:
@@ -172,7 +183,6 @@ def find_net_root(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log, *
         m.sys.mount("tmpfs", m.path(RAM), "tmpfs", MS_NOSUID | MS_NODEV, f"size={room},mode=0755")
         mounted = True
         dest = RAM + "/" + _image_name(url)
-        progress = _Progress(m, url, log)
         try:
             got = httpget.download(m, url, dest, log, sha256=digest, resolve=resolve, progress=progress,
                                    retries=retries, backoff=backoff, timeout=timeout)
@@ -180,6 +190,8 @@ def find_net_root(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log, *
             if "No space left" in f.message:   # no size in advance (chunked): the tmpfs filled up
                 check_memory(m, url, max(progress.size, room + 1))
             raise
+        if progress.refuse is not None:   # the answer had no size: refused after the download
+            raise progress.refuse
     except BootFailure as f:
         if mounted:
             _release(m, log)

@@ -145,7 +145,23 @@ def test_sha256sums_without_the_image_is_refused(server: FakeHttp, tmp_path: Pat
     server.files["/live/SHA256SUMS"] = f"{SHA}  live/other.squashfs\n".encode()
     f = _fail(_machine(tmp_path), _cfg(server.url(IMAGE_PATH)))
     assert "has no line for /live/filesystem.squashfs" in f.message
-    assert [p for p, _ in server.requests] == ["/live/SHA256SUMS"]
+    # refused as soon as the image's answer shows it exists (a missing one says 404 instead)
+    assert [p for p, _ in server.requests] == ["/live/SHA256SUMS", IMAGE_PATH]
+    assert not (tmp_path / RAM.lstrip("/") / "filesystem.squashfs").stat().st_size
+
+
+def test_an_unlisted_image_without_a_size_is_refused_too(server: FakeHttp,
+                                                         tmp_path: Path) -> None:
+    server.files["/live/SHA256SUMS"] = f"{SHA}  live/other.squashfs\n".encode()
+    server.chunked.add(IMAGE_PATH)
+    f = _fail(_machine(tmp_path), _cfg(server.url(IMAGE_PATH)))
+    assert "has no line for /live/filesystem.squashfs" in f.message
+
+
+def test_a_missing_image_listed_nowhere_says_404(server: FakeHttp, tmp_path: Path) -> None:
+    url = server.url("/live/missing.squashfs")
+    f = _fail(_machine(tmp_path), _cfg(url))
+    assert "HTTP 404" in f.message and url in f.message
 
 
 def test_not_enough_memory_stops_before_the_download(server: FakeHttp, tmp_path: Path) -> None:
