@@ -17,11 +17,12 @@ if TYPE_CHECKING:   # mypy only: typing costs an import at boot
     from typing import Any
 
 LOADS = "module loads"
+DECOMPRESS = "module decompression"   # compressed modules, before their load (liveinit.modload)
 MOUNTS = "mounts"
 WAITS = "device waits"
 PROBING = "probing"
 CLEANUP = "initramfs cleanup"
-KINDS = (LOADS, MOUNTS, WAITS, PROBING, CLEANUP)   # the console line's order
+KINDS = (LOADS, DECOMPRESS, MOUNTS, WAITS, PROBING, CLEANUP)   # the console line's order
 SYSCALL_KINDS = {"finit_module": LOADS, "init_module": LOADS,
                  "mount": MOUNTS, "umount2": MOUNTS, "loop_attach": MOUNTS}
 WALL = frozenset((WAITS,))   # the kinds measured in wall time; the others in thread CPU time

@@ -11,6 +11,8 @@ from __future__ import annotations
 import _thread
 import os
 
+from liveinit.costs import DECOMPRESS
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # mypy only: typing costs an import at boot
     from liveinit.cmdline import BootConfig
@@ -21,10 +23,6 @@ if TYPE_CHECKING:   # mypy only: typing costs an import at boot
 EEXIST = 17
 SYSMODULE = "/sys/module/"
 CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
-# .ko.xz and .ko.gz are decompressed in Python and passed to init_module;
-# the stdlib has no zstd (the packer stores modules as plain .ko anyway).
-ZSTD_HINT = ("zstd-compressed modules cannot be loaded at boot (no zstd in the Python stdlib): "
-             "pack with uncompressed or xz modules")
 
 # What finit_module/init_module fail with when the kernel's module signature check
 # refuses a module: EPERM under lockdown (Secure Boot), EKEYREJECTED with
@@ -213,13 +211,17 @@ class ModuleLoader:
                     fresh = self.m.sys.finit_module(fd, params)
                 finally:
                     os.close(fd)
-            elif path.endswith(".ko.zst"):
-                return self._fail(mod, ZSTD_HINT)
             else:
+                # The image keeps rarely loaded modules compressed (packer/modstore.py) and the
+                # kernel cannot decompress them: the ELF bytes go to init_module, unchanged, so
+                # an appended signature still verifies.
+                begun = self.m.costs.begin(DECOMPRESS)
                 try:
                     data = _decompressed(self.m.path(path))
-                except Exception as e:  # lzma.LZMAError, zlib.error: a corrupt file must not stop the boot
+                except Exception as e:  # LZMAError, zlib.error, zstd: a bad file must not stop the boot
                     return self._fail(mod, f"cannot decompress {path}: {e}")
+                finally:
+                    self.m.costs.end(DECOMPRESS, begun)
                 fresh = self.m.sys.init_module(data, params)
             if fresh is False:  # EEXIST: someone loaded it first
                 self.present.add(mod)
@@ -242,6 +244,6 @@ class ModuleLoader:
 
 
 def _decompressed(path: str) -> bytes:
-    # Imported here: packed images hold only uncompressed .ko files, so the boot never pays for it.
+    # Imported here: a boot that loads only plain .ko files never pays for it.
     from liveinit.modfile import read_module
     return read_module(path)

@@ -182,6 +182,37 @@ def compress(data: bytes, method: str, level: int | None = None, *, extreme: boo
     return _run_tool(["lz4", "-q", "-c", "-l", f"-{lvl}"], data, f"compress {len(data)} bytes")
 
 
+# Kernel modules stored compressed in the image, one file each, decompressed by
+# PID 1 only when loaded (liveinit.modfile: the stdlib has lzma and zlib, no
+# zstd). The suffixes are kmod's, so the index names them as modules.dep does.
+MODULE_SUFFIXES: dict[Compression, str] = {Compression.NONE: "", Compression.GZIP: ".gz",
+                                           Compression.XZ: ".xz"}
+MODULE_LEVELS: dict[Compression, int] = {Compression.GZIP: 9, Compression.XZ: 9}
+
+
+def module_suffix(method: str) -> str:
+    """What a module file compressed with `method` adds after `.ko` ("" for none)."""
+    m = method_named(method)
+    if m not in MODULE_SUFFIXES:
+        raise CompressionError(f"kernel modules cannot be stored as {m}: the boot runtime could not "
+                               f"decompress them (no {m} in the Python standard library)",
+                               hint=f"choose one of {', '.join(MODULE_SUFFIXES)}")
+    return MODULE_SUFFIXES[m]
+
+
+def compress_module(data: bytes, method: str) -> bytes:
+    """A module file's bytes as `NAME.ko<module_suffix(method)>`: deterministic,
+    readable by kmod and by liveinit.modfile, which gives back `data` byte for
+    byte (the appended signature stays valid). xz uses a CRC32 check and a
+    dictionary no larger than the module, as the kernel's own
+    CONFIG_MODULE_COMPRESS_XZ does, so the decoder's memory stays small."""
+    m = method_named(method)
+    module_suffix(m)
+    if m is Compression.NONE:
+        return bytes(data)
+    return compress(data, m, MODULE_LEVELS[m])
+
+
 def _zstd_frame_end(data: bytes, pos: int) -> int:
     """Offset just past the zstd frame starting at `pos` (walks block headers, no decoding)."""
     fhd = data[pos + 4]

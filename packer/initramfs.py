@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from liveinit.contract import FAILED_LINE, PREFIX, SHELL_LINE, Settings, index_for, moddir_for
-from packer import blocktools, keymap, pyruntime, segments, tools
+from packer import blocktools, keymap, modstore, pyruntime, segments, tools
 from packer.busybox import BUSYBOX, applets
 from packer.config import DEFAULT_CACHE, PackConfig, check_cmdline
 from packer.errors import CommandError
@@ -40,7 +40,7 @@ ENV_PROGRAM = Path("/usr/bin/env")
 
 # Which segment each kind of content goes to (the size summary counts parts).
 PART_SEGMENT = {
-    "modules": segments.KERNEL, "firmware": segments.KERNEL,
+    "modules": segments.KERNEL, "firmware": segments.KERNEL, "compressed modules": segments.MODULES,
     "python": segments.PYTHON, "libs": segments.PYTHON, "busybox": segments.PYTHON, "env": segments.PYTHON,
     "modindex": segments.RUNTIME, "runtime": segments.RUNTIME, "skeleton": segments.RUNTIME,
     "files": segments.RUNTIME, "binaries": segments.RUNTIME, "init": segments.RUNTIME,
@@ -234,7 +234,8 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
         layers |= blocktools.parse_layers(scan.layers)
     else:
         wanted = set(tree.select(groups=cfg.groups))
-    wanted |= blocktools.modules(tree, layers)
+    layer_modules = blocktools.modules(tree, layers)
+    wanted |= layer_modules
     names, globs = _split_modules(cfg.modules)
     if names or globs:
         wanted |= set(tree.select(names=names, globs=globs))
@@ -250,19 +251,30 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
             if name.startswith(MODPROBE_D) and name.endswith(".conf") and src.is_file():
                 (conf / Path(name).name).write_bytes(src.read_bytes())
         mods = sorted(tree.closure(wanted, config_dirs=[conf]))
-        # Every module is stored as an uncompressed .ko (the segment is compressed
-        # anyway): the runtime only ever finit_modules uncompressed files, whatever
-        # compression the distribution ships (.ko.zst on Ubuntu/Arch).
-        unpacked = uncompressed_modules(tree.path(name) for name in mods)
-        for name in rep.progress(mods, len(mods), "modules"):
+        # The modules a boot is likely to load stay plain .ko (the kernel unpacks them with
+        # their segment); the others are compressed one by one and decompressed by PID 1
+        # only if loaded (packer/modstore.py). Whatever the distribution ships (.ko.zst on
+        # Ubuntu/Arch) is decompressed here first.
+        expected = set(mods) if cfg.host_only else tree.closure([*modstore.EXPECTED, *names, *layer_modules],
+                                                                config_dirs=[conf])
+        elf = uncompressed_modules(tree.path(name) for name in mods)
+        cold = [(name, elf.get(tree.path(name)) or tree.path(name).read_bytes())
+                for name in mods if name not in expected]
+        store = modstore.ModuleStore(cfg.cache or DEFAULT_CACHE)
+        packed = store.compress_all(cold)
+        paths: dict[str, str] = {}
+        for name in mods:
             ko = tree.path(name)
-            target = f"{dest}/{uncompressed_name(str(ko.relative_to(moddir)))}"
-            if ko in unpacked:
-                img.file(target, "modules", data=unpacked[ko], mode=ko.stat().st_mode)
+            rel = uncompressed_name(str(ko.relative_to(moddir)))
+            if name in packed:
+                paths[name] = rel + store.suffix
+                img.file(f"{dest}/{paths[name]}", "compressed modules", data=packed[name], mode=0o644)
             else:
-                img.file(target, "modules", src=ko)
+                paths[name] = rel
+                img.file(f"{dest}/{rel}", "modules", data=elf.get(ko), src=None if ko in elf else ko,
+                         mode=ko.stat().st_mode)
         out = Path(tmp) / "index"
-        tree.write_index(out, mods, config_dirs=[conf], uncompressed=True)
+        tree.write_index(out, mods, config_dirs=[conf], paths=paths)
         for p in sorted(out.rglob("*")):
             if p.is_file():
                 img.file(f"{dest}/{p.relative_to(out)}", "modindex", data=p.read_bytes(), mode=0o644)

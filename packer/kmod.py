@@ -12,14 +12,14 @@ import io
 import marshal
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
 from liveinit import kmodindex
 from liveinit.kmodindex import INDEX_NAME, MARSHAL_VERSION, ModuleIndex, modname
 from liveinit.modfile import SUFFIXES as MODULE_SUFFIXES
-from liveinit.modfile import ModuleFileError, read_module, uncompressed_name
+from liveinit.modfile import ModuleFileError, read_module
 from packer import tools
 from packer.config import DEFAULT_CACHE
 from packer.errors import CommandError
@@ -422,20 +422,21 @@ class ModuleTree:
     # -- writing
 
     def write_index(self, dest_moddir: Path, names: Iterable[str],
-                    config_dirs: Iterable[Path] = (), uncompressed: bool = False) -> IndexReport:
+                    config_dirs: Iterable[Path] = (), paths: Mapping[str, str] | None = None) -> IndexReport:
         """Write modules.{dep,alias,softdep,builtin,builtin.modinfo,order,pcimap}
         and `liveinit.index` for exactly `names` (which must hold their own
         dependencies), with the modprobe.d files of `config_dirs` baked in.
 
-        `uncompressed`: the modules are stored decompressed, so every path
-        names the `.ko` (see uncompressed_name)."""
+        `paths`: module name -> its file relative to the module directory as
+        stored in the image (`kernel/fs/ext4/ext4.ko`, `kernel/fs/udf/udf.ko.xz`),
+        when the packer stores a module other than the tree does."""
         wanted = {modname(n) for n in names} - self.builtin
         unknown = sorted(n for n in wanted if n not in self.modules)
         if unknown:
             raise CommandError(f"not modules of {self.moddir}: {', '.join(unknown)}")
         mods = [_merged_softdeps(m) for n, m in self.modules.items() if n in wanted]
-        if uncompressed:
-            mods = [replace(m, path=uncompressed_name(m.path)) for m in mods]
+        if paths:
+            mods = [replace(m, path=paths.get(m.name, m.path)) for m in mods]
         missing = sorted({d for m in mods for d in m.depends if d not in wanted})
         if missing:
             raise CommandError(f"the module set lacks dependencies: {', '.join(missing)}",

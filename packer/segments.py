@@ -3,8 +3,11 @@
 The kernel unpacks any number of concatenated (compressed) cpio archives,
 in order, into the same rootfs. The image is therefore cut into:
 
-- `kernel`: the .ko files and their firmware (change with the kernel or the
-  module selection; 70% of the bytes);
+- `modules`: the modules a boot loads only on some machines, each its own
+  `.ko.xz` (packer/modstore.py); the segment itself is not compressed
+  (compressing compressed files again only costs unpack time);
+- `kernel`: the modules a boot is likely to load, as plain .ko, and the
+  firmware (change with the kernel or the module selection);
 - `python`: the interpreter, its stdlib pycs and extensions, the shared
   libraries, busybox and env (change when the host's packages do);
 - `runtime`: everything small that changes often: /init and its settings,
@@ -37,33 +40,36 @@ from packer.compress import Codec, Compression
 from packer.config import AUTO
 from packer.errors import CommandError
 
-KERNEL, PYTHON, RUNTIME = "kernel", "python", "runtime"
-ORDER = (KERNEL, PYTHON, RUNTIME)          # unpack order; the small one last
+MODULES, KERNEL, PYTHON, RUNTIME = "modules", "kernel", "python", "runtime"
+ORDER = (MODULES, KERNEL, PYTHON, RUNTIME)  # stored first: after a legacy lz4 stream the kernel reads on
+STORED = Codec(Compression.NONE)           # the modules segment: its files are compressed already
 CACHE_DIR = "segments"
 CACHE_LIMIT = 512 << 20                    # bytes kept in the cache, least recently used dropped
 CACHE_FORMAT = b"liveinit-segment-3"     # bump when compress() output or the file format changes
 DIGEST_LEN = 32                            # each file: blob + sha256(blob)
 
-# Measured (docs/PERFORMANCE-pack.md): xz -9 is the only method that brings
-# the universal image under the size target; the x86 filter saves 8% on
-# the ELF-heavy python segment and costs 8% on modules. The runtime segment
-# changes on every edit, so it gets a fast, fast-to-unpack zstd.
+# Measured (docs/PERFORMANCE-boot.md): what a user waits for is the kernel's
+# unpack plus the boot, and under QEMU TCG the kernel unpacks zstd ~4x faster
+# than xz; the long tail of modules, which made xz worth its unpack time,
+# now sits compressed module by module in the stored `modules` segment.
 AUTO_CODECS: dict[str, Codec] = {
-    KERNEL: Codec(Compression.XZ, 9),
-    PYTHON: Codec(Compression.XZ, 9, extreme=True, x86=True),
+    MODULES: STORED,
+    KERNEL: Codec(Compression.ZSTD, 19),
+    PYTHON: Codec(Compression.ZSTD, 19),
     RUNTIME: Codec(Compression.ZSTD, 19),
 }
 
 
 def codecs(method: str, level: int | None) -> dict[str, Codec]:
-    """Codec per segment: `auto` is AUTO_CODECS, any Compression applies to all."""
+    """Codec per segment: `auto` is AUTO_CODECS, any Compression applies to all
+    but the modules segment, which is always stored (its files are compressed)."""
     if method == AUTO:
         if level is not None:
             raise CommandError("--compress-level needs an explicit --compress method",
                                hint="the auto profile sets a level per segment; e.g. --compress xz "
                                     "--compress-level 6")
         return dict(AUTO_CODECS)
-    return {name: Codec(Compression(method), level) for name in ORDER}
+    return {name: STORED if name == MODULES else Codec(Compression(method), level) for name in ORDER}
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,9 @@ def compress_all(parts: list[tuple[str, bytes, int, Codec]],
     results: list[tuple[bytes, SegmentInfo] | None] = [None] * len(parts)
     todo: list[tuple[int, str | None]] = []
     for i, (name, raw, n, codec) in enumerate(parts):
+        if codec.method is Compression.NONE:    # stored as is: nothing to compress or cache
+            results[i] = (raw, SegmentInfo(name, str(codec), n, len(raw), len(raw), False, 0.0))
+            continue
         key = cache.key(raw, codec) if cache is not None else None
         blob = cache.get(key) if cache is not None and key is not None else None
         if blob is not None:

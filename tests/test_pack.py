@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from liveinit.contract import Settings
-from liveinit.kmodindex import ModuleIndex
-from packer import cli, initramfs, pyruntime
+from liveinit.kmodindex import ModuleIndex, modname
+from liveinit.modfile import uncompressed_name
+from packer import cli, initramfs, modstore
 from packer.config import PackConfig
 from packer.cpio import Entry, read_archive, segment_bytes
 from packer.errors import CommandError
@@ -187,8 +188,8 @@ def test_busybox_applets_never_shadow_init_or_env(tmp_path: Path, kernel: Kernel
 
 def test_modules_and_their_index_agree(image: dict[str, Entry], packed: initramfs.PackResult) -> None:
     base = f"usr/lib/modules/{packed.kver}/"
-    kos = {Path(n).name.removesuffix(".ko").replace("-", "_") for n in image
-           if n.startswith(base) and n.endswith(".ko")}
+    kos = {Path(uncompressed_name(n)).name.removesuffix(".ko").replace("-", "_") for n in image
+           if n.startswith(base) and n.endswith((".ko", ".ko.xz"))}
     assert kos == set(packed.modules)
     for needed in ("virtio_blk", "virtio_pci", "ext4", "squashfs", "overlay", "isofs", "loop", "sr_mod",
                    "ahci", "nvme", "usb_storage", "xhci_pci"):
@@ -201,6 +202,33 @@ def test_modules_and_their_index_agree(image: dict[str, Entry], packed: initramf
     for line in image[base + "modules.dep"].data.decode().splitlines():
         for dep in line.split(":", 1)[1].split():
             assert base + dep in image, dep
+
+
+def test_rarely_loaded_modules_are_stored_xz_in_the_uncompressed_segment(
+        packed: initramfs.PackResult, image: dict[str, Entry], kernel: KernelTree) -> None:
+    """The expected modules are plain .ko in a compressed segment; every other
+    one is a .ko.xz in the stored (uncompressed) first segment, which gives back
+    the tree's module byte for byte; the index names each file as stored."""
+    base = f"usr/lib/modules/{packed.kver}/"
+    segs = read_archive(packed.output.read_bytes())
+    stored = segs[0]
+    assert stored.compression == "none" and [s.compression for s in segs[1:]] == ["zstd"] * 3
+    files = [e for e in stored.entries if e.kind == "file"]
+    assert files and all(e.name.startswith(base) and e.name.endswith(".ko.xz") for e in files)
+    plain = {e.name for seg in segs[1:] for e in seg.entries if e.name.endswith(".ko")}
+    assert not [n for seg in segs[1:] for e in seg.entries if (n := e.name).endswith(".ko.xz")]
+    tree = ModuleTree(kernel.moddir)
+    expected = tree.closure(modstore.EXPECTED) & set(packed.modules)
+    assert {base + tree.modules[n].path for n in expected} == plain     # the likely ones stay plain
+    index = ModuleIndex.loads(image[base + "liveinit.index"].data)
+    dep = image[base + "modules.dep"].data.decode()
+    for e in files:
+        rel = e.name.removeprefix(base)
+        name = modname(rel)
+        assert lzma.decompress(e.data) == (kernel.moddir / uncompressed_name(rel)).read_bytes(), rel
+        assert index.path(name) == rel                                   # the runtime finds the .ko.xz
+        assert f"\n{rel}:" in "\n" + dep                                 # and so would kmod
+    assert "kernel/fs/ext4/ext4.ko:" in dep and "ext4.ko.xz" not in dep
 
 
 def test_gnu_cpio_and_bsdtar_list_the_same_names(packed: initramfs.PackResult, tmp_path: Path,
@@ -248,6 +276,7 @@ def test_compressed_modules_are_packed_plain(tmp_path: Path, kernel: KernelTree)
     assert {".zst", ".xz", ".gz"} <= {p.suffix for p in moddir.rglob("*.ko.*")}
     assert ".ko.zst" in (moddir / "modules.dep").read_text()
 
+    # Named with --modules, they are expected at boot: stored plain, whatever the tree's compression.
     res = _pack(tmp_path, kernel, moddir=moddir, groups=(), modules=tuple(names), firmware=False,
                 compress="none")
     img = _entries(res.output)
@@ -391,13 +420,14 @@ def test_microcode_goes_first_uncompressed(tmp_path: Path, kernel: KernelTree,
                         lambda host_root=Path("/"): [("kernel/x86/microcode/GenuineIntel.bin", blob)])
     res = _pack(tmp_path, kernel, microcode=True, groups=("live",), compress="gzip", compress_level=1)
     segs = read_archive(res.output.read_bytes())
-    assert [s.compression for s in segs] == ["none", "gzip", "gzip", "gzip"]
+    assert [s.compression for s in segs] == ["none", "none", "gzip", "gzip", "gzip"]   # microcode, modules
     early = {e.name: e for e in segs[0].entries}
     assert early["kernel/x86/microcode/GenuineIntel.bin"].data == blob
     assert "init" in {e.name for e in segs[-1].entries}
     off = _pack(tmp_path, kernel, "off.img", microcode=False, groups=("live",), compress="gzip",
                 compress_level=1)
-    assert [s.compression for s in read_archive(off.output.read_bytes())] == ["gzip"] * 3
+    # The stored modules segment (the live group's rarely loaded erofs, udf) then the compressed ones.
+    assert [s.compression for s in read_archive(off.output.read_bytes())] == ["none"] + ["gzip"] * 3
 
 
 @pytest.mark.slow

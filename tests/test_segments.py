@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from packer import cli, initramfs, segments
-from packer.errors import CommandError
 from packer.compress import Codec
 from packer.config import PackConfig
 from packer.cpio import ArchiveBuilder, read_archive, segment_bytes
+from packer.errors import CommandError
 from packer.kernel import KernelTree
 
 FAST = {"compress": "xz", "compress_level": 0, "groups": ("live",), "microcode": False}
@@ -29,10 +29,12 @@ def test_warm_pack_equals_cold_pack(tmp_path: Path, kernel: KernelTree) -> None:
     cache = tmp_path / "cache"
     cold = _pack(tmp_path / "cold.img", kernel, cache, **FAST)
     warm = _pack(tmp_path / "warm.img", kernel, cache, **FAST)
-    assert [s.cached for s in cold.segments] == [False, False, False]
-    assert [s.cached for s in warm.segments] == [True, True, True]
+    # The modules segment is stored, never compressed nor cached: its files are compressed already.
+    assert [s.cached for s in cold.segments] == [False, False, False, False]
+    assert [s.cached for s in warm.segments] == [False, True, True, True]
     assert cold.output.read_bytes() == warm.output.read_bytes()
     assert [s.name for s in cold.segments] == list(segments.ORDER)
+    assert cold.segments[0].codec == "none" and cold.segments[0].compressed == cold.segments[0].uncompressed
     assert len(list((cache / segments.CACHE_DIR).glob("*.seg"))) == 3
     # No cache at all (another directory): the same bytes again.
     other = _pack(tmp_path / "other.img", kernel, tmp_path / "cache2", **FAST)
@@ -41,14 +43,14 @@ def test_warm_pack_equals_cold_pack(tmp_path: Path, kernel: KernelTree) -> None:
 
 @pytest.mark.slow
 def test_default_profile_cold_equals_warm(tmp_path: Path, kernel: KernelTree) -> None:
-    # The real default (xz -9, xz -9e +x86, zstd -19) from an empty cache,
+    # The real default (stored .ko.xz modules, then zstd -19 for the rest) from an empty cache,
     # against the same pack through the shared (warm) cache.
     base = {"moddir": kernel.moddir, "microcode": False}
     warm = initramfs.build(PackConfig(output=tmp_path / "warm.img", **base))  # type: ignore[arg-type]
     cold = _pack(tmp_path / "cold.img", kernel, tmp_path / "empty-cache")
     assert not any(s.cached for s in cold.segments)
     assert cold.output.read_bytes() == warm.output.read_bytes()
-    assert [s.codec for s in cold.segments] == ["xz -9", "xz -9e +x86", "zstd -19"]
+    assert [s.codec for s in cold.segments] == ["none", "zstd -19", "zstd -19", "zstd -19"]
     assert cold.compressed <= 9.5 * 2**20            # a third of initramfs-tools MODULES=most
 
 
@@ -62,12 +64,13 @@ def test_a_changed_input_is_recompressed(tmp_path: Path, kernel: KernelTree) -> 
     note.write_bytes(b"again")
     os.utime(note, ns=(st.st_atime_ns, st.st_mtime_ns))
     two = _pack(tmp_path / "two.img", kernel, cache, files=(f"{note}:/etc/note",), **FAST)
-    assert [s.cached for s in two.segments] == [True, True, False]      # only the runtime segment
+    assert [s.cached for s in two.segments] == [False, True, True, False]   # stored, cached, cached, redone
     tree = {e.name: e for seg in read_archive(two.output.read_bytes()) for e in seg.entries}
     assert tree["etc/note"].data == b"again"
-    # Another module selection: the kernel segment changes, the python one is reused.
+    # Another module selection (nvme: expected at boot, so plain in the kernel segment):
+    # the kernel segment changes, the python one is reused.
     three = _pack(tmp_path / "three.img", kernel, cache, modules=("nvme",), **FAST)
-    assert [s.cached for s in three.segments][:2] == [False, True]
+    assert [s.cached for s in three.segments][1:3] == [False, True]
     assert one.output.read_bytes() != two.output.read_bytes()
 
 
@@ -117,7 +120,8 @@ def test_unwritable_cache_still_packs(tmp_path: Path) -> None:
 def test_auto_profile_refuses_a_bare_level() -> None:
     with pytest.raises(CommandError, match="compress-level"):
         segments.codecs("auto", 5)
-    assert set(segments.codecs("zstd", 3).values()) == {Codec("zstd", 3)}
+    assert set(segments.codecs("zstd", 3).values()) == {Codec("zstd", 3), segments.STORED}
+    assert segments.codecs("zstd", 3)[segments.MODULES] == segments.STORED    # never compressed twice
 
 
 def test_split_gives_every_segment_its_parents() -> None:
@@ -151,7 +155,7 @@ def _check_parents(img: Path) -> list[dict[str, int]]:
 def test_every_segment_carries_its_parent_dirs_with_one_mode(tmp_path: Path, kernel: KernelTree) -> None:
     res = _pack(tmp_path / "p.img", kernel, tmp_path / "cache", busybox=True, **FAST)
     per_seg = _check_parents(res.output)
-    assert len(per_seg) == 3
+    assert len(per_seg) == 4
     seen: dict[str, int] = {}
     for dirs in per_seg:
         for name, mode in dirs.items():
@@ -173,5 +177,6 @@ def test_ls_shows_every_segment(tmp_path: Path, kernel: KernelTree,
     assert cli.main(["ls", str(res.output)]) == 0
     out = capsys.readouterr().out
     heads = [line for line in out.splitlines() if line.startswith("segment ")]
-    assert len(heads) == 3 and all(": zstd at offset" in h for h in heads)
+    assert len(heads) == 4 and ": none at offset 0" in heads[0]
+    assert all(": zstd at offset" in h for h in heads[1:])
     assert "usr/lib/modules/" in out and "usr/bin/python3.11" in out and " init" in out
