@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from packer import image, netboot
-from packer.cmd_image import _kernel
+from packer.cmd_image import kernel_for
 
 
 def configure(parser: argparse.ArgumentParser, command: str) -> None:
@@ -17,7 +17,10 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--url", required=True, help="the HTTP URL OUTDIR will be served under, "
                         "e.g. http://192.168.1.10/netboot (the image is URL/live/filesystem.squashfs)")
     parser.add_argument("--kernel-root", type=Path, help="unpacked kernel package (root source only; "
-                        "default: the fetched Debian test kernel)")
+                        "default: the root's own newest kernel)")
+    parser.add_argument("--kver", help="which of the root's kernels (default: the newest with its modules)")
+    parser.add_argument("--test-kernel", action="store_true",
+                        help="boot the fetched Debian test kernel (the demo's) instead of the root's own")
     parser.add_argument("--initrd", type=Path,
                         help="prebuilt initramfs (root source only; default: pack one)")
     parser.add_argument("--identity", help="identity of the image (root source only)")
@@ -31,7 +34,8 @@ def configure(parser: argparse.ArgumentParser, command: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.source.is_dir():
-        result = netboot.from_root(args.source, args.outdir, _kernel(args.kernel_root), args.url,
+        kernel = kernel_for(args.source, args.kernel_root, args.kver, args.test_kernel)
+        result = netboot.from_root(args.source, args.outdir, kernel, args.url,
                                    initrd=args.initrd, identity=args.identity, compression=args.compression,
                                    all_root=args.all_root, console=args.console, extra=args.cmdline)
     else:
