@@ -361,3 +361,60 @@ def test_root_search_failure_lists_the_locked_volume(tmp_path: Path,
     msg = e.value.message
     assert "LUKS /dev/vda (UUID=" + LUKS_UUID + " LABEL=root): not opened: 3 wrong passphrases" in msg
     assert "rd.luks" in e.value.hint
+
+
+# -- a LUKS persistence partition (stack) -------------------------------------------------------------
+def _persistence_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: command.Result,
+                       cmdline: str = "persistence") -> tuple[Machine, FakeSyscalls, object]:
+    from liveinit import stack
+    b = SysfsBuilder(tmp_path)
+    (tmp_path / "dev").mkdir()
+    b.disk(None, "vdb", 253, 16, 32 * 2048)
+    vdb = tmp_path / "dev" / "vdb"
+    with vdb.open("wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--label", "persistence",
+                    "--pbkdf", "pbkdf2", "--iter-time", "10", "--key-file=-", str(vdb)],
+                   input=b"pw", check=True)
+
+    def cryptsetup(argv: list[str], stdin: bytes) -> command.Result:
+        if answer.rc == 0:
+            mapper = tmp_path / "dev" / "mapper" / argv[-1]
+            mapper.parent.mkdir(exist_ok=True)
+            subprocess.run(["mkfs.ext4", "-q", "-F", str(mapper), "8M"], check=True)
+        return answer
+
+    m = _machine(tmp_path)
+    sysc = m.sys
+    monkeypatch.setattr(command, "run", Runner({"cryptsetup open": cryptsetup}))
+    monkeypatch.setattr("liveinit.passphrase.Prompt.ask", lambda *a, **kw: bytearray(b"pw"))
+    log = quiet_log()
+    cfg = parse(cmdline)
+    discovery = Discovery(m, NullLoader(), FakeUevents(), log, walk=False)
+    return m, sysc, lambda: (stack._writable(m, cfg, discovery, log), log)
+
+
+def test_luks_persistence_is_opened_and_mounted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, sysc, writable = _persistence_world(tmp_path, monkeypatch, command.Result(0, "", 0.2))
+    (base, what), log = writable()  # type: ignore[operator]
+    assert base == "/run/liveinit/rw/liveinit-rw"
+    assert what.startswith("persistence LABEL=persistence (LUKS /dev/vdb opened in ")
+    assert ("mount", "/dev/mapper/liveinit-persistence", "/run/liveinit/rw", "ext4", 0, None) in \
+        sysc.mount_calls()  # type: ignore[attr-defined]
+
+
+def test_luks_persistence_locked_falls_back_to_ram(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, sysc, writable = _persistence_world(tmp_path, monkeypatch, command.Result(2, "No key", 0.2))
+    (base, what), log = writable()  # type: ignore[operator]
+    assert (base, what) == ("/run/liveinit/rw", "tmpfs")
+    assert "LABEL=persistence): 3 wrong passphrases; changes will be lost at power-off (tmpfs)" \
+        in log_text(log)
+
+
+def test_persistence_encryption_none_refuses_a_luks_partition(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    m, sysc, writable = _persistence_world(tmp_path, monkeypatch, command.Result(0, "", 0.2),
+                                           "persistence persistence-encryption=none")
+    (base, what), log = writable()  # type: ignore[operator]
+    assert what == "tmpfs"
+    assert "is LUKS-encrypted but persistence-encryption=none" in log_text(log)
