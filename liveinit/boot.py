@@ -26,7 +26,7 @@ import time
 
 from liveinit import cmdline, emergency
 from liveinit.contract import HINT_LINE, SYSROOT, Settings, index_for, moddir_for
-from liveinit.emergency import BootFailure
+from liveinit.emergency import BootFailure, MediumLost, ShellPolicy
 from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.record import Record
@@ -106,6 +106,7 @@ class Boot:
         self.record = Record()
         # The command line in effect (break points, debug): the image's until stage cmdline.
         self.cfg = cmdline.parse("", settings.cmdline)
+        self.policy = self.shell_policy(self.cfg)
         self.log.quiet = self.log.quiet or self.cfg.quiet
         self.log.verbose = self.log.verbose or self.cfg.debug
         self.broken: set[str] = set()           # break points already taken
@@ -113,6 +114,7 @@ class Boot:
         self.discovery: Discovery | None = None  # from stage coldplug on (its retries keep it)
         self.plan: Plan | None = None            # the hand-over's plan and the steps taken:
         self.steps: set[str] = set()             # a retry resumes the switch where it stopped
+        self.lost_since: float | None = None     # when the medium first went away after it was found
 
     def ms(self) -> float:
         return (time.monotonic() - self.t0) * 1000
@@ -153,7 +155,7 @@ class Boot:
                     self.traceback(e)
             attempts += 1
             self.fail(name, failure)
-            emergency.shell(self.m, self.log, f"stage {name} failed")
+            emergency.shell(self.m, self.log, f"stage {name} failed", self.policy)
             made = resume() if resume is not None else None
             if made is not None:
                 self.log.info(f"the new root is ready: continuing after stage {name}")
@@ -182,15 +184,22 @@ class Boot:
         self.log.stage(name, ms)
         self.record.stage(name, ms)
 
+    def shell_policy(self, cfg: BootConfig) -> ShellPolicy:
+        """Who may have the emergency shell: rd.shell=, rd.emergency=, the baked password."""
+        return ShellPolicy(cfg.shell, cfg.emergency, self.settings.shell_password_hash)
+
     def breakpoint(self, name: str) -> None:
         self.broken.add(name)
+        if not self.policy.shell:
+            self.log.warn(f"break point before stage {name} ignored: the shell is disabled (rd.shell=0)")
+            return
         if self.discovery is not None:
             # The shell is for looking at this machine's devices: let every
             # driver load first, as udev settles before dracut's break points.
             from liveinit.discovery import COLDPLUG_JOIN
             self.discovery.finish(COLDPLUG_JOIN)
         self.log.info(f"break point before stage {name} (command line)")
-        emergency.shell(self.m, self.log, f"break before {name}")
+        emergency.shell(self.m, self.log, f"break before {name}", self.policy)
 
     def fail(self, name: str, failure: BootFailure) -> None:
         emergency.report(self.log, failure)
@@ -220,10 +229,15 @@ class Boot:
         text = self.m.read("/proc/cmdline") or ""
         defaults = self.settings.cmdline
         self.cfg = cfg = cmdline.parse(text, defaults, self.settings.argv)
+        self.policy = self.shell_policy(cfg)
         self.log.quiet = cfg.quiet
         self.log.verbose = cfg.debug
         for err in cfg.errors:
             self.log.warn(f"command line: {err}")
+        if cfg.ignored:
+            self.log.warn("command line: ignored (liveinit does not implement them): "
+                          + ", ".join(cfg.ignored))
+            self.record.set("cmdline_ignored", list(cfg.ignored))
         self.record.set("cmdline", text)
         self.record.set("cmdline_defaults", defaults)
         self.record.set("config", {
@@ -279,17 +293,52 @@ class Boot:
             return NullListener()
 
     def findroot(self, cfg: BootConfig, discovery: Discovery) -> Found:
+        """The root search; with liveinit.check the medium's checksums are verified
+        (a medium that goes away meanwhile is searched for again, up to the delay)."""
         from liveinit.rootfind import find_root
         f = find_root(self.m, cfg, self.settings.identity, discovery, self.log)
+        if cfg.check and f.medium is not None:
+            from liveinit import verify
+            while True:
+                try:
+                    verify.check_medium(self.m, f, self.log)
+                    break
+                except MediumLost as lost:
+                    f = self.search_again(cfg, discovery, f, lost)
         self.log.info(f"root: {f.device} ({f.fstype}) by {f.how}")
         self.record.set("root", {"device": f.device, "fstype": f.fstype, "how": f.how,
                                  "identity": f.identity, "medium": f.medium, "image": f.image,
                                  "layers": list(f.layers)})
         return f
 
+    def search_again(self, cfg: BootConfig, discovery: Discovery, found: Found, lost: MediumLost) -> Found:
+        """The medium went away after it was found: say so and search again
+        (the user may re-insert it) for up to rootdelay= seconds."""
+        from liveinit import medium
+        from liveinit.rootfind import find_root
+        self.log.error(lost.message)
+        self.record.error(f"medium lost: {lost.message}")
+        medium.forget(self.m, found, self.log)
+        now = time.monotonic()
+        if self.lost_since is None:
+            self.lost_since = now
+        elif now - self.lost_since > cfg.rootdelay:   # found again and lost again: a failing medium
+            raise BootFailure(lost.message + f" (it kept failing for {cfg.rootdelay:g} s)",
+                              "the medium is failing: write it again, or try another drive or port")
+        self.log.info(f"searching for the live medium again for up to {cfg.rootdelay:g} s "
+                      "(re-insert it, or set rootdelay=)")
+        return find_root(self.m, cfg, self.settings.identity, discovery, self.log)
+
     def stack(self, cfg: BootConfig, found: Found, discovery: Discovery) -> Stacked:
         from liveinit import stack
-        st = stack.stack(self.m, cfg, found, discovery, self.log)
+        while True:
+            try:
+                st = stack.stack(self.m, cfg, found, discovery, self.log)
+                break
+            except MediumLost as lost:
+                found = self.search_again(cfg, discovery, found, lost)
+                self.record.set("root", {"device": found.device, "fstype": found.fstype, "how": found.how,
+                                         "medium": found.medium, "image": found.image, "again": True})
         self.record.set("union", {"method": st.union, "writable": st.writable,
                                   "image_fstype": st.image_fstype, "loop": st.loop,
                                   "toram": st.toram, "failed": list(st.tried)})
@@ -382,6 +431,14 @@ def _shell_machine() -> Machine:
         return Machine("/", sys=False)
 
 
+def _proc_cmdline() -> str:
+    try:
+        with open("/proc/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def _forever() -> None:
     """PID 1 must never exit (the kernel would panic): wait for ever."""
     while True:
@@ -420,9 +477,16 @@ def main(settings: Settings | dict[str, object]) -> None:
             emergency.report(log, failure)
         except BaseException:
             pass
+        policy = emergency.OPEN
+        try:
+            if isinstance(settings, Settings):   # the baked lock holds even when the boot broke
+                cfg = cmdline.parse(_proc_cmdline(), settings.cmdline)
+                policy = ShellPolicy(cfg.shell, cfg.emergency, settings.shell_password_hash)
+        except BaseException:
+            policy = ShellPolicy(False, "", "")   # fail closed: the lock's state is unknown
         while pid1:
             try:
-                emergency.shell(_shell_machine(), log, "boot failed")
+                emergency.shell(_shell_machine(), log, "boot failed", policy)
             except BaseException:
                 time.sleep(1)
     if pid1:

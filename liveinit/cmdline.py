@@ -18,8 +18,8 @@ SPACE = " \t\n\v\f\r"          # the kernel's isspace()
 DEFAULT_ROOTDELAY = 30.0        # seconds to wait for the root / live medium
 ROOTWAIT_SECONDS = 24 * 3600.0  # `rootwait`: wait (practically) forever
 DEFAULT_OVERLAY_SIZE = "50%"
-UNIONS = ("overlay", "aufs", "unionfs", "bind", "none")
-UNION_ALIASES = {"overlayfs": "overlay", "unionfs-fuse": "unionfs", "off": "none"}
+UNIONS = ("overlay", "aufs", "unionfs", "unionfs-fuse", "bind", "none")
+UNION_ALIASES = {"overlayfs": "overlay", "off": "none"}   # unionfs-fuse is FUSE, not unionfs
 
 # Other initramfs generators' break points mapped onto our stages (break
 # happens *before* the named stage).

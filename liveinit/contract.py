@@ -52,6 +52,13 @@ COSTS_LINE = "costs: {summary}"            # costs.Costs.summary(): time by kind
 FAILED_LINE = "FAILED: {message}"
 HINT_LINE = "hint: {hint}"
 SHELL_LINE = "emergency shell"
+# A locked emergency shell (rd.shell=0, or three wrong passwords): then reboot/poweroff/halt.
+LOCKDOWN_LINE = "no emergency shell ({why}): {action} in {seconds:.0f} s"
+SHELL_PASSWORD_PROMPT = "emergency shell password: "
+# The medium check (liveinit.check, rd.live.check, verify-checksums): progress, then the verdict.
+CHECK_PROGRESS_LINE = "check: {percent}% ({done_mib} of {total_mib} MiB)"
+CHECK_OK_LINE = "check: the medium is intact ({files} files, {mib} MiB, SHA-256)"
+CHECK_BAD_LINE = "check: {path}: {problem}"
 # The passphrase prompt (on every active console; the lab types the answer after it).
 PASSPHRASE_PROMPT = "Passphrase for {device} ({what}): "
 
@@ -72,9 +79,12 @@ class Settings(Plain):
     (monotonic time of /init's first line), argv (/init's arguments, passed on
     to init); max_attempts (tests: tries per stage, 0 = for ever). The image's
     default console keymap is a word of `cmdline` (vconsole.keymap=NAME), so
-    the kernel's command line overrides it like any other default."""
+    the kernel's command line overrides it like any other default.
+    shell_password_hash: a crypt(3) SHA-512 hash (`$6$...`) that gates the
+    emergency shell ("" = an open shell, as in dracut)."""
 
-    __slots__ = ("cmdline", "identity", "kver", "moddir", "index", "t0", "argv", "max_attempts")
+    __slots__ = ("cmdline", "identity", "kver", "moddir", "index", "t0", "argv", "max_attempts",
+                 "shell_password_hash")
     cmdline: str
     identity: str
     kver: str
@@ -83,11 +93,12 @@ class Settings(Plain):
     t0: float | None
     argv: tuple[str, ...]
     max_attempts: int
+    shell_password_hash: str
     _defaults = {"cmdline": "", "identity": "", "kver": "", "moddir": "", "index": "",
-                 "t0": None, "argv": (), "max_attempts": 0}
+                 "t0": None, "argv": (), "max_attempts": 0, "shell_password_hash": ""}
 
     # The fields the packer writes into /init (the rest are set at boot).
-    BAKED = ("cmdline", "identity", "kver", "moddir", "index")
+    BAKED = ("cmdline", "identity", "kver", "moddir", "index", "shell_password_hash")
 
 
 def moddir_for(kver: str) -> str:

@@ -260,7 +260,7 @@ def test_bad_cmdline_is_reported_and_the_boot_goes_on(tmp_path: Path, monkeypatc
     warn = [ln for ln in lab.lines() if ln.startswith("liveinit: warning: command line: ")]
     assert len(warn) == 3
     assert lab.record()["errors"] == [
-        "cmdline: union=zfs: unknown union (use overlay, aufs, unionfs, bind, none); using overlay",
+        "cmdline: union=zfs: unknown union (use overlay, aufs, unionfs, unionfs-fuse, bind, none); using overlay",
         "cmdline: rootdelay=soon: not a number of seconds; using 30",
         "cmdline: rd.break=never: unknown break point (stages: early, cmdline, coldplug, findroot, "
         "stack, handover)"]
@@ -330,8 +330,7 @@ def test_bad_cmdline_root_is_named_when_the_search_fails(tmp_path: Path, monkeyp
         "liveinit: FAILED: no live medium found",
         "liveinit: hint: insert the medium",
         "liveinit: hint: the command line had problems: root=UUID=: not a device spec (use "
-        "/dev/NAME, UUID=, LABEL=, PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto); "
-        "searching for the live medium instead",
+        "/dev/NAME, UUID=, LABEL=, PARTUUID=, PARTLABEL=, MAJ:MIN, live:... or live:auto)",
         "liveinit: emergency shell"]
 
 

@@ -398,3 +398,17 @@ def test_unreadable_superblock_is_named_in_the_failure(tmp_path, monkeypatch):
     with pytest.raises(BootFailure) as e:
         w.find()
     assert "tried: cannot read its superblock: No medium found (ENOMEDIUM)" in e.value.message
+
+
+def test_garbage_root_fails_at_once_without_searching(tmp_path, monkeypatch):
+    w = World(tmp_path, monkeypatch, "root=nfs:1.2.3.4:/x rootdelay=30")
+    standard(w)
+    w.disk("sr0", 11, 0, {"TYPE": "iso9660", "LABEL": "LIVE"}, removable=True, files={IMAGE: "sq"})
+    t = time.monotonic()
+    with pytest.raises(BootFailure) as e:
+        w.find()
+    assert time.monotonic() - t < 2
+    assert e.value.message.startswith("root=nfs:1.2.3.4:/x names no device, so there is nothing to wait for")
+    assert "/dev/sr0 64 MiB: TYPE=iso9660 LABEL=LIVE" in e.value.message   # what could be named
+    assert "root=UUID=" in e.value.hint and "remove root=" in e.value.hint
+    assert w.sysc.mount_calls() == []    # the live CD was not booted instead

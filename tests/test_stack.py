@@ -121,14 +121,44 @@ def test_fs_module_loaded_on_enodev_then_retried(tmp_path: Path, monkeypatch) ->
     assert e.sys.mounts[RO].fstype == "squashfs"
 
 
+def aufs_branches(data: str) -> list[tuple[str, str]]:
+    """The branches of an aufs mount's data, read by aufs(5)'s grammar (not by
+    liveinit's): "br:BRANCH[:BRANCH ...]" or "dirs=BRANCH[:BRANCH ...]", a BRANCH
+    "dir_path[=permission[+attribute]]", permission rw/ro/rr, the first branch on top."""
+    opts = [o for o in data.split(",") if o.startswith(("br:", "br=", "dirs="))]
+    assert len(opts) == 1, data
+    body = opts[0].split(":", 1)[1] if opts[0].startswith("br:") else opts[0].split("=", 1)[1]
+    out = []
+    for branch in body.split(":"):
+        path, _, perm = branch.rpartition("=")
+        assert path.startswith("/") and perm.split("+")[0] in ("rw", "ro", "rr"), branch
+        out.append((path, perm))
+    return out
+
+
+def unionfs_branches(data: str) -> list[tuple[str, str]]:
+    """Unionfs's Documentation/filesystems/unionfs/usage.txt: "dirs=branch[=ro|=rw][:...]",
+    the leftmost branch has the highest priority; a branch without a mode is rw."""
+    opts = [o for o in data.split(",") if o.startswith("dirs=")]
+    assert len(opts) == 1, data
+    out = []
+    for branch in opts[0][5:].split(":"):
+        path, eq, mode = branch.rpartition("=")
+        if not eq:
+            path, mode = branch, "rw"
+        assert path.startswith("/") and mode in ("ro", "rw"), branch
+        out.append((path, mode))
+    return out
+
+
 def test_overlay_enodev_falls_back_to_aufs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
     e = Env(tmp_path, fail={"mount:overlay": errno.ENODEV})
     st = e.stack()
-    assert e.mounts()[2:] == [
-        ("mount", "overlay", "/sysroot", "overlay", 0, overlay_data(e)),
-        ("mount", "none", "/sysroot", "aufs", 0, f"br={e.p(RW)}/upper=rw:{e.p(RO)}=ro"),
-    ]
+    assert e.mounts()[2] == ("mount", "overlay", "/sysroot", "overlay", 0, overlay_data(e))
+    _, source, target, fstype, flags, data = e.mounts()[3]
+    assert (target, fstype, flags) == ("/sysroot", "aufs", 0)
+    assert aufs_branches(data) == [(e.p(RW) + "/upper", "rw"), (e.p(RO), "ro")]
     assert st.union == "aufs" and st.tried == ("overlay: not supported by this kernel",)
     assert "fs-aufs" in e.loader.asked
     assert "union: using aufs" in e.out.getvalue()
@@ -138,8 +168,9 @@ def test_chain_down_to_unionfs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
     e = Env(tmp_path, fail={"mount:overlay": errno.ENODEV, "mount:aufs": errno.ENODEV})
     st = e.stack()
-    assert e.mounts()[-1] == ("mount", "unionfs", "/sysroot", "unionfs", 0,
-                              f"dirs={e.p(RW)}/upper=rw:{e.p(RO)}=ro")
+    _, source, target, fstype, flags, data = e.mounts()[-1]
+    assert (target, fstype, flags) == ("/sysroot", "unionfs", 0)
+    assert unionfs_branches(data) == [(e.p(RW) + "/upper", "rw"), (e.p(RO), "ro")]
     assert st.union == "unionfs"
 
 
@@ -484,3 +515,35 @@ def test_mount_options() -> None:
     assert stack.mount_options("", True) == (MS_RDONLY, None)
     assert stack.mount_options("defaults,rw,noatime,nosuid,subvol=@", True) == (
         MS_NOATIME | MS_NOSUID, "subvol=@")
+
+
+def test_enospc_in_the_bind_copy_names_the_tmpfs_size(tmp_path: Path, monkeypatch) -> None:
+    """Not 'the kernel lacks overlayfs': the tmpfs is too small, and the parameter says how big."""
+    monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
+    e = Env(tmp_path, fail={"mount:overlay": errno.ENODEV, "mount:aufs": errno.ENODEV,
+                            "mount:unionfs": errno.ENODEV})
+    lower_tree(e)
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stack, "_copy_tree", full)
+    with pytest.raises(BootFailure) as exc:
+        e.stack("liveinit.overlay_size=1m")
+    msg = exc.value.message
+    assert msg.startswith("the writable layer's tmpfs (liveinit.overlay_size=1m) is too small for the bind "
+                          "method's copies of /etc, /var, /tmp, /root, /home")
+    assert "overlay: not supported by this kernel" in msg
+    assert "liveinit.overlay_size=" in exc.value.hint and "lacks overlayfs" not in exc.value.hint
+    assert e.sys.mounts == {}    # undone for the retry
+
+
+def test_unionfs_fuse_is_not_the_kernel_unionfs(tmp_path: Path, monkeypatch) -> None:
+    """union=unionfs-fuse without the binary: reported as such, no in-kernel unionfs mount."""
+    monkeypatch.setattr(stack, "_probe", lambda path: {"TYPE": "squashfs"})
+    e = Env(tmp_path)
+    with pytest.raises(BootFailure) as exc:
+        e.stack("union=unionfs-fuse")
+    assert "unionfs-fuse: " in exc.value.message and "no unionfs-fuse binary" in exc.value.message
+    assert "unionfs" not in [c[3] for c in e.mounts()]
+    assert "--binaries /usr/bin/unionfs-fuse" in exc.value.hint
