@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 
-from liveinit.contract import ISO_MOUNT, MEDIUM, PERSIST_HOST, RAM, RO, RW, SYSROOT
+from liveinit.contract import ISO_MOUNT, MEDIUM, PERSIST_HOST, RAM, RO, RW, SYSROOT, WRITABLE_LIST
 from liveinit.emergency import BootFailure, MediumLost
 from liveinit.plain import Plain
 from liveinit.syscalls import (
@@ -88,6 +88,12 @@ def mount_options(flags_text: str, readonly: bool) -> tuple[int, str | None]:
 def _probe(path: str) -> dict[str, str]:
     from liveinit import fsprobe
     return fsprobe.probe(path)
+
+
+def _not_loaded(loader: Loader | None, mod: str) -> str:
+    """Why the loader failed to load `mod` (the kernel refused it, say), for a hint; '' if it did not."""
+    why = loader.failed.get(mod) if loader is not None else None
+    return f"the {mod} module was not loaded: {why}" if why else ""
 
 
 def _need(loader: Loader | None, alias: str, reason: str) -> None:
@@ -186,6 +192,40 @@ def _mounted(m: Machine, path: str) -> bool:
     return False
 
 
+def _mount_source(m: Machine, path: str) -> tuple[str, str]:
+    """(source, fstype) of the (last) mount at `path`; ("", "") when nothing is mounted there."""
+    target = m.path(path)
+    out = ("", "")
+    for line in (m.read("/proc/mounts") or "").splitlines():
+        f = line.split()
+        if len(f) > 2 and f[1] in (path, target):
+            out = (f[0], f[2])
+    return out
+
+
+def _medium_file(m: Machine, image: str, filepath: str, log: Log) -> str:
+    """A writable loop device for the persistence image `filepath` on the read-only
+    medium: over the image's bytes on the medium's own device when they are one run of
+    a FAT's clusters (the FAT stays read-only, never dirty: safe to unplug); else over
+    the file, the medium remounted read-write (a FAT then needs a clean unmount)."""
+    source, fstype = _mount_source(m, MEDIUM)
+    why = f"the medium is {fstype or 'not mounted'}, not a FAT"
+    if fstype == "vfat" and source.startswith("/dev/"):
+        from liveinit import fatfile
+        where = fatfile.extent(m.path(source), filepath)
+        if not isinstance(where, str):
+            offset, size = where
+            loop = m.sys.loop_attach(m.path(source), readonly=False, autoclear=True, dev=m.path("/dev"),
+                                     offset=offset, sizelimit=size)
+            log.info(f"persistence: {filepath} is bytes {offset}-{offset + size - 1} of {source}: "
+                     "written there, the FAT stays read-only")
+            return loop
+        why = where
+    log.warn(f"persistence: {filepath}: {why}; the medium is remounted read-write")
+    m.sys.mount(source or "none", m.path(MEDIUM), None, MS_REMOUNT, None)
+    return m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+
+
 def _writable(m: Machine, cfg: BootConfig, discovery: Discovery, log: Log) -> tuple[str, str]:
     """Mount the writable layer at RW; returns (base dir holding upper/work, description)."""
     spec = cfg.persistence
@@ -237,7 +277,10 @@ def _persistence(m: Machine, cfg: BootConfig, spec: str, discovery: Discovery, l
     if not ftype:
         raise BootFailure(f"{filepath} holds no filesystem (make one with mkfs.ext4)")
     _need(loader, "loop", f"persistence image {filepath}")
-    loop = m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+    if devspec:
+        loop = m.sys.loop_attach(m.path(image), readonly=False, autoclear=True, dev=m.path("/dev"))
+    else:
+        loop = _medium_file(m, image, filepath, log)
     _mount_fs(m, loader, loop, RW, ftype, 0, None, f"persistence image {filepath}")
     log.info(f"persistence: {filepath} ({ftype}) holds the writable layer")
     return RW + "/" + PERSIST_DIR, f"persistence {spec}"
@@ -283,18 +326,25 @@ def _copy_tree(src: str, dst: str) -> None:
             _copy_tree(s, d)
             continue
         elif entry.is_file(follow_symlinks=False):
-            with open(s, "rb") as fi, open(d, "wb") as fo:
-                while True:
-                    b = fi.read(COPY_CHUNK)
-                    if not b:
-                        break
-                    fo.write(b)
+            _copy_file(s, d, est)
+            continue
         else:
             try:
                 os.mknod(d, est.st_mode, est.st_rdev)
             except OSError:
                 continue   # sockets, or no privilege: nothing to keep
         _attrs(d, est)
+    _attrs(dst, st)
+
+
+def _copy_file(src: str, dst: str, st: os.stat_result) -> None:
+    """Copy a regular file's data and attributes."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while True:
+            b = fi.read(COPY_CHUNK)
+            if not b:
+                break
+            fo.write(b)
     _attrs(dst, st)
 
 
@@ -340,6 +390,20 @@ def _union(m: Machine, method: str, lower: str, base: str, loader: Loader | None
         raise OSError(errno.EINVAL, f"unknown union method {method}")
 
 
+def bind_paths(text: str | None) -> tuple[str, ...]:
+    """The paths the bind method makes writable (relative to the root): the image's
+    WRITABLE_LIST (`text`: one absolute path a line, '#' comments), a path below one
+    already listed dropped; BIND_DIRS when the image has no list."""
+    if text is None:
+        return BIND_DIRS
+    out: list[str] = []
+    for line in sorted(x.strip().rstrip("/") for x in text.splitlines()):
+        if line.startswith("/") and "/../" not in line + "/" \
+                and not any(line.startswith("/" + p + "/") for p in out):
+            out.append(line[1:])
+    return tuple(out)
+
+
 UNIONFS_FUSE = ("/usr/bin/unionfs-fuse", "/usr/bin/unionfs", "/bin/unionfs-fuse", "/sbin/unionfs-fuse")
 
 
@@ -375,17 +439,22 @@ def _unionfs_fuse(m: Machine, lower: str, upper: str, loader: Loader | None) -> 
 
 
 def _bind_wraith(m: Machine, lower: str, base: str) -> None:
-    """Read-only bind of the image with writable copies of BIND_DIRS bound over it."""
+    """Read-only bind of the image with writable copies of `bind_paths` (directories and
+    files) bound over it."""
     root = m.path(SYSROOT)
     m.sys.mount(m.path(lower), root, None, MS_BIND | MS_REC)
     m.sys.mount("none", root, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for d in BIND_DIRS:
-        src = lower + "/" + d
-        if not os.path.isdir(m.path(src)):
-            continue
+    for d in bind_paths(m.read(lower + WRITABLE_LIST)):
+        src = m.path(lower + "/" + d)
+        if os.path.islink(src) or not (os.path.isdir(src) or os.path.isfile(src)):
+            continue   # a bind mount follows symlinks; devices and sockets need no copy
         copy = base + "/bind/" + d
         if not m.exists(copy):   # persistent copies survive: do not overwrite them
-            _copy_tree(m.path(src), m.path(copy))
+            if os.path.isdir(src):
+                _copy_tree(src, m.path(copy))
+            else:
+                m.makedirs(os.path.dirname(copy))
+                _copy_file(src, m.path(copy), os.lstat(src))
         m.sys.mount(m.path(copy), m.path(SYSROOT + "/" + d), None, MS_BIND)
 
 
@@ -448,8 +517,8 @@ class _Undo:
             self.mounted.append(target)
 
     def loop_attach(self, path: str, readonly: bool = True, autoclear: bool = True,
-                    dev: str = "/dev") -> str:
-        loop = self.sys.loop_attach(path, readonly, autoclear, dev)
+                    dev: str = "/dev", offset: int = 0, sizelimit: int = 0) -> str:
+        loop = self.sys.loop_attach(path, readonly, autoclear, dev, offset, sizelimit)
         self.loops.append(loop)
         return loop
 
@@ -521,14 +590,16 @@ def _stack(m: Machine, cfg: BootConfig, found: Found, discovery: Discovery, log:
     except OSError as e:
         raise BootFailure(
             f"cannot attach {image} to a loop device: {e}",
-            "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent") from e
+            _not_loaded(loader, "loop")
+            or "the loop driver is missing (pack the `loop` module) or /dev/loop-control is absent") from e
     try:
         _mount_fs(m, loader, loop, RO, fstype, MS_RDONLY, None, f"live image {image}")
     except OSError as e:
         raise BootFailure(
             f"cannot mount {image} ({fstype}) from {loop} at {RO}: {e}",
-            f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
-            "or the image is corrupt (check the medium's checksum)") from e
+            _not_loaded(loader, fstype)
+            or f"the {fstype} driver is missing from the initramfs (pack fs-{fstype}) "
+               "or the image is corrupt (check the medium's checksum)") from e
     method, writable, tried = _stack_union(m, cfg, RO, discovery, log)
     if method == "none":
         log.info(f"root: {image} ({fstype}) read-only (union=none)")
