@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("packer.cmd_probe", "identify a block device or image file, like blkid -p"),
     "image": ("packer.cmd_image", "build a bootable live ISO / USB image from a root directory"),
     "usb": ("packer.cmd_usb", "write a live USB stick (or disk image) that BIOS and UEFI boot"),
+    "verify": ("packer.cmd_verify", "check a live medium (ISO, device, directory) against its SHA256SUMS"),
     "netboot": ("packer.cmd_netboot", "write a network boot tree: PXE for BIOS and UEFI, image over HTTP"),
     "wraith": ("packer.cmd_wraith", "list the files and directories written since boot, by top directory"),
     "demo-root": ("qemu.demoroot", "build the small embedded demo root"),

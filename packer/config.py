@@ -144,6 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
             "de-latin1, or XKB layouts with console-setup); the first is the default "
             "(vconsole.keymap= on the boot command line picks another)", metavar="NAME,..."),
     Setting("microcode", Kind.BOOL, True, "prepend the host's CPU microcode as an early segment"),
+    Setting("shell-password-hash", Kind.STR, None, "gate the emergency shell with a password: its crypt(3) "
+            "SHA-512 hash ($6$..., from `openssl passwd -6` or `mkpasswd -m sha-512`); default: an "
+            "open shell (rd.shell=0 on the command line disables it)", metavar="HASH"),
     Setting("source-date-epoch", Kind.INT, None, "clamp every mtime to this (default: "
             "$SOURCE_DATE_EPOCH, else 0)", metavar="SECONDS"),
     Setting("cache", Kind.PATH, None, "cache directory for compiled pycs, module info and compressed "
@@ -178,6 +181,7 @@ class PackConfig:
     layers: tuple[str, ...] = ()
     keymap: tuple[str, ...] = ()
     microcode: bool = True
+    shell_password_hash: str | None = None
     source_date_epoch: int | None = None
     cache: Path | None = None
 

@@ -258,6 +258,12 @@ def build_fat(work: Path, part: Partition, live: LiveFiles, label: str, cmdline:
     for dest, src in efi_files:
         _mtools(["mcopy", "-i", img, str(src), f"::/{dest}"], f"copy the UEFI loader's {dest}")
     _mtools(["mcopy", "-i", img, str(menus / "grub.cfg"), f"::/{image.GRUB_CFG_PATH}"], "copy the GRUB menu")
+    # The stick's own checksums (the ISO's list its isolinux/ and boot/ files): what is copied here.
+    from packer.verify import SUMS_PATH, sums_text
+    on_stick = {f"{LIVE_DIR}/{f.name}": f for f in live.files}
+    on_stick |= {f"/{SYSLINUX_DIR}/syslinux.cfg": menus / "syslinux.cfg",
+                 "/" + image.GRUB_CFG_PATH: menus / "grub.cfg", **{"/" + d: src for d, src in efi_files}}
+    (live.live.parent / SUMS_PATH).write_text(sums_text(on_stick))
     _mtools(["mcopy", "-i", img, *map(str, live.files), f"::{LIVE_DIR}/"], "copy the live files")
     if persistence_file is not None:
         pimg = work / "persistence.img"
