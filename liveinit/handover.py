@@ -84,7 +84,20 @@ def find_init(m: Machine, cfg: BootConfig, newroot: str = SYSROOT) -> str:
     """The init to exec, as a path inside the new root; raises BootFailure."""
     root = m.path(newroot).rstrip("/")
     tried = []
-    cands = ((cfg.init,) if cfg.init else ()) + INITS
+    if cfg.init:
+        # init= is a wish, not a hint: another init silently would boot a different system
+        # (the kernel, too, panics rather than fall back when its init= fails).
+        real = resolve_in(root, cfg.init)
+        if real is not None and _executable(real):
+            return cfg.init
+        why = "is not in the new root" if real is None else "is not an executable file"
+        others = [c for c in INITS if (r := resolve_in(root, c)) is not None and _executable(r)]
+        raise BootFailure(
+            f"init={cfg.init} {why}",
+            "fix init= (a path inside the new root), or remove it to start "
+            + (f"{others[0]}, the first of {', '.join(INITS)} the root has" if others
+               else f"the first of {', '.join(INITS)} (none is in this root)"))
+    cands = INITS
     for cand in cands:
         real = resolve_in(root, cand)
         if real is not None and _executable(real):

@@ -83,7 +83,10 @@ def test_init_parameter_first_then_the_defaults(tmp_path: Path) -> None:
     exe(new / "opt" / "myinit")
     m, _ = machine(tmp_path)
     assert handover.find_init(m, parse("init=/opt/myinit")) == "/opt/myinit"
-    assert handover.find_init(m, parse("init=/missing")) == "/sbin/init"
+    with pytest.raises(BootFailure) as exc:   # not /sbin/init in its place (issue 12)
+        handover.find_init(m, parse("init=/missing"))
+    assert exc.value.message == "init=/missing is not in the new root"
+    assert "remove it to start /sbin/init" in exc.value.hint
 
 
 def test_non_executable_init_is_skipped(tmp_path: Path) -> None:
@@ -102,8 +105,8 @@ def test_no_init_names_what_was_tried_and_what_is_there(tmp_path: Path) -> None:
     (new / "sbin" / "init").write_text("x")
     m, _ = machine(tmp_path)
     with pytest.raises(BootFailure) as exc:
-        handover.find_init(m, parse("init=/x/init"))
-    assert exc.value.message == ("no init in the new root: tried /x/init, /sbin/init (not an "
+        handover.find_init(m, parse(""))
+    assert exc.value.message == ("no init in the new root: tried /sbin/init (not an "
                                  "executable file), /etc/init, /bin/init, /bin/sh")
     assert "holds: home, sbin" in exc.value.hint and "init=" in exc.value.hint
 
