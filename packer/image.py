@@ -209,12 +209,15 @@ def identity_for_initrd(initrd: Path, requested: str | None) -> str:
     return carried
 
 
-def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str = "") -> Path:
-    """Build the liveinit initramfs for `kernel` (packer.initramfs), carrying `identity`."""
+def pack_initramfs(kernel: KernelTree, output: Path, identity: str, cmdline: str = "",
+                   layers: tuple[str, ...] = (), keymap: tuple[str, ...] = (),
+                   binaries: tuple[str, ...] = ()) -> Path:
+    """Build the liveinit initramfs for `kernel` (packer.initramfs), carrying `identity`;
+    `layers`, `keymap`, `binaries`: as `liveinit pack --with/--keymap/--binaries`."""
     from packer.config import PackConfig
     from packer.initramfs import build
     build(PackConfig(output=output, kver=kernel.version, moddir=kernel.moddir, identity=identity,
-                     cmdline=cmdline))
+                     cmdline=cmdline, layers=layers, keymap=keymap, binaries=binaries))
     return output
 
 
@@ -321,7 +324,8 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
                 workdir: Path | None = None, secure_boot: bool = True,
                 excludes: tuple[str, ...] = DEFAULT_EXCLUDES, pseudo_file: Path | None = None,
                 progress: ProgressLine | None = None,
-                entries: tuple[MenuEntry, ...] = MENU) -> ImageResult:
+                entries: tuple[MenuEntry, ...] = MENU, layers: tuple[str, ...] = (),
+                keymap: tuple[str, ...] = (), binaries: tuple[str, ...] = ()) -> ImageResult:
     """Build a bootable hybrid live ISO of `root` at `output`.
 
     `initrd`: a prebuilt initramfs; the medium gets the identity its /init
@@ -332,7 +336,9 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
     `secure_boot`: boot UEFI through the signed chain when the kernel is
     signed and one is found (efi_loader); False: the unsigned GRUB.
     `excludes`, `pseudo_file`, `progress`: see build_squashfs (packer.snapshot.plan
-    makes them for a live copy of a running system). `entries`: the boot menu."""
+    makes them for a live copy of a running system). `entries`: the boot menu.
+    `layers`, `keymap`, `binaries`: what the packed initramfs carries besides the
+    universal set (pack_initramfs; ignored with `initrd`)."""
     root, output = Path(root), Path(output)
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory",
@@ -356,7 +362,8 @@ def build_image(root: Path, output: Path, kernel: KernelTree, initrd: Path | Non
         identity = identity or default_identity(squash, kernel.version)
         (tree / IDENTITY_PATH).write_text(identity + "\n")
         if initrd is None:
-            initrd = pack_initramfs(kernel, work / "initrd.img", identity)
+            initrd = pack_initramfs(kernel, work / "initrd.img", identity, layers=layers, keymap=keymap,
+                                    binaries=binaries)
         _copy(kernel.vmlinuz, tree / KERNEL_PATH)
         _copy(Path(initrd), tree / INITRD_PATH)
         full_cmdline = " ".join(filter(None, (console, cmdline)))
