@@ -44,7 +44,8 @@ EMPTIED = ("proc", "sys", "dev", "run", "tmp", "var/tmp")
 DEFAULT_EXCLUDES = (*(f"{d}/{w}" for d in EMPTIED for w in ("*", ".*")),
                     "var/cache/apt/archives/*.deb", "... lost+found")
 SSH_HOST_KEYS = "etc/ssh/ssh_host_*"
-MACHINE_IDS = ("etc/machine-id", "var/lib/dbus/machine-id")
+MACHINE_ID = "etc/machine-id"                  # emptied: systemd makes a new one at boot
+DBUS_MACHINE_ID = "var/lib/dbus/machine-id"     # a copy of it left out: dbus's tmpfiles links it again
 # fstab sources that name a disk of the host; network file systems are the host's too.
 DISK_SPECS = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "ID=", "/dev/")
 NETWORK_FS = frozenset(("nfs", "nfs4", "cifs", "smbfs", "smb3", "sshfs", "fuse.sshfs", "davfs", "ceph",
@@ -268,11 +269,13 @@ def live_cleanup(root: Path, work: Path, hostname: str | None = None,
             if n:
                 new["etc/fstab"] = text
                 done.append(f"/etc/fstab: {n} host disk or network entries disabled")
-        for rel in MACHINE_IDS:
-            p = root / rel
-            if p.is_file() and not p.is_symlink() and p.stat().st_size:
-                new[rel] = ""
-                done.append(f"/{rel} emptied")
+        p = root / MACHINE_ID
+        if p.is_file() and not p.is_symlink() and p.stat().st_size:
+            new[MACHINE_ID] = ""
+            done.append(f"/{MACHINE_ID} emptied")
+        if (root / DBUS_MACHINE_ID).is_file() and not (root / DBUS_MACHINE_ID).is_symlink():
+            excl.append(DBUS_MACHINE_ID)
+            done.append(f"/{DBUS_MACHINE_ID} left out")
         keys = sorted((root / "etc" / "ssh").glob("ssh_host_*"))
         if keys:
             excl.append(SSH_HOST_KEYS)

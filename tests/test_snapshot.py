@@ -121,12 +121,15 @@ def test_the_clean_up_changes_the_copy_never_the_host(tmp_path: Path) -> None:
     (root / "etc" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     os.chmod(root / "etc" / "machine-id", 0o444)
     (root / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tmybox\n")
+    (root / "var" / "lib" / "dbus").mkdir(parents=True)
+    (root / "var" / "lib" / "dbus" / "machine-id").write_text("0123456789abcdef0123456789abcdef\n")
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     work = tmp_path / "work"
     work.mkdir()
     plan = snapshot.plan(root, work, hostname="livebox")
     assert plan.cleanup == ("/etc/fstab: 1 host disk or network entries disabled", "/etc/machine-id emptied",
-                            "1 ssh host key files left out", "hostname livebox")
+                            "/var/lib/dbus/machine-id left out", "1 ssh host key files left out",
+                            "hostname livebox")
     from packer.image import build_squashfs
     sfs = build_squashfs(root, tmp_path / "o.sfs", excludes=plan.excludes, pseudo_file=plan.pseudo_file,
                          epoch=0)
@@ -137,6 +140,7 @@ def test_the_clean_up_changes_the_copy_never_the_host(tmp_path: Path) -> None:
     listing = subprocess.run(["unsquashfs", "-lls", str(sfs)], check=True, capture_output=True,
                              text=True).stdout
     assert "ssh_host_rsa_key" not in listing and "sshd_config" in listing
+    assert "var/lib/dbus/machine-id" not in listing and "var/lib/dbus" in listing
     assert any(ln.startswith("-r--r--r--") and ln.endswith("/etc/machine-id") for ln in listing.splitlines())
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before    # the host untouched
     kept = snapshot.plan(root, work, keep_identity=True)
