@@ -9,8 +9,11 @@ another layer (LVM on LUKS). The tools are the image's own: cryptsetup,
 lvm and mdadm (packed by `liveinit pack --with luks,lvm,md`, packer/blocktools.py),
 run with libdevmapper making its /dev/mapper nodes itself (no udev here).
 
-A passphrase is asked on the consoles (liveinit/passphrase.py), three tries,
-and given to cryptsetup on a pipe (--key-file=-), then wiped. An md array
+A LUKS volume the image's crypttab names (contract.CRYPTTAB, baked by `pack`
+from the root's /etc/crypttab, packer/crypttab.py) is opened with its name and
+options, and with its key file when it has one. Otherwise, or when the key
+does not open it, a passphrase is asked on the consoles (liveinit/passphrase.py),
+three tries, and given to cryptsetup on a pipe (--key-file=-), then wiped. An md array
 missing members is started degraded MD_DEGRADED_AFTER seconds after its
 first member appeared, with a warning. What was opened, and how long it
 took, goes to the boot record (`opened`); what was tried and failed to the
@@ -20,8 +23,9 @@ from __future__ import annotations
 import os
 import time
 
-from liveinit import command, layerprobe
+from liveinit import command, crypttab, layerprobe
 from liveinit.cmdline import luks_uuid
+from liveinit.contract import CRYPTTAB
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # mypy only: typing costs an import at boot
@@ -60,6 +64,7 @@ LUKS_OPTIONS = {"discard": "--allow-discards", "allow-discards": "--allow-discar
                 "no-write-workqueue": "--perf-no_write_workqueue",
                 "same-cpu-crypt": "--perf-same_cpu_crypt",
                 "submit-from-crypt-cpus": "--perf-submit_from_crypt_cpus"}
+KEYFILE_OPTIONS = {"keyfile-offset": "--keyfile-offset", "keyfile-size": "--keyfile-size"}
 
 
 def dm_name(m: Machine, name: str) -> str | None:
@@ -113,9 +118,21 @@ def luks_options(text: str) -> tuple[list[str], int, float | None, list[str]]:
             tries = int(value) or TRIES
         elif key == "timeout" and value.rstrip("s").isdigit():
             timeout = float(value.rstrip("s")) or None
+        elif key in crypttab.QUIET or (key in KEYFILE_OPTIONS and value.isdigit()):
+            pass        # for the packer or the installed system; key file flags: keyfile_flags
         else:
             ignored.append(word)
     return flags, tries, timeout, ignored
+
+
+def keyfile_flags(text: str) -> list[str]:
+    """crypttab-style options -> the cryptsetup flags that apply to a key file only."""
+    out = []
+    for word in text.split(","):
+        key, _, value = word.strip().partition("=")
+        if key in KEYFILE_OPTIONS and value.isdigit():
+            out.append(f"{KEYFILE_OPTIONS[key]}={value}")
+    return out
 
 
 class Layers:
@@ -139,6 +156,16 @@ class Layers:
         self.asked = 0.0                             # seconds spent waiting at a prompt
         self.md_waiting: dict[str, float] = {}       # array UUID -> when its first member appeared
         self.md_started: set[str] = set()
+        self.crypttab = self._crypttab()
+
+    def _crypttab(self) -> list[crypttab.Entry]:
+        text = self.m.read(CRYPTTAB)
+        if not text:
+            return []
+        entries, errors = crypttab.parse(text)
+        for e in errors:
+            self.log.warn(f"luks: {CRYPTTAB}: {e}")
+        return entries
 
     # -- the root search's hook --------------------------------------------------
     def visit(self, devs: list[BlockDevice], identify: Callable[[BlockDevice], dict[str, str]]) -> bool:
@@ -202,14 +229,18 @@ class Layers:
         if wanted and uuid not in wanted:
             self.tried.append(f"{what}: not opened (rd.luks.uuid= names {', '.join(wanted)})")
             return False
-        if not wanted and not self.for_root:
+        entry = crypttab.find(self.crypttab, node, info)
+        if not wanted and not self.for_root and entry is None:
             return False
-        name = self.cfg.luks_names.get(uuid) or "luks-" + uuid
-        return self.open_luks(node, info, name) is not None
+        name = self.cfg.luks_names.get(uuid) or (entry.name if entry else "luks-" + uuid)
+        return self.open_luks(node, info, name, entry) is not None
 
-    def open_luks(self, node: str, info: dict[str, str], name: str) -> str | None:
-        """Ask for the passphrase and open `node` as /dev/mapper/`name`; the mapper path,
-        or None after TRIES wrong (or unanswered) passphrases, or when cryptsetup fails."""
+    def open_luks(self, node: str, info: dict[str, str], name: str,
+                  entry: crypttab.Entry | None = None) -> str | None:
+        """Open `node` as /dev/mapper/`name`, with `entry`'s key file if it has one, else
+        (or when that key does not open it) with the passphrase asked on the consoles;
+        the mapper path, or None after TRIES wrong (or unanswered) passphrases, or
+        when cryptsetup fails."""
         cryptsetup = self.tools[LUKS]
         what = _describe(node, info)
         if cryptsetup is None:
@@ -219,7 +250,9 @@ class Layers:
         if self.m.exists("/dev/mapper/" + name):
             return "/dev/mapper/" + name
         uuid = luks_uuid(info.get("UUID", ""))
-        opts = self.cfg.luks_options.get(uuid, self.cfg.luks_options.get("", ""))
+        # the command line's options for this volume, else crypttab's, else the command line's for all
+        opts = self.cfg.luks_options.get(uuid) or (entry.options if entry else "") \
+            or self.cfg.luks_options.get("", "")
         flags, tries, timeout, ignored = luks_options(opts)
         if ignored:
             self.log.warn(f"luks: options not supported, ignored: {','.join(ignored)}")
@@ -228,6 +261,10 @@ class Layers:
         self.m.makedirs("/run/cryptsetup")
         label = info.get("LABEL")
         described = f"LUKS UUID={info.get('UUID', '?')}" + (f" LABEL={label}" if label else "")
+        if entry is not None and entry.keyfile:
+            done = self._with_key(node, info, name, entry, [*keyfile_flags(opts), *flags], described)
+            if done is not None:
+                return done
         last = ""
         wrong = unanswered = 0
         for attempt in range(1, tries + 1):
@@ -253,7 +290,7 @@ class Layers:
             if r.rc == 0 or (r.rc is None and self.m.exists("/dev/mapper/" + name)):
                 self.log.info(f"luks: {node} ({described}) opened as /dev/mapper/{name} in {ms:.0f} ms")
                 self.opened.append({"kind": "luks", "device": node, "uuid": info.get("UUID", ""),
-                                    "name": name, "ms": round(ms, 1), "tries": attempt})
+                                    "name": name, "ms": round(ms, 1), "tries": attempt, "key": "passphrase"})
                 return "/dev/mapper/" + name
             if r.rc not in (WRONG_PASSPHRASE, None):
                 last = f"cryptsetup failed (exit {r.rc}): {r.out}"
@@ -264,6 +301,30 @@ class Layers:
             self.log.warn(f"luks: wrong passphrase for {node} (try {attempt} of {tries})")
         self.tried.append(f"{what}: not opened: {last}")
         self.refused = f"{what}: {last}"
+        return None
+
+    def _with_key(self, node: str, info: dict[str, str], name: str, entry: crypttab.Entry,
+                  flags: list[str], described: str) -> str | None:
+        """Open `node` with `entry`'s key file; the mapper path, or None (then the prompt asks)."""
+        cryptsetup = self.tools[LUKS]
+        assert cryptsetup is not None
+        key = entry.keyfile
+        if not self.m.exists(key):
+            self.log.warn(f"luks: {node}: key file {key} (crypttab {entry.name}) is not in the image: "
+                          "asking for the passphrase")
+            self.tried.append(f"{_describe(node, info)}: key file {key} is not in the image")
+            return None
+        r = self.run([cryptsetup, "open", "--type", "luks", f"--key-file={self.m.path(key)}", *flags,
+                      self.m.path(node), name])
+        if r.rc == 0 or (r.rc is None and self.m.exists("/dev/mapper/" + name)):
+            self.log.info(f"luks: {node} ({described}) opened as /dev/mapper/{name} with key file {key} "
+                          f"in {r.seconds * 1000:.0f} ms")
+            self.opened.append({"kind": "luks", "device": node, "uuid": info.get("UUID", ""), "name": name,
+                                "ms": round(r.seconds * 1000, 1), "tries": 0, "key": key})
+            return "/dev/mapper/" + name
+        why = "it is not a key of this volume" if r.rc == WRONG_PASSPHRASE else f"exit {r.rc}: {r.out}"
+        self.log.warn(f"luks: {node}: key file {key} does not open it ({why}): asking for the passphrase")
+        self.tried.append(f"{_describe(node, info)}: key file {key} did not open it ({why})")
         return None
 
     # -- LVM --------------------------------------------------------------------
@@ -329,6 +390,10 @@ class Layers:
         for u in self.cfg.luks_uuids:
             if not any(u in t for t in self.tried) and not any(o.get("uuid") == u for o in self.opened):
                 lines.append(f"  LUKS volume {u} (rd.luks.uuid=): no such device appeared")
+        for e in self.crypttab:
+            if not any(o.get("name") == e.name for o in self.opened) and not (
+                    e.uuid() and any(e.uuid() in t.lower() for t in self.tried)):
+                lines.append(f"  LUKS volume {e.name} ({CRYPTTAB}: {e.source}): no such device appeared")
         return (["layers tried:"] + lines) if lines else []
 
 

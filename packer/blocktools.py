@@ -88,11 +88,10 @@ def modules(tree: object, layers: set[Layer]) -> set[str]:
     return {m for layer in layers for m in KITS[layer].modules if m in have}
 
 
-def layers_below(name: str, sys_root: Path = Path("/sys")) -> set[Layer]:
-    """The layers under block device `name` (dm-0, md127, sda2): its slaves in
-    /sys/block/NAME/slaves, followed down. A dm device is LUKS when its dm/uuid
-    starts with CRYPT-LUKS, LVM with LVM-; an md device is md."""
-    out: set[Layer] = set()
+def _below(name: str, sys_root: Path) -> list[Path]:
+    """/sys/class/block/N of block device `name` and of every device under it (its
+    slaves in /sys/block/N/slaves, followed down)."""
+    out: list[Path] = []
     seen: set[str] = set()
     todo = [name]
     while todo:
@@ -101,17 +100,32 @@ def layers_below(name: str, sys_root: Path = Path("/sys")) -> set[Layer]:
             continue
         seen.add(n)
         base = sys_root / "class" / "block" / n
+        out.append(base)
+        slaves = base / "slaves"
+        if slaves.is_dir():
+            todo.extend(sorted(p.name for p in slaves.iterdir()))
+    return out
+
+
+def layers_below(name: str, sys_root: Path = Path("/sys")) -> set[Layer]:
+    """The layers under block device `name` (dm-0, md127, sda2). A dm device is LUKS
+    when its dm/uuid starts with CRYPT-LUKS, LVM with LVM-; an md device is md."""
+    out: set[Layer] = set()
+    for base in _below(name, sys_root):
         uuid = _read(base / "dm" / "uuid")
         if uuid.startswith("CRYPT-LUKS"):
             out.add(Layer.LUKS)
         elif uuid.startswith("LVM-"):
             out.add(Layer.LVM)
-        if n.startswith("md") and (base / "md").is_dir():
+        if base.name.startswith("md") and (base / "md").is_dir():
             out.add(Layer.MD)
-        slaves = base / "slaves"
-        if slaves.is_dir():
-            todo.extend(sorted(p.name for p in slaves.iterdir()))
     return out
+
+
+def crypt_names_below(name: str, sys_root: Path = Path("/sys")) -> set[str]:
+    """The /dev/mapper names of the LUKS volumes under block device `name`."""
+    return {_read(base / "dm" / "name") for base in _below(name, sys_root)
+            if _read(base / "dm" / "uuid").startswith("CRYPT-LUKS")}
 
 
 def _read(p: Path) -> str:

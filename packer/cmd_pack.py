@@ -37,6 +37,8 @@ def summary(result: object) -> str:
         f"  identity {result.identity}",
         f"  content: {parts}",
         f"  time: {total * 1000:.0f} ms ({times} ms)",
+        *([f"  key files: {', '.join(result.key_files)} (crypttab): the image is mode 0600"]
+          if result.key_files else []),
     ])
 
 

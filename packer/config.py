@@ -143,6 +143,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keymap", Kind.LIST, (), "console keymaps to pack for typing a passphrase (kbd names such as "
             "de-latin1, or XKB layouts with console-setup); the first is the default "
             "(vconsole.keymap= on the boot command line picks another)", metavar="NAME,..."),
+    Setting("crypttab", Kind.PATH, None, "crypttab whose entries marked `initramfs` (and, with --host-only, "
+            "those under the root) are baked with their key files (default with --host-only: "
+            "/etc/crypttab); an image holding a key file is written mode 0600", metavar="FILE"),
     Setting("microcode", Kind.BOOL, True, "prepend the host's CPU microcode as an early segment"),
     Setting("shell-password-hash", Kind.STR, None, "gate the emergency shell with a password: its crypt(3) "
             "SHA-512 hash ($6$..., from `openssl passwd -6` or `mkpasswd -m sha-512`); default: an "
@@ -180,6 +183,7 @@ class PackConfig:
     host_only: bool = False
     layers: tuple[str, ...] = ()
     keymap: tuple[str, ...] = ()
+    crypttab: Path | None = None
     microcode: bool = True
     shell_password_hash: str | None = None
     source_date_epoch: int | None = None

@@ -14,11 +14,11 @@ import os
 import platform
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from liveinit.contract import FAILED_LINE, PREFIX, SHELL_LINE, Settings, index_for, moddir_for
-from packer import blocktools, keymap, modstore, pyruntime, segments, tools
+from liveinit.contract import FAILED_LINE, KEY_DIR, PREFIX, SHELL_LINE, Settings, index_for, moddir_for
+from packer import blocktools, crypttab, keymap, modstore, pyruntime, segments, tools
 from packer.busybox import BUSYBOX, applets
 from packer.config import DEFAULT_CACHE, PackConfig, check_cmdline
 from packer.errors import CommandError
@@ -63,6 +63,7 @@ class PackResult:
     sizes: dict[str, int] = field(default_factory=dict)   # uncompressed bytes per part
     segments: tuple[segments.SegmentInfo, ...] = ()      # in image order
     microcode: int = 0                 # bytes of the early uncompressed segment
+    key_files: tuple[str, ...] = ()    # crypttab names whose key file is in the image (then mode 0600)
 
 
 def resolve_kernel(cfg: PackConfig) -> tuple[str, Path]:
@@ -362,6 +363,15 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     for name, kind, major, minor, mode in DEV_NODES:
         img.ar.add_device(name, kind, major, minor, mode)
     _add_skeleton(img, cfg.skeleton)
+    crypt = crypttab.for_pack(cfg.crypttab, cfg.host_only)
+    for note in crypt.notes:
+        rep.info(f"crypttab: {note}")
+    if crypt.entries:
+        rep.debug("crypttab: baked " + ", ".join(e.render() for e in crypt.entries))
+        img.dir(KEY_DIR.lstrip("/"), "files", 0o700)
+        cfg = replace(cfg, layers=(*cfg.layers, blocktools.Layer.LUKS.value))   # cryptsetup to open them
+    for name, data, mode in crypt.files:
+        img.file(name, "files", data=data, mode=mode, replace=True)
 
     with rep.phase("modules"):
         kver, moddir = resolve_kernel(cfg)
@@ -459,10 +469,17 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
         out = Path(cfg.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_bytes(blob)
+        tmp.unlink(missing_ok=True)
+        # Whoever reads an image with a key file can open the volume: owner only, from the start.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if crypt.keys else 0o666)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(blob)
         os.replace(tmp, out)
+        if crypt.keys:
+            rep.info(f"{out}: holds the key file{'s' if len(crypt.keys) > 1 else ''} of "
+                     f"{', '.join(crypt.keys)}: written mode 0600")
 
     return PackResult(output=out, kver=kver, identity=identity, entries=len(img.ar), modules=mods,
                       firmware=nfw, uncompressed=sum(len(p[1]) for p in parts), compressed=len(blob),
                       times=dict(rep.times), sizes=dict(img.sizes),
-                      segments=tuple(info for _b, info in done), microcode=len(early))
+                      segments=tuple(info for _b, info in done), microcode=len(early), key_files=crypt.keys)
