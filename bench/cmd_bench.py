@@ -45,6 +45,18 @@ PEER_BUILDS = ("tiny", "itools-dep-hostsys", "itools-most", "dracut-generic", "d
 DISK_IMAGES = ("baseline", "tiny", "itools-dep-hostsys", "itools-most", "dracut-generic",
                "liveinit", "liveinit-hostonly")
 LIVE_IMAGES = ("baseline-live", "liveboot-most", "dracutlive-live", "liveinit-live", "liveinit-live-search")
+# The Debian live system: a debootstrap root with systemd on an ISO (bench/peers/mkdebian.sh),
+# booted to the serial console's login prompt by liveinit and by the peers' live initramfs.
+DEBIAN_LABEL = "PEERSDEB"
+DEBIAN_CMDLINES = {
+    "liveinit-debian": f"console=ttyS0 root=live:CDLABEL={DEBIAN_LABEL} panic=-1",
+    "liveboot-debian": "console=ttyS0 boot=live panic=-1",
+    "dracutlive-debian": f"console=ttyS0 root=live:CDLABEL={DEBIAN_LABEL} rd.live.image "
+                         "rd.live.overlay.overlayfs=1 panic=-1",
+}
+DEBIAN_IMAGES = {"liveinit-debian": "liveinit", "liveboot-debian": "liveboot-most",
+                 "dracutlive-debian": "dracutlive-live"}     # which initramfs each boots
+LOGIN_ENV = {"MARKER": "PEERS-LOGIN", "NEED": "login:", "BOOT_TIMEOUT": "480"}
 SAME_IMAGE = ("liveinit-live", "liveinit-live-search")   # the universal image, booted on the ISO
 KERNEL_TIME = re.compile(console.KERNEL_TIME)
 COSTS = console.runtime_line(contract.COSTS_LINE)
@@ -62,11 +74,12 @@ class Run:
     out: Path
     gen: dict[str, list[float]] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)
+    kernel_env: dict[str, str] = field(default_factory=dict)   # KVER, KROOT for the peer scripts
 
 
-def sh(script: str, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
-    """Run one of the peer recipe scripts, failing loudly with its log."""
-    full_env = dict(os.environ, **(env or {}))
+def sh(run: Run, script: str, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    """Run one of the peer recipe scripts on the run's kernel, failing loudly with its log."""
+    full_env = dict(os.environ, **run.kernel_env, **(env or {}))
     with open(log or os.devnull, "w") as f:
         r = subprocess.run(["bash", str(PEERS / script), *args], env=full_env, stdout=f,
                            stderr=subprocess.STDOUT)
@@ -77,15 +90,22 @@ def sh(script: str, *args: str, env: dict[str, str] | None = None, log: Path | N
 def prepare(run: Run) -> None:
     """Chroots with the peers, the test root, the hand-made lower bounds, the live ISO."""
     logs = run.out / "logs"
-    sh("chroots.sh", log=logs / "chroots.log")
+    sh(run, "chroots.sh", log=logs / "chroots.log")
     if not (WORK / "root.ext4").exists():
-        sh("mkroot.sh", log=logs / "mkroot.log")
-    if not (WORK / "images" / "baseline.cpio.zst").exists():
-        sh("baseline.sh", log=logs / "baseline.log")
-    if not (WORK / "live.iso").exists():
-        sh("mklive.sh", log=logs / "mklive.log")
-    run.images["baseline"] = WORK / "images" / "baseline.cpio.zst"
-    run.images["baseline-live"] = WORK / "images" / "baseline-live.cpio.zst"
+        sh(run, "mkroot.sh", log=logs / "mkroot.log")
+    if not (images_dir(run) / "baseline.cpio.zst").exists():
+        sh(run, "baseline.sh", log=logs / "baseline.log")
+    if not (WORK / "live.iso").exists() or not (images_dir(run) / "baseline-live.cpio.zst").exists():
+        sh(run, "mklive.sh", log=logs / "mklive.log")
+    if not (WORK / "debian.iso").exists():
+        sh(run, "mkdebian.sh", log=logs / "mkdebian.log")
+    run.images["baseline"] = images_dir(run) / "baseline.cpio.zst"
+    run.images["baseline-live"] = images_dir(run) / "baseline-live.cpio.zst"
+
+
+def images_dir(run: Run) -> Path:
+    """Where the peer scripts put images for the run's kernel (common.sh: IMG)."""
+    return WORK / "images" / run.kernel_env["KVER"]
 
 
 def pack_liveinit(run: Run, runs: int) -> None:
@@ -105,22 +125,22 @@ def pack_liveinit(run: Run, runs: int) -> None:
         run.images[name] = out
     for name in SAME_IMAGE:
         run.images[name] = run.images["liveinit"]
+    run.images["liveinit-debian"] = run.images["liveinit"]
 
 
 def pack_peers(run: Run, runs: int) -> None:
     """Peer generators in their chroots, via the recipe's build.sh."""
     env = {"PEERS_RESULTS": str(run.out / "raw")}
-    sh("build.sh", str(runs), *PEER_BUILDS, env=env, log=run.out / "logs" / "build.log")
+    sh(run, "build.sh", str(runs), *PEER_BUILDS, env=env, log=run.out / "logs" / "build.log")
     for row in read_tsv(run.out / "raw" / "gen.tsv"):
         if row["rc"] == "0":
             run.gen.setdefault(row["config"], []).append(float(row["seconds"]))
     for name in PEER_BUILDS:
-        img = WORK / "images" / f"{name}.img"
+        img = images_dir(run) / f"{name}.img"
         if img.exists():
             dest = run.out / "images" / f"{name}.img"
             shutil.copy(img, dest)
             run.images[name] = dest
-    run.images["liveboot-most"] = run.images.get("liveboot-most", WORK / "images" / "liveboot-most.img")
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -132,7 +152,8 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 
 def sizes(run: Run) -> dict[str, dict[str, str]]:
     """Compressed/uncompressed size, files and modules of every image (analyze.py)."""
-    args = [f"{k}={v}" for k, v in sorted(run.images.items()) if v.exists() and k not in SAME_IMAGE]
+    args = [f"{k}={v}" for k, v in sorted(run.images.items())
+            if v.exists() and k not in SAME_IMAGE and k not in DEBIAN_IMAGES]
     out = subprocess.run([sys.executable, str(PEERS / "analyze.py"), *args], capture_output=True, text=True,
                          check=True).stdout
     (run.out / "raw" / "images.tsv").write_text(out)
@@ -146,12 +167,18 @@ def boot_all(run: Run, rounds: int) -> None:
                "PEERS_LOGS": str(run.out / "bootlogs" / f"round{r}")}
         for name in DISK_IMAGES:
             if name in run.images:
-                sh("boot.sh", "-n", "1", name, str(run.images[name]), DISK_CMDLINE, env=env,
+                sh(run, "boot.sh", "-n", "1", name, str(run.images[name]), DISK_CMDLINE, env=env,
                    log=run.out / "logs" / f"boot-{name}.log")
         for name in LIVE_IMAGES:
             if name in run.images:
-                sh("boot.sh", "-n", "1", "-m", "cdrom-ide", name, str(run.images[name]), LIVE_CMDLINES[name],
-                   str(WORK / "live.iso"), env=env, log=run.out / "logs" / f"boot-{name}.log")
+                sh(run, "boot.sh", "-n", "1", "-m", "cdrom-ide", name, str(run.images[name]),
+                   LIVE_CMDLINES[name], str(WORK / "live.iso"), env=env,
+                   log=run.out / "logs" / f"boot-{name}.log")
+        for name, initrd in DEBIAN_IMAGES.items():
+            if initrd in run.images:
+                sh(run, "boot.sh", "-n", "1", "-m", "cdrom-ide", name, str(run.images[initrd]),
+                   DEBIAN_CMDLINES[name], str(WORK / "debian.iso"), env={**env, **LOGIN_ENV},
+                   log=run.out / "logs" / f"boot-{name}.log")
 
 
 def stage_breakdown(logdir: Path, name: str) -> dict[str, float]:
@@ -192,7 +219,9 @@ def first_line_ts(text: str, needle: str) -> float | None:
 
 def main_bench(args: argparse.Namespace) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = Run(out=WORK / "runs" / stamp)
+    from qemu.testkernel import fetch_kernel
+    kernel = fetch_kernel()     # the lab's kernel, fetched on a fresh machine: the peers use it too
+    run = Run(out=WORK / "runs" / stamp, kernel_env={"KVER": kernel.version, "KROOT": str(kernel.root)})
     for d in ("logs", "raw", "images"):
         (run.out / d).mkdir(parents=True, exist_ok=True)
     print(f"bench: run directory {run.out}")
@@ -202,15 +231,14 @@ def main_bench(args: argparse.Namespace) -> int:
         pack_peers(run, args.runs)
     else:
         for name in PEER_BUILDS:
-            img = WORK / "images" / f"{name}.img"
+            img = images_dir(run) / f"{name}.img"
             if img.exists():
                 run.images[name] = img
     image_rows = sizes(run)
     boot_all(run, args.rounds)
     scale_rows = scale(args.scale)
     from bench.bootcost import measure as bootcost
-    from qemu.testkernel import fetch_kernel
-    costs = bootcost(fetch_kernel().vmlinuz, run.out)
+    costs = bootcost(kernel.vmlinuz, run.out)
     from bench.report import write_report
     report = write_report(run, image_rows, read_tsv(run.out / "raw" / "boots.tsv"),
                           stage_breakdown(run.out / "bootlogs", "liveinit"),
