@@ -116,10 +116,17 @@ def test_unknown_name_fails_clearly(tmp_path):
 def test_compressed_modules_go_through_init_module(tmp_path, suffix, pack):
     loader, sysc, _ = setup(tmp_path, deps={"isofs": []}, aliases=[], suffix=suffix)
     ko = tmp_path / KMOD_DIR.lstrip("/") / f"kernel/isofs{suffix}"
-    ko.write_bytes(pack(b"\x7fELF fake module"))
+    elf = b"\x7fELF fake module" + b"~Module signature appended~\n"
+    ko.write_bytes(pack(elf))
+    images: list[bytes] = []
+    real = sysc.init_module
+    sysc.init_module = lambda image, params="": images.append(image) or real(image, params)
     assert loader.load("isofs", "fs")
     assert sysc.of("init_module") == [("init_module", "")]
+    assert images == [elf]                 # the .ko's bytes, signature and all
     assert loader.loaded["isofs"] == "fs"
+    totals = loader.m.costs.totals()
+    assert totals["module decompression"][0] == 1 and totals["module loads"][0] == 1
 
 
 def test_zstd_module_is_reported_unsupported(tmp_path):
