@@ -83,7 +83,11 @@ DEFAULT_CONFIG = """\
 # output themselves. Every key left out keeps its default: the universal image,
 # which boots on other hardware too.
 #
-# host-only = true     # only this machine's drivers and root device chain
+# host-only = true     # only this machine's drivers and root device chain (LUKS/LVM/md under it,
+#                      # and /etc/crypttab's entries for it: docs/INSTALLED.md)
+# with = ["luks", "lvm", "md"]   # the block layers' tools in any case
+# crypttab = "/etc/crypttab"     # bake its `initramfs` entries and key files (the image is then 0600)
+# keymap = ["de-latin1"]         # console keymaps for typing a passphrase
 # modules = ["nvme*"]  # extra modules, names or globs
 # cmdline = ""         # default kernel command line baked into /init
 # compress = "auto"

@@ -73,7 +73,8 @@ def test_default_config_is_a_valid_pack_config(tmp_path: Path) -> None:
     # Every commented example is a real key of the pack config.
     examples = [ln[2:].split("#")[0] for ln in hooks.DEFAULT_CONFIG.splitlines() if " = " in ln]
     conf.write_text("\n".join(examples) + "\n")
-    assert set(config.load_toml(conf)) == {"host_only", "modules", "cmdline", "compress"}
+    assert set(config.load_toml(conf)) == {"host_only", "layers", "crypttab", "keymap", "modules", "cmdline",
+                                           "compress"}
 
 
 @pytest.mark.parametrize("hook", hooks.hook_files(), ids=lambda h: h.path.name)
