@@ -138,6 +138,22 @@ def test_bake_nothing_without_a_crypttab(tmp_path: Path) -> None:
         bake.read(tmp_path / "none")
 
 
+def test_host_only_reads_the_hosts_crypttab_and_follows_the_root(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from packer import hostonly
+    tab = tmp_path / "crypttab"
+    tab.write_text(f"cryptroot UUID={LUKS_UUID} none luks\nhome UUID=1-2 none luks\n")
+    monkeypatch.setattr(bake, "HOST_CRYPTTAB", tab)
+    monkeypatch.setattr(hostonly, "root_filesystem", lambda mountpoint: ("/dev/mapper/vg-root", "ext4"))
+    monkeypatch.setattr(blocktools, "device_name", {"/dev/mapper/vg-root": "dm-0"}.get)
+    monkeypatch.setattr(blocktools, "crypt_names_below", {"dm-0": {"cryptroot"}}.get)
+    b = bake.for_pack(None, host_only=True)
+    assert [e.name for e in b.entries] == ["cryptroot"]
+    assert bake.for_pack(None, host_only=False) == bake.Baked()     # the host's file only with --host-only
+    monkeypatch.setattr(bake, "HOST_CRYPTTAB", tmp_path / "none")
+    assert bake.for_pack(None, host_only=True) == bake.Baked()      # no /etc/crypttab: nothing to bake
+
+
 def test_blkid_resolves_a_source_to_its_luks_uuid(tmp_path: Path) -> None:
     """blkid as the host's oracle: a LUKS2 header written by cryptsetup into a file."""
     img = tmp_path / "luks.img"
@@ -233,8 +249,8 @@ def test_the_command_line_wins_over_crypttab(tmp_path: Path) -> None:
     argv = run.calls[0][0]
     assert argv[-1] == "other" and "--readonly" in argv and "--allow-discards" not in argv
     run2 = Runner({})
-    ly2 = layers.Layers(m, parse_cmdline("root=UUID=x rd.luks=0"), NullLoader(), quiet_log(),  # type: ignore[arg-type]
-                        Prompt([]), run=run2)
+    off = parse_cmdline("root=UUID=x rd.luks=0")
+    ly2 = layers.Layers(m, off, NullLoader(), quiet_log(), Prompt([]), run=run2)  # type: ignore[arg-type]
     assert not ly2.offer("/dev/vda", LUKS_INFO) and run2.calls == []
 
 
