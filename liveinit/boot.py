@@ -264,7 +264,7 @@ class Boot:
             discovery.loader.load(name, "cmdline (rd.driver.pre/liveinit.modules)")
         # In the background: findroot takes the root the moment its device
         # appears, while other drivers still load, and joins coldplug before it returns.
-        discovery.start(cfg.root, since=self.begun[0])
+        discovery.start(cfg, since=self.begun[0])
         return discovery
 
     def module_loader(self, cfg: BootConfig) -> ModuleLoader | None:

@@ -27,7 +27,9 @@ loaded; the other devices are held back (or not even read) while the root's
 device may still appear, and released at once if it does not. `Stop` ends
 the run early: nothing more starts, the loads under way finish, and what was
 left is the booted system's business (its udev coldplugs every device
-again)."""
+again). `LeaveOut` (also decided by `discovery`) names devices whose drivers
+this boot does not need at all (network controllers when the root is not on
+the network): their jobs are never started, only recorded (`spared`)."""
 from __future__ import annotations
 
 import _thread
@@ -87,6 +89,14 @@ class Stop(Plain):
     __slots__ = ()
 
 
+def of_kind(job: Job, aliases: tuple[str, ...], classes: tuple[str, ...]) -> bool:
+    """Whether a job's device is of a kind: its modalias starts with one of `aliases`,
+    or it is a PCI device whose modalias carries one of the class markers `classes`
+    ("bc01sc08": base class and subclass; "bc02": a base class)."""
+    alias = job.alias
+    return alias.startswith(aliases) or (alias.startswith("pci:") and any(c in alias for c in classes))
+
+
 class RootFirst(Plain):
     """What root first needs to know of the root's device: device (its name under
     /sys/class/block, "vda"), aliases (modalias prefixes of its drivers), classes
@@ -100,9 +110,21 @@ class RootFirst(Plain):
 
     def wants(self, job: Job) -> bool:
         """Whether a job is for the root's kind of device."""
-        alias = job.alias
-        return alias.startswith(self.aliases) or (
-            alias.startswith("pci:") and any(c in alias for c in self.classes))
+        return of_kind(job, self.aliases, self.classes)
+
+
+class LeaveOut(Plain):
+    """Devices whose drivers coldplug leaves to the booted system's udev: aliases
+    (modalias prefixes), classes (PCI class markers), why (for the log and the record)."""
+
+    __slots__ = ("aliases", "classes", "why")
+    aliases: tuple[str, ...]
+    classes: tuple[str, ...]
+    why: str
+
+    def wants(self, job: Job) -> bool:
+        """Whether a job is for a device this boot leaves out."""
+        return of_kind(job, self.aliases, self.classes)
 
 
 LOAD_ENDED, RELEASE, STOP = LoadEnded(), Release(), Stop()
@@ -113,7 +135,7 @@ class Coldplug:
     runs it in the background, `run` in the calling thread."""
 
     __slots__ = ("m", "loader", "log", "seen", "devices", "running", "loaded", "ended", "first",
-                 "unwalked", "held", "left", "stopped", "_inbox", "_done", "_mu")
+                 "unwalked", "held", "left", "stopped", "leave", "spared", "_inbox", "_done", "_mu")
 
     def __init__(self, m: Machine, loader: Loader, log: Log) -> None:
         self.m = m
@@ -129,6 +151,8 @@ class Coldplug:
         self.held: list[Job] = []       # jobs held back while the root's bus goes first
         self.left: list[Job] = []       # jobs never started (stopped)
         self.stopped = False
+        self.leave: LeaveOut | None = None   # devices left out altogether (set before a run)
+        self.spared: list[Job] = []     # their jobs, never started
         self._inbox: SimpleQueue[Job | LoadEnded | Release | Stop] | None = None
         self._done: _thread.LockType | None = None   # held while the background run lasts
         self._mu = _thread.allocate_lock()   # `running` vs handle_event's hand-over
@@ -170,6 +194,8 @@ class Coldplug:
         self.seen.add(bus + "/" + name)
         # The alias travels with the job: some devices have no modalias file.
         job = Job(tuple(self.loader.match(alias)), f"uevent {bus} {name} {alias}", alias)
+        if self._left_out(job):
+            return []
         with self._mu:
             if self.running and self._inbox is not None:
                 self._inbox.put(job)
@@ -354,12 +380,21 @@ class Coldplug:
                 yield bus, name, devdir + "/" + name
 
     def _job(self, bus: str, name: str, path: str) -> Job | None:
-        """The job for an unbound device with something to load, or None."""
+        """The job for an unbound device with something to load, or None (also for
+        a device left out, whose job is kept in `spared`)."""
         begun = self.m.costs.begin(PROBING)
         try:
-            return self._match(bus, name, path)
+            job = self._match(bus, name, path)
         finally:
             self.m.costs.end(PROBING, begun)
+        return None if job is None or self._left_out(job) else job
+
+    def _left_out(self, job: Job) -> bool:
+        leave = self.leave
+        if leave is None or not job.names or not leave.wants(job):
+            return False
+        self.spared.append(job)
+        return True
 
     def _match(self, bus: str, name: str, path: str) -> Job | None:
         try:

@@ -378,7 +378,7 @@ def test_each_module_is_inserted_once_across_threads(tmp_path):
 def discover(m, loader, log, root: RootSpec | None = None) -> Discovery:
     """The boot's discovery, its coldplug started in the background."""
     d = Discovery(m, loader, FakeUevents(), log)
-    d.start(root, since=time.monotonic())
+    d.start(None if root is None else parse_cmdline("").replace(root=root), since=time.monotonic())
     return d
 
 

@@ -15,8 +15,9 @@ import pytest
 from qemu.fakes import FakeUevents
 from liveinit import coldplug as coldplug_mod
 from liveinit.cmdline import RootSpec, parse
-from liveinit.coldplug import LOAD_ENDED, RELEASE, STOP, Coldplug, Job, LoadEnded, Release, RootFirst, Stop
-from liveinit.discovery import Discovery, NullListener, NullLoader, root_first
+from liveinit.coldplug import (LOAD_ENDED, RELEASE, STOP, Coldplug, Job, LeaveOut, LoadEnded, Release,
+                               RootFirst, Stop)
+from liveinit.discovery import NET_LEFT, Discovery, NullListener, NullLoader, leave_out, root_first
 from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.modload import ModuleLoader
@@ -159,7 +160,7 @@ def test_device_root_found_stops_unless_persistence_or_findiso_will_look(tmp_pat
         w = World(tmp_path / str(len(cmdline)), {"virtio_blk": 0.2})
         cfg = parse(cmdline)
         d = w.discovery()
-        d.start(RootSpec("path", "/dev/vda", False), time.monotonic())
+        d.start(parse("root=/dev/vda"), time.monotonic())
         assert d.coldplug.first is not None
         d.device_root_found(cfg)
         assert d.finish(5)
@@ -199,7 +200,7 @@ def test_settled_needs_coldplug_over_no_slow_bus_and_quiet(tmp_path: Path, monke
 def test_without_a_module_index_nothing_walks_but_the_stage_line_comes(tmp_path: Path) -> None:
     w = World(tmp_path)
     d = Discovery(w.m, NullLoader(), NullListener(), w.log, walk=False)
-    d.start(RootSpec("path", "/dev/vda", False), time.monotonic())
+    d.start(parse("root=/dev/vda"), time.monotonic())
     assert not d.running and d.coldplug.seen == set()
     assert d.finish() and d.ms is not None and len(w.stage_lines()) == 1
     assert w.sys.of("finit_module") == []
@@ -233,3 +234,100 @@ def test_the_null_loader_and_listener_implement_the_whole_interfaces(tmp_path: P
     assert {"fileno", "poll", "close"} == _public(NullListener) <= _public(UeventListener)
     t = time.monotonic()
     assert NullListener().poll(5) == [] and time.monotonic() - t < 1   # sleeps at most 0.25 s
+
+
+# -- network controllers: left to the booted system unless the root needs the network ------------
+NIC_ALIASES = [("pci:v00008086d000010D3sv*sd*bc*sc*i*", "e1000e"), ("virtio:d00000001v*", "virtio_net"),
+               ("pci:v00008086d00002922sv*sd*bc*sc*i*", "ahci"), ("pci:v*d*sv*sd*bc01sc06i01*", "ahci"),
+               ("scsi:t-0x00*", "sd_mod"), ("pci:v00001AF4d*sv*sd*bc*sc*i*", "virtio_pci"),
+               ("virtio:d00000002v*", "virtio_blk")]
+URL = "http://10.0.2.100/live/filesystem.squashfs"
+
+
+class NetWorld(World):
+    """World plus an Intel 82574L (e1000e, PCI class 020000) and a virtio-net device
+    (virtio0, appears with virtio_pci beside the disk's virtio1)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        deps = {"ahci": [], "sd_mod": [], "virtio_pci": [], "virtio_blk": [], "e1000e": [], "virtio_net": []}
+        index, _ = small_index(tmp_path, deps=deps, aliases=NIC_ALIASES)
+        b = SysfsBuilder(tmp_path)
+        b.pci(0x8086, 0x2922, 0x010601, slot="0000:00:01.1")
+        b.pci(0x8086, 0x10D3, 0x020000, slot="0000:00:03.0")
+        vnet = b.pci(0x1AF4, 0x1000, 0x020000, slot="0000:00:05.0")
+        vblk = b.pci(0x1AF4, 0x1001, 0x010000, slot="0000:00:04.0")
+
+        def on_load(mod: str, mods: list[str]) -> None:
+            if mod == "virtio_pci":
+                b.virtio(vnet, 0, 1)
+                b.virtio(vblk, 1, 2)
+            elif mod == "virtio_blk":
+                b.disk(None, "vda", 254, 0, 65536)
+
+        self.root = tmp_path
+        self.sys = GrowingSyscalls(str(tmp_path), on_load)
+        self.m = Machine(str(tmp_path), self.sys)
+        self.out = io.StringIO()
+        self.log = Log(out=self.out)
+        self.loader = ModuleLoader(self.m, index, KMOD_DIR, parse(""), self.log)
+        self.events = FakeUevents()
+
+
+def test_leave_out_is_the_network_unless_the_root_needs_it() -> None:
+    net = leave_out(parse("root=/dev/sda1"))
+    assert net == LeaveOut(("virtio:d00000001v",), ("bc02",), NET_LEFT) == leave_out(parse(""))
+    assert net.wants(Job(("virtio_net",), "virtio virtio0", "virtio:d00000001v00001AF4"))
+    assert net.wants(Job(("e1000",), "pci", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00"))
+    assert net.wants(Job(("mlx4_core",), "pci", "pci:v000015B3d00001003sv000015B3sd00000006bc02sc80i00"))
+    assert not net.wants(Job(("virtio_blk",), "virtio virtio1", "virtio:d00000002v00001AF4"))
+    assert not net.wants(Job(("ahci",), "pci", "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"))
+    assert not net.wants(Job(("xhci_pci",), "pci", "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30"))
+    for needs_network in (f"root=live:{URL}", f"fetch={URL}", "root=/dev/sda1 ip=dhcp",
+                          "ip=10.0.0.2::10.0.0.1:255.255.255.0::eth0:off"):
+        assert leave_out(parse(needs_network)) is None, needs_network
+    assert leave_out(None) is None
+
+
+@pytest.mark.parametrize("cmdline, left", [("", True), ("root=/dev/sda1", True), (f"root=live:{URL}", False),
+                                            ("ip=dhcp", False)])
+def test_network_controllers_are_left_to_the_booted_system(tmp_path: Path, cmdline: str, left: bool) -> None:
+    """A live medium or a disk root: the NIC drivers are never loaded, and the record
+    says what was left and why; a URL root or ip=: they load like any driver."""
+    w = NetWorld(tmp_path)
+    d = w.discovery()
+    d.start(parse(cmdline), time.monotonic())
+    assert d.finish(5)
+    loaded = set(w.loader.loaded)
+    assert {"virtio_pci", "virtio_blk"} <= loaded
+    assert ("e1000e" in loaded, "virtio_net" in loaded) == (not left, not left)
+    spared = [job.names for job in d.coldplug.spared]
+    if left:
+        # the virtio-net's PCI function is a network controller too; virtio_pci loads for the disk
+        assert sorted(spared) == [("e1000e",), ("virtio_net",), ("virtio_pci",)]
+        (entry,) = [e for e in d.left if NET_LEFT in e]
+        assert "e1000e for pci 0000:00:03.0 [8086:10d3] class 020000" in entry
+        assert "virtio_net for virtio virtio0 virtio:d00000001v00001AF4" in entry
+        assert "virtio_pci" not in entry            # it is in the kernel: nothing was left
+        assert "coldplug: left to the booted system: " in w.out.getvalue()
+        assert [c[1] for c in w.sys.of("finit_module") if c[1] in ("e1000e", "virtio_net")] == []
+    else:
+        assert spared == [] and not any(NET_LEFT in e for e in d.left)
+
+
+def test_a_hotplugged_nic_is_left_too(tmp_path: Path) -> None:
+    """A NIC's uevent after coldplug ended goes the same way (USB or PCI hotplug)."""
+    w = NetWorld(tmp_path)
+    ev = {"ACTION": "add", "DEVPATH": "/devices/pci0000:00/0000:00:09.0/virtio7", "SUBSYSTEM": "virtio",
+          "MODALIAS": "virtio:d00000001v00001AF4"}
+    w.events = FakeUevents([[ev]])
+    d = w.discovery()
+    d.start(parse(""), time.monotonic())
+    assert d.finish(5)
+    assert d.events(0.5) == [ev]
+    assert "virtio_net" not in w.loader.loaded
+    assert d.coldplug.spared[-1].reason == "uevent virtio virtio7 virtio:d00000001v00001AF4"
+    w2 = NetWorld(tmp_path / "url")
+    w2.events = FakeUevents([[ev]])
+    d2 = w2.discovery()
+    d2.start(parse(f"root=live:{URL}"), time.monotonic())
+    assert d2.finish(5) and d2.events(0.5) == [ev] and "virtio_net" in w2.loader.loaded
