@@ -14,6 +14,12 @@ kernel. So the medium's ESP holds:
 fbx64.efi is left out on purpose: beside shim it would write boot entries
 into the machine's NVRAM, which a live medium must never do.
 
+A network boot tree (`liveinit netboot`) takes the same chain in another
+`Layout`: shim is the file the DHCP answer names (bootnetx64.efi), shim
+fetches grubx64.efi from the TFTP directory it came from, and that is the
+distribution's network GRUB (grubnetx64.efi.signed), whose built-in prefix
+(Debian's: `/grub`) is on the TFTP server.
+
 The signed GRUB is one image with its modules built in (it cannot load
 modules from disk under Secure Boot) and an embedded early config plus a
 prefix (Debian's: `/EFI/debian`, on the device GRUB was loaded from). That
@@ -23,6 +29,7 @@ config there; the prefix is read out of the binary, not assumed.
 Everything here reads files; nothing is signed (see docs/SECUREBOOT.md)."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +42,7 @@ from packer.errors import CommandError
 # Where Debian and Ubuntu install the signed binaries (Ubuntu's newest shim is `.latest`).
 SHIM_PATHS = ("usr/lib/shim/shimx64.efi.signed.latest", "usr/lib/shim/shimx64.efi.signed")
 GRUB_PATHS = ("usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",)
+GRUB_NET_PATHS = ("usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",)   # its network build
 MOK_MANAGER_PATHS = ("usr/lib/shim/mmx64.efi.signed",)
 # The Debian packages that hold them, fetched into the cache when neither
 # the root nor the host has them.
@@ -208,6 +216,23 @@ def grub_prefix(data: bytes, pe: PEImage) -> str | None:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Where a kind of boot medium puts the chain, and which signed GRUB build it takes."""
+
+    boot: str                     # what the firmware starts: shim (or, as a fallback, the unsigned GRUB)
+    grub: str                     # where shim looks for the second stage: grubx64.efi beside itself
+    mok_manager: str
+    grub_paths: tuple[str, ...]   # the signed GRUB for this medium, relative to a root
+    grub_name: str                # for messages
+
+
+# A disk or CD's EFI system partition, and a TFTP server's directory (the UEFI
+# PXE boot file the DHCP server names, Debian's netboot name).
+MEDIA = Layout(ESP_BOOT, ESP_GRUB, ESP_MOK_MANAGER, GRUB_PATHS, "signed GRUB")
+NETWORK = Layout("bootnetx64.efi", "grubx64.efi", "mmx64.efi", GRUB_NET_PATHS, "signed network GRUB")
+
+
+@dataclass(frozen=True)
 class SignedChain:
     """shim, the signed GRUB it starts and MokManager, and where GRUB reads its config."""
 
@@ -217,21 +242,22 @@ class SignedChain:
     prefix: str                  # GRUB's built-in prefix, e.g. "/EFI/debian"
     origin: str                  # where the binaries came from, for messages
     note: str = ""               # a warning that does not stop the signed boot
+    layout: Layout = MEDIA
 
     @property
     def config_path(self) -> str:
-        """Where GRUB's early config goes, on the ESP and on the ISO (no leading slash)."""
+        """Where GRUB's config goes (no leading slash): on the ESP and on the ISO, or on the TFTP server."""
         return self.prefix.strip("/") + "/grub.cfg"
 
-    def esp_files(self) -> tuple[tuple[str, Path], ...]:
-        """(path on the ESP, source file) for the binaries."""
-        files = [(ESP_BOOT, self.shim), (ESP_GRUB, self.grub)]
+    def files(self) -> tuple[tuple[str, Path], ...]:
+        """(path on the medium, source file) for the binaries, in the chain's layout."""
+        out = [(self.layout.boot, self.shim), (self.layout.grub, self.grub)]
         if self.mok_manager is not None:
-            files.append((ESP_MOK_MANAGER, self.mok_manager))
-        return tuple(files)
+            out.append((self.layout.mok_manager, self.mok_manager))
+        return tuple(out)
 
     def describe(self) -> str:
-        return f"shim + signed GRUB from {self.origin} (GRUB reads {'/' + self.config_path})"
+        return f"shim + {self.layout.grub_name} from {self.origin} (GRUB reads {'/' + self.config_path})"
 
 
 def _first(base: Path, candidates: tuple[str, ...]) -> Path | None:
@@ -254,12 +280,12 @@ def _fetch_debian_chain(cache: Path) -> Path:
     return root
 
 
-def _chain_in(base: Path, origin: str) -> SignedChain | str:
+def _chain_in(base: Path, origin: str, layout: Layout = MEDIA) -> SignedChain | str:
     """The chain under `base`, or why there is none."""
-    shim, grub = _first(base, SHIM_PATHS), _first(base, GRUB_PATHS)
+    shim, grub = _first(base, SHIM_PATHS), _first(base, layout.grub_paths)
     if shim is None or grub is None:
-        missing = " or ".join(n for n, p in (("shim", shim), ("signed GRUB", grub)) if p is None)
-        return f"{origin} has no {missing} ({', '.join('/' + p for p in (SHIM_PATHS + GRUB_PATHS))})"
+        missing = " or ".join(n for n, p in (("shim", shim), (layout.grub_name, grub)) if p is None)
+        return f"{origin} has no {missing} ({', '.join('/' + p for p in (SHIM_PATHS + layout.grub_paths))})"
     data = grub.read_bytes()
     try:
         pe = read_pe(data)
@@ -271,11 +297,11 @@ def _chain_in(base: Path, origin: str) -> SignedChain | str:
     prefix = grub_prefix(data, pe)
     if not prefix or not prefix.startswith("/"):
         return f"cannot tell where {grub} looks for its grub.cfg (no prefix built in)"
-    return SignedChain(shim, grub, _first(base, MOK_MANAGER_PATHS), prefix, origin)
+    return SignedChain(shim, grub, _first(base, MOK_MANAGER_PATHS), prefix, origin, layout=layout)
 
 
 def signed_chain(kernel: Path, root: Path | None = None, cache: Path = DEFAULT_CACHE,
-                 download: bool = True, host: Path = Path("/")) -> SignedChain:
+                 download: bool = True, host: Path = Path("/"), layout: Layout = MEDIA) -> SignedChain:
     """The signed chain for a medium that boots `kernel`, or NoSignedChain saying why not.
 
     Looked for in `root` (the tree being imaged: its distribution's loaders
@@ -296,13 +322,14 @@ def signed_chain(kernel: Path, root: Path | None = None, cache: Path = DEFAULT_C
     tried: list[str] = []
     places = [(root, "the root")] if root is not None else []
     for base, origin in [*places, (host, "the host")]:
-        found = _chain_in(base, origin)
+        found = _chain_in(base, origin, layout)
         if isinstance(found, SignedChain):
             return _with_trust(found, kpe, kernel)
         tried.append(found)
     if download:
         try:
-            found = _chain_in(_fetch_debian_chain(cache), "Debian's packages (" + ", ".join(PACKAGES) + ")")
+            found = _chain_in(_fetch_debian_chain(cache), "Debian's packages (" + ", ".join(PACKAGES) + ")",
+                              layout)
         except CommandError as e:
             found = f"cannot fetch Debian's signed packages: {e}"
         if isinstance(found, SignedChain):
@@ -320,7 +347,7 @@ def _with_trust(chain: SignedChain, kpe: PEImage, kernel: Path) -> SignedChain:
         return chain
     note = (f"the kernel {kernel} is signed, but not by the CA built into {chain.shim}: GRUB will refuse it "
             "(\"bad shim signature\") unless its key is enrolled as a Machine Owner Key (docs/SECUREBOOT.md)")
-    return SignedChain(chain.shim, chain.grub, chain.mok_manager, chain.prefix, chain.origin, note)
+    return dataclasses.replace(chain, note=note)
 
 
 def fallback_warning(reason: NoSignedChain) -> str:
@@ -331,7 +358,8 @@ def fallback_warning(reason: NoSignedChain) -> str:
 
 @dataclass(frozen=True)
 class EfiLoader:
-    """What a medium's EFI system partition holds: (path on the ESP, file) pairs.
+    """What a medium's EFI system partition holds: (path on the ESP, file) pairs
+    (for a network boot tree: paths in its TFTP directory, `config` among them).
 
     The ISO's El Torito image, the hybrid's ESP and a stick's FAT all get
     these files; the ISO also needs `config` (when set) at the same path in its
@@ -345,20 +373,21 @@ class EfiLoader:
 
 def efi_loader(work: Path, kernel: Path, root: Path | None, early_config: str,
                unsigned: Callable[[], Path], secure_boot: bool = True,
-               cache: Path = DEFAULT_CACHE) -> EfiLoader:
+               cache: Path = DEFAULT_CACHE, layout: Layout = MEDIA) -> EfiLoader:
     """The signed chain with `early_config` where its GRUB reads it, or, when
     there is none or `secure_boot` is off, the `unsigned` GRUB (a callable:
-    built only when needed) as EFI/BOOT/BOOTX64.EFI with a warning."""
+    built only when needed) where the firmware looks (EFI/BOOT/BOOTX64.EFI on a
+    medium) with a warning. The network layout's `early_config` is the menu itself."""
     if secure_boot:
         try:
-            chain = signed_chain(kernel, root, cache)
+            chain = signed_chain(kernel, root, cache, layout=layout)
         except NoSignedChain as e:
             message = fallback_warning(e)
         else:
             cfg = work / "grub-early.cfg"
             cfg.write_text(early_config)
             config = (chain.config_path, cfg)
-            return EfiLoader((*chain.esp_files(), config), True, chain.note or chain.describe(), config)
+            return EfiLoader((*chain.files(), config), True, chain.note or chain.describe(), config)
     else:
         message = f"Secure Boot not asked for: the medium gets the unsigned GRUB, and {WHAT_SECURE_BOOT_DOES}"
-    return EfiLoader(((ESP_BOOT, unsigned()),), False, message)
+    return EfiLoader(((layout.boot, unsigned()),), False, message)

@@ -274,7 +274,8 @@ def command(prof: Profile, image: Path | None, work: Path, log: Path | None,
     if image is not None:
         cmd += prof.args(_prepare_image(prof, image, work), vars_copy)
     else:
-        cmd += ["-machine", prof.storage.machine] + prof.firmware.args(vars_copy)
+        machine = prof.storage.machine + prof.firmware.machine_options   # a network boot: no medium
+        cmd += ["-machine", machine] + prof.firmware.args(vars_copy)
     for i, disk in enumerate(disks):
         cmd += ["-drive", f"file={disk},if=none,id=extra{i},format=raw",
                 "-device", f"virtio-blk-pci,drive=extra{i}"]

@@ -158,13 +158,13 @@ def test_chain_from_the_root_and_its_layout(kernel: KernelTree, debian_chain: Pa
     assert chain.origin == "the root" and chain.note == ""
     assert chain.shim == root / secureboot.SHIM_PATHS[1]
     assert chain.config_path == "EFI/debian/grub.cfg"
-    assert dict(chain.esp_files()) == {
+    assert dict(chain.files()) == {
         "EFI/BOOT/BOOTX64.EFI": root / secureboot.SHIM_PATHS[1],
         "EFI/BOOT/grubx64.efi": root / secureboot.GRUB_PATHS[0],
         "EFI/BOOT/mmx64.efi": root / secureboot.MOK_MANAGER_PATHS[0],
     }
     # never shim's fallback: it would write boot entries into the machine's NVRAM
-    assert not any("fbx64" in dest for dest, _ in chain.esp_files())
+    assert not any("fbx64" in dest for dest, _ in chain.files())
 
 
 def test_root_without_signed_grub_falls_to_the_host(kernel: KernelTree, debian_chain: Path,
