@@ -3,13 +3,15 @@
 The same path for the running system (`liveinit image /`) and any other root: one file
 system, the default and the user's excludes, the live clean-up of the copy and the
 root's own kernel (packer/snapshot.py); then the squashfs, initramfs and ISO
-(packer/image.py)."""
+(packer/image.py). `liveinit netboot` makes its image of a root through `pack_root` too."""
 from __future__ import annotations
 
 import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,55 @@ def kernel_for(root: Path, kernel_root: Path | None, kver: str | None, test_kern
     return snapshot.root_kernel(root, kver)
 
 
+@dataclass(frozen=True)
+class Packed:
+    """A live ISO of a root (`pack_root`) and what its copy took."""
+
+    result: image.ImageResult
+    plan: snapshot.Plan
+
+
+def pack_root(root: Path, output: Path, kernel: KernelTree, v: Mapping[str, Any],
+              say: Callable[[str], None], draw: Callable[[str], None] | None,
+              entries: tuple[image.MenuEntry, ...] = image.MENU, label: str = image.DEFAULT_LABEL,
+              secure_boot: bool | None = None) -> Packed:
+    """The live ISO of `root` at `output`, made as `liveinit image` makes it: the
+    snapshot's excludes and live clean-up (packer.snapshot.plan) from the settings
+    `v` (SETTINGS' fields but the ISO's own: output, label, menu-entry, which are
+    `output`, `label` and `entries`), then packer.image; files changed meanwhile are warned
+    about. `draw`: mksquashfs' progress line (None: none). `secure_boot`
+    overrides the setting (None: `v`'s)."""
+    if not root.is_dir():
+        raise CommandError(f"{root} is not a directory", hint="pass the root filesystem tree to put on the "
+                           "medium (/ for the running system)")
+    with tempfile.TemporaryDirectory(prefix="liveinit-snapshot-", dir=v["workdir"]) as tmp:
+        work = Path(tmp)
+        plan = snapshot.plan(root, work, outputs=(output, work),
+                             include_mounts=tuple(Path(p) for p in v["include_mount"]),
+                             exclude=tuple(v["exclude"]),
+                             exclude_from=tuple(Path(p) for p in v["exclude_from"]),
+                             hostname=v["hostname"], keep_identity=v["keep_identity"],
+                             writable_from=v["writable_from"])
+        for line in plan.cleanup:
+            say(f"live copy: {line}")
+        say(f"packing {root}: {plan.files} files, {human(plan.bytes_in)} (kernel {kernel.version})")
+        progress = snapshot.ProgressLine(plan.bytes_in, draw) if draw else None
+        start_ns = time.time_ns()
+        result = image.build_image(root, output, kernel, initrd=v["initrd"], identity=v["identity"],
+                                   compression=v["compression"], label=label, cmdline=v["cmdline"],
+                                   console=v["console"], all_root=v["all_root"], workdir=work,
+                                   secure_boot=v["secure_boot"] if secure_boot is None else secure_boot,
+                                   excludes=plan.excludes, pseudo_file=plan.pseudo_file, progress=progress,
+                                   entries=entries)
+        changed = snapshot.changed_since(root, plan.excludes, start_ns)
+    if changed:
+        print(f"warning: {len(changed)} files changed while they were packed (the copy may hold the old, "
+              "the new or a torn version; stop what writes them, or --exclude them):", file=sys.stderr)
+        for c in changed:
+            print(f"  {c.path}: {c.why}", file=sys.stderr)
+    return Packed(result, plan)
+
+
 def run(args: argparse.Namespace) -> int:
     v: dict[str, Any] = config.values(args, SETTINGS)
     root: Path = args.root
@@ -90,33 +141,11 @@ def run(args: argparse.Namespace) -> int:
     entries = image.MENU + tuple(image.menu_entry(spec, i) for i, spec in enumerate(v["menu_entry"], 1))
     kernel = kernel_for(root, v["kernel_root"], v["kver"], v["test_kernel"])
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="liveinit-snapshot-", dir=v["workdir"]) as tmp:
-        work = Path(tmp)
-        plan = snapshot.plan(root, work, outputs=(v["output"], work),
-                             include_mounts=tuple(Path(p) for p in v["include_mount"]),
-                             exclude=tuple(v["exclude"]),
-                             exclude_from=tuple(Path(p) for p in v["exclude_from"]),
-                             hostname=v["hostname"], keep_identity=v["keep_identity"],
-                             writable_from=v["writable_from"])
-        for line in plan.cleanup:
-            say(f"live copy: {line}")
-        say(f"packing {root}: {plan.files} files, {human(plan.bytes_in)} (kernel {kernel.version})")
-        draw = None if args.quiet else snapshot.terminal_progress()
-        progress = snapshot.ProgressLine(plan.bytes_in, draw) if draw else None
-        start_ns = time.time_ns()
-        result = image.build_image(root, v["output"], kernel, initrd=v["initrd"], identity=v["identity"],
-                                   compression=v["compression"], label=v["label"], cmdline=v["cmdline"],
-                                   console=v["console"], all_root=v["all_root"], workdir=work,
-                                   secure_boot=v["secure_boot"], excludes=plan.excludes,
-                                   pseudo_file=plan.pseudo_file, progress=progress, entries=entries)
-        changed = snapshot.changed_since(root, plan.excludes, start_ns)
+    draw = None if args.quiet else snapshot.terminal_progress()
+    packed = pack_root(root, v["output"], kernel, v, say, draw, entries, v["label"])
+    result, plan = packed.result, packed.plan
     if not result.secure_boot:
         print(f"warning: {result.efi_loader}", file=sys.stderr)
-    if changed:
-        print(f"warning: {len(changed)} files changed while they were packed (the copy may hold the old, "
-              "the new or a torn version; stop what writes them, or --exclude them):", file=sys.stderr)
-        for c in changed:
-            print(f"  {c.path}: {c.why}", file=sys.stderr)
     say(f"{result.iso}: {human(result.iso_size)} in {time.monotonic() - t0:.1f} s: {plan.files} files, "
         f"{human(plan.bytes_in)} in, squashfs {human(result.squashfs_size)}; "
         f"label={result.label} identity={result.identity} kernel={kernel.version}")

@@ -5,7 +5,8 @@ The tree is one directory, served whole by TFTP (the boot loaders, the
 kernel and the initramfs) and by HTTP (the image, fetched by the runtime):
 
     pxelinux.0, ldlinux.c32, pxelinux.cfg/default   BIOS PXE (syslinux's pxelinux)
-    grubnetx64.efi, boot/grub/grub.cfg              UEFI PXE (GRUB with efinet/tftp/http)
+    bootnetx64.efi, grubx64.efi, mmx64.efi          UEFI PXE: shim, the signed network GRUB, MokManager
+    grub/grub.cfg                                    GRUB's menu, at its built-in prefix on the server
     live/vmlinuz, live/initrd.img                    what the loaders fetch (TFTP)
     live/filesystem.squashfs, live/liveinit.id       what the runtime fetches (HTTP)
     live/SHA256SUMS                                   digests of the three live/ files
@@ -13,8 +14,14 @@ kernel and the initramfs) and by HTTP (the image, fetched by the runtime):
 
 The boot entries pass `root=live:URL/live/filesystem.squashfs ip=dhcp` and the
 MAC the firmware booted from (BOOTIF=), so the runtime configures that NIC.
-It is made from a root directory (squashfs and initramfs built here) or from
-an ISO that `liveinit image` made (its files reused as they are)."""
+
+UEFI clients boot through the signed chain when the kernel is signed
+(packer.secureboot's NETWORK layout), so machines with Secure Boot on boot
+the tree too; otherwise bootnetx64.efi is an unsigned GRUB (grub-mkimage)
+with the same prefix and menu, and a warning says what Secure Boot does.
+It is made from an ISO that `liveinit image` made (its files reused as they
+are); `liveinit netboot ROOT` makes that ISO first, as `liveinit image` does
+(packer.cmd_image.pack_root: the same excludes and live clean-up)."""
 from __future__ import annotations
 
 import hashlib
@@ -27,17 +34,16 @@ from pathlib import Path
 from liveinit import sha256sums
 from liveinit.contract import CHECKSUMS_FILE, ID_FILE, INITRD_FILE, KERNEL_FILE, LIVE_IMAGE
 from liveinit.netcfg import parse_url
-from packer import image, tools
+from packer import image, secureboot, tools
 from packer.config import check_cmdline, source_date_epoch
 from packer.errors import CommandError
-from packer.kernel import KernelTree
 
 PXELINUX = Path("/usr/lib/PXELINUX/pxelinux.0")
 LDLINUX = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
 PXELINUX_CFG = "pxelinux.cfg/default"
-GRUB_NET_EFI = "grubnetx64.efi"
-GRUB_NET_CFG = "boot/grub/grub.cfg"
-GRUB_NET_PREFIX = "/boot/grub"   # on the TFTP server GRUB was loaded from
+UEFI_BOOT = secureboot.NETWORK.boot   # the UEFI boot file the DHCP answer names: shim, or the unsigned GRUB
+GRUB_NET_PREFIX = "/grub"      # on the TFTP server GRUB was loaded from: the signed network GRUB's (Debian)
+GRUB_NET_CFG = GRUB_NET_PREFIX.lstrip("/") + "/grub.cfg"
 GRUB_NET_MODULES = ("efinet", "net", "tftp", "http", "linux", "normal", "configfile", "echo", "test",
                     "all_video", "efi_gop", "gfxterm", "sleep", "halt", "reboot")
 README = "README.md"
@@ -56,6 +62,8 @@ class NetbootResult:
     identity: str
     image_size: int
     files: tuple[str, ...]   # relative to outdir
+    secure_boot: bool        # UEFI PXE boots through the signed chain
+    efi_loader: str          # the chain used, or the fallback warning
 
 
 def image_url(base: str) -> str:
@@ -93,7 +101,8 @@ def grub_net_cfg(cmdline: str) -> str:
 
 
 def build_grub_net(out: Path, epoch: int) -> Path:
-    """GRUB for UEFI network boot: it reads its menu from the TFTP server it came from."""
+    """The unsigned GRUB for UEFI network boot: it reads its menu from the TFTP
+    server it came from, at the prefix the signed one has."""
     tools.run(["grub-mkimage", "-O", "x86_64-efi", "-o", str(out), "-p", GRUB_NET_PREFIX, *GRUB_NET_MODULES],
               "build the GRUB EFI network image", env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
     return out
@@ -123,7 +132,7 @@ tftp-root={outdir}
 dhcp-match=set:efi64,option:client-arch,7
 dhcp-match=set:efi64,option:client-arch,9
 pxe-service=tag:!efi64,x86PC,"liveinit (BIOS)",pxelinux
-pxe-service=tag:efi64,X86-64_EFI,"liveinit (UEFI)",{GRUB_NET_EFI}
+pxe-service=tag:efi64,X86-64_EFI,"liveinit (UEFI)",{UEFI_BOOT}
 ```
 
 As the only DHCP server, replace the proxy range with a real one and name the
@@ -132,7 +141,7 @@ boot files instead of the pxe-service lines:
 ```
 dhcp-range=192.168.1.100,192.168.1.200,12h
 dhcp-boot=tag:!efi64,pxelinux.0
-dhcp-boot=tag:efi64,{GRUB_NET_EFI}
+dhcp-boot=tag:efi64,{UEFI_BOOT}
 ```
 
 ## HTTP: any server
@@ -161,7 +170,8 @@ that finds a different image refuses it ("checksum mismatch") and opens a shell.
 """
 
 
-def _prepare(outdir: Path) -> None:
+def prepare(outdir: Path) -> None:
+    """Make `outdir` ours (new, empty, or a tree we wrote), or refuse it."""
     if outdir.exists():
         if not outdir.is_dir():
             raise CommandError(f"{outdir} is not a directory", hint="give a new or empty directory")
@@ -189,14 +199,19 @@ def _place(src: Path, dest: Path) -> None:
 
 
 def write_tree(outdir: Path, vmlinuz: Path, initrd: Path, squashfs: Path, identity: str, base: str,
-               console: str = DEFAULT_CONSOLE, extra: str = "") -> NetbootResult:
-    """Lay out the tree at `outdir` from a kernel, an initramfs and an image."""
+               console: str = DEFAULT_CONSOLE, extra: str = "", *, secure_boot: bool = True,
+               root: Path | None = None) -> NetbootResult:
+    """Lay out the tree at `outdir` from a kernel, an initramfs and an image.
+
+    `secure_boot`: UEFI PXE through the signed chain when `vmlinuz` is signed
+    and a chain is found (in `root`, the tree the image was made from, then
+    as for the media); False: the unsigned GRUB."""
     url = image_url(base)
     cmdline = boot_cmdline(url, console, extra)
     for tool, path in (("pxelinux", PXELINUX), ("syslinux-common", LDLINUX)):
         if not path.exists():
             raise CommandError(f"{path} not found", hint=f"apt-get install {tool}")
-    _prepare(outdir)
+    prepare(outdir)
     epoch = source_date_epoch()
     for src, dest in ((vmlinuz, KERNEL_FILE), (initrd, INITRD_FILE), (squashfs, LIVE_IMAGE)):
         _place(src, outdir / dest.lstrip("/"))
@@ -207,37 +222,29 @@ def write_tree(outdir: Path, vmlinuz: Path, initrd: Path, squashfs: Path, identi
     _place(LDLINUX, outdir / "ldlinux.c32")
     (outdir / PXELINUX_CFG).parent.mkdir(parents=True, exist_ok=True)
     (outdir / PXELINUX_CFG).write_text(pxelinux_cfg(cmdline))
-    build_grub_net(outdir / GRUB_NET_EFI, epoch)
-    (outdir / GRUB_NET_CFG).parent.mkdir(parents=True, exist_ok=True)
-    (outdir / GRUB_NET_CFG).write_text(grub_net_cfg(cmdline))
+    with tempfile.TemporaryDirectory(prefix="liveinit-netboot-efi-") as tmp:
+        work = Path(tmp)
+        loader = secureboot.efi_loader(work, vmlinuz, root, grub_net_cfg(cmdline),
+                                       lambda: build_grub_net(work / "grubnetx64.efi", epoch), secure_boot,
+                                       layout=secureboot.NETWORK)
+        for dest, src in loader.files:   # the signed chain's files include its menu (`config`)
+            _place(src, outdir / dest)
+    if loader.config is None:
+        (outdir / GRUB_NET_CFG).parent.mkdir(parents=True, exist_ok=True)
+        (outdir / GRUB_NET_CFG).write_text(grub_net_cfg(cmdline))
     (outdir / README).write_text(readme(base, url, outdir.resolve()))
     files = tuple(sorted(str(p.relative_to(outdir)) for p in outdir.rglob("*") if p.is_file()))
     for p in outdir.rglob("*"):
         os.utime(p, (epoch, epoch), follow_symlinks=False)
     size = (outdir / LIVE_IMAGE.lstrip("/")).stat().st_size
-    return NetbootResult(outdir, url, cmdline, identity, size, files)
+    return NetbootResult(outdir, url, cmdline, identity, size, files, loader.signed, loader.message)
 
 
-def from_root(root: Path, outdir: Path, kernel: KernelTree, base: str, *, initrd: Path | None = None,
-              identity: str | None = None, compression: str = image.SquashfsCompression.ZSTD,
-              all_root: bool = False, console: str = DEFAULT_CONSOLE, extra: str = "") -> NetbootResult:
-    """The tree for root directory `root`: squashfs and (unless given) initramfs built here."""
-    if not Path(root).is_dir():
-        raise CommandError(f"{root} is not a directory", hint="pass a root filesystem tree or an ISO")
-    if initrd is not None:
-        identity = image.identity_for_initrd(initrd, identity)
-    _prepare(outdir)
-    with tempfile.TemporaryDirectory(prefix="liveinit-netboot-") as tmp:
-        squash = image.build_squashfs(root, outdir / LIVE_IMAGE.lstrip("/"), compression, all_root=all_root)
-        identity = identity or image.default_identity(squash, kernel.version)
-        if initrd is None:
-            initrd = image.pack_initramfs(kernel, Path(tmp) / "initrd.img", identity)
-        return write_tree(outdir, kernel.vmlinuz, initrd, squash, identity, base, console, extra)
-
-
-def from_iso(iso: Path, outdir: Path, base: str, *, console: str = DEFAULT_CONSOLE,
-             extra: str = "") -> NetbootResult:
-    """The tree for an ISO `liveinit image` made: its kernel, initramfs, image and identity."""
+def from_iso(iso: Path, outdir: Path, base: str, *, console: str = DEFAULT_CONSOLE, extra: str = "",
+             secure_boot: bool = True, root: Path | None = None) -> NetbootResult:
+    """The tree for an ISO `liveinit image` made: its kernel, initramfs, image and
+    identity. `root`: the tree the ISO was made from, where the signed chain is
+    looked for first (see write_tree)."""
     if not Path(iso).is_file():
         raise CommandError(f"{iso} not found",
                            hint="pass an ISO made by `liveinit image`, or a root directory")
@@ -247,4 +254,4 @@ def from_iso(iso: Path, outdir: Path, base: str, *, console: str = DEFAULT_CONSO
                for name in (KERNEL_FILE, INITRD_FILE, LIVE_IMAGE, ID_FILE)}
         identity = got[ID_FILE].read_text().strip()
         return write_tree(outdir, got[KERNEL_FILE], got[INITRD_FILE], got[LIVE_IMAGE], identity, base,
-                          console, extra)
+                          console, extra, secure_boot=secure_boot, root=root)
