@@ -48,7 +48,7 @@ if TYPE_CHECKING:   # mypy only: typing costs an import at boot
 POLL_MAX = 1.0      # rescan at least this often even without events
 RETRY_FIRST = 0.5   # a device whose probe or mount failed is tried again after this long...
 RETRY_MAX = 4.0     # ...doubling up to this, until the root delay ends
-EIO = 5
+EIO, EINVAL = 5, 22
 SETTLE = 2.0        # wait this long for a better (identity) match before taking a stranger...
 PERSIST_WAIT = 5.0      # how long a persistence device named on the command line may take to appear
 # Content that is never a mountable medium.
@@ -136,7 +136,11 @@ class _Search:
     # -- waiting ------------------------------------------------------------
 
     def wait(self, attempt: Callable[[], T | None], deadline: float) -> T | None:
-        """Call attempt() now and after every batch of uevents until it returns non-None."""
+        """Call attempt() now and after every batch of uevents until it returns non-None.
+
+        At the deadline a coldplug still loading drivers is joined and attempt() runs
+        once more: a slow machine (TCG, a busy host) must not fail on a device whose
+        driver was still loading when a short rootdelay= ran out."""
         while True:
             r = attempt()
             if r is not None:
@@ -147,7 +151,13 @@ class _Search:
             # Time spent at a passphrase prompt is the user's, not the devices'.
             left = deadline + (layers.asked if layers is not None else 0.0) - time.monotonic()
             if left <= 0:
-                return None
+                if not self.discovery.running:
+                    return None
+                self.log.info("the root delay is over but drivers are still loading: waiting for them")
+                self.discovery.finish(COLDPLUG_JOIN)
+                self.discovery.events(QUIET)   # the block devices their loads announce
+                self.retry.clear()
+                return attempt()
             self.discovery.events(min(left, self.poll_max))
 
     # -- mounting -----------------------------------------------------------
@@ -156,9 +166,9 @@ class _Search:
         """Mount /dev/NAME read-only at target, loading the fs module first. A
         failure is remembered (`failed`) for the retry and the failure message.
 
-        A device whose direct mount fails with EIO although its superblock was
-        read (a CD behind an HBA whose capacity sr cannot read: the block size
-        is wrong and isofs' reads come out unaligned) is mounted through a
+        A device whose direct mount fails with EIO (or a CD with EINVAL) although
+        its superblock was read (a CD behind an HBA whose capacity sr cannot read:
+        the block size is wrong and isofs' reads fail) is mounted through a
         read-only loop device over it, which reads in plain 512-byte sectors."""
         # Memoised and a no-op when present; works with the NullLoader too.
         self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
@@ -169,7 +179,8 @@ class _Search:
         try:
             self.m.sys.mount(node, self.m.path(target), fstype, MS_RDONLY, None)
         except OSError as e:
-            if e.errno != EIO:
+            # EINVAL from a CD whose superblock we just read: isofs could not (megasas-gen2).
+            if e.errno != EIO and not (e.errno == EINVAL and dev.optical):
                 return self.failed(dev, f"mount as {fstype} failed: {_strerror(e)}")
             direct = _strerror(e)
         else:

@@ -40,10 +40,11 @@ def sums_text(files: dict[str, Path]) -> str:
                               if name.lstrip("/") != SUMS_PATH})
 
 
-def write_sums(tree: Path) -> Path:
-    """Write tree/live/SHA256SUMS listing every file under `tree`."""
+def write_sums(tree: Path, skip: tuple[str, ...] = ()) -> Path:
+    """Write tree/live/SHA256SUMS listing every file under `tree` but `skip`
+    (files the ISO writer changes: isolinux.bin gets its boot-info table)."""
     files = {str(p.relative_to(tree)): p for p in sorted(tree.rglob("*"))
-             if p.is_file() and not p.is_symlink()}
+             if p.is_file() and not p.is_symlink() and str(p.relative_to(tree)) not in skip}
     out = tree / SUMS_PATH
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(sums_text(files))
