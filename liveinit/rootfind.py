@@ -30,6 +30,8 @@ from liveinit.syscalls import MS_RDONLY
 # Modules the kernel requests while mounting (request_module(): no modprobe helper
 # answers it in the initramfs): vfat's default codepage and iocharsets.
 MOUNT_NEEDS = {"vfat": ("nls_cp437", "nls_ascii", "nls_iso8859_1")}
+NTFS_3G = "ntfs-3g"         # NTFS through FUSE when the kernel has no ntfs3
+FUSE_DEV = (10, 229)        # /dev/fuse's major and minor
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # mypy only: typing costs an import at boot
@@ -170,6 +172,8 @@ class _Search:
         its superblock was read (a CD behind an HBA whose capacity sr cannot read:
         the block size is wrong and isofs' reads fail) is mounted through a
         read-only loop device over it, which reads in plain 512-byte sectors."""
+        if fstype == "ntfs":
+            return self.mount_ntfs(dev, target)
         # Memoised and a no-op when present; works with the NullLoader too.
         self.loader.load_alias("fs-" + fstype, f"fs-{fstype} for /dev/{dev.name}")
         for mod in MOUNT_NEEDS.get(fstype, ()):
@@ -202,6 +206,37 @@ class _Search:
         self.errors.pop(dev.name, None)
         self.log.warn(f"/dev/{dev.name}: mounting it failed ({direct}) though its superblock reads "
                       f"fine; mounted through the read-only loop device {self._rel(loop)} instead")
+        return True
+
+    def mount_ntfs(self, dev: blockdev.BlockDevice, target: str) -> bool:
+        """NTFS (a Windows disk holding findiso's ISO) read-only: the kernel's ntfs3
+        (Linux 5.15+; blkid's type is "ntfs"), else the image's ntfs-3g through FUSE
+        (`liveinit pack --binaries /usr/bin/ntfs-3g --modules fuse`): Debian 12's
+        kernel has no NTFS driver. The daemon keeps running under the real init."""
+        self.loader.load_alias("fs-ntfs3", f"fs-ntfs3 for /dev/{dev.name}")
+        self.m.makedirs(target)
+        node = self.m.path(blockdev.node(self.m, dev))
+        try:
+            self.m.sys.mount(node, self.m.path(target), "ntfs3", MS_RDONLY, None)
+            self.errors.pop(dev.name, None)
+            return True
+        except OSError as e:
+            kernel = _strerror(e)
+        from liveinit import command
+        tool = command.find(self.m.root, NTFS_3G)
+        if tool is None:
+            return self.failed(dev, f"mount as ntfs3 failed: {kernel}; and the image has no {NTFS_3G} "
+                               f"(pack it: --binaries /usr/bin/{NTFS_3G} --modules fuse)")
+        self.loader.load("fuse", f"fuse for {NTFS_3G} on /dev/{dev.name}")
+        if not self.m.exists("/dev/fuse"):
+            self.m.sys.mknod(self.m.path("/dev/fuse"), "c", FUSE_DEV[0], FUSE_DEV[1], 0o666)
+        r = command.run([self.m.path(tool), "-o", "ro", node, self.m.path(target)])
+        mounts = self.m.read("/proc/mounts") or ""
+        if not any(line.split()[1:2] == [self.m.path(target)] for line in mounts.splitlines()):
+            return self.failed(dev, f"mount as ntfs3 failed: {kernel}; {NTFS_3G} failed too "
+                               f"(exit status {r.rc}): {r.out or 'no message'}")
+        self.errors.pop(dev.name, None)
+        self.log.info(f"/dev/{dev.name}: NTFS mounted by {NTFS_3G} (the kernel: {kernel})")
         return True
 
     def _rel(self, path: str) -> str:

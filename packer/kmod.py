@@ -86,7 +86,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
             "asix", "ax88179_178a", "virtio_pci"),
     "cdrom": ("sr_mod", "cdrom", "isofs", "udf"),
     "fs": ("isofs", "udf", "vfat", "fat", "msdos", "nls_cp437", "nls_iso8859_1", "nls_utf8", "nls_ascii",
-           "exfat", "ext4", "btrfs", "xfs", "squashfs", "erofs", "overlay", "loop", "f2fs"),
+           "exfat", "ntfs3", "ext4", "btrfs", "xfs", "squashfs", "erofs", "overlay", "loop", "f2fs"),
     "live": ("squashfs", "erofs", "overlay", "loop", "isofs", "udf", "vfat", "nls_cp437",
              "nls_iso8859_1", "nls_utf8"),
     "keyboard": ("atkbd", "i8042", "usbhid", "hid_generic", "hid", "hid_apple", "hid_microsoft",
