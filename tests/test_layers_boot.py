@@ -44,6 +44,21 @@ def initrd(kernel: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="module")
+def keyed_initrd(kernel: KernelTree, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image whose crypttab opens the LUKS root with a key file baked at pack time."""
+    work = tmp_path_factory.mktemp("keyed")
+    key = work / "root.key"
+    key.write_text(PASSWORD)          # a passphrase is a key file's content too (no newline)
+    key.chmod(0o400)
+    tab = work / "crypttab"
+    tab.write_text(f"cryptroot UUID={LUKS_UUID} {key} luks,initramfs\n")
+    out = work / "initrd.img"
+    initramfs.build(PackConfig(output=out, moddir=kernel.moddir, kver=kernel.version, crypttab=tab))
+    assert out.stat().st_mode & 0o777 == 0o600
+    return out
+
+
+@pytest.fixture(scope="module")
 def rootfs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The demo root as a 40 MiB ext4 image with a fixed UUID, and its tree's digest (the cache key)."""
     from qemu.demoroot import build_demo_root
@@ -280,3 +295,18 @@ def test_german_keymap_types_the_passphrase(boot, german_disk: Path) -> None:  #
     text = g.text()
     assert "keymap: de-latin1 loaded" in text
     assert "wrong passphrase" not in text
+
+
+def test_luks2_root_opens_with_the_baked_key_file(kernel: KernelTree, keyed_initrd: Path, luks_disk: Path,
+                                                  tmp_path: Path) -> None:
+    """No rd.luks.* and nobody typing: the image's crypttab names the volume and its key."""
+    g = Guest(kernel, keyed_initrd, f"root=UUID={ROOT_UUID} rootdelay=60", (_copy(luks_disk, tmp_path),),
+              tmp_path)
+    try:
+        ok = g.line(DEMO_OK)
+        text = g.text()
+    finally:
+        g.close()
+    assert "opened as /dev/mapper/cryptroot with key file /etc/liveinit/keys/cryptroot.key" in text
+    assert PROMPT not in text
+    assert "root=ext4" in ok
