@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packer import tools
+from packer.cachelock import locked
 from packer.config import DEFAULT_CACHE
 from packer.errors import CommandError
 
@@ -268,15 +269,16 @@ def _fetch_debian_chain(cache: Path) -> Path:
     """Unpack Debian's signed shim, GRUB and MokManager packages into the cache; the unpacked root."""
     base = cache / CACHE_DIR
     root, stamp = base / "root", base / ".unpacked"
-    if stamp.exists():
-        return root
-    debs = base / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    tools.run(["apt-get", "download", "-q", *PACKAGES], "download Debian's signed shim and GRUB",
-              cwd=debs)
-    for deb in sorted(debs.glob("*.deb")):
-        tools.run(["dpkg", "-x", str(deb), str(root)], f"unpack {deb.name}")
-    stamp.touch()
+    with locked(base):   # two packs at once download it once
+        if stamp.exists():
+            return root
+        debs = base / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        tools.run(["apt-get", "download", "-q", *PACKAGES], "download Debian's signed shim and GRUB",
+                  cwd=debs)
+        for deb in sorted(debs.glob("*.deb")):
+            tools.run(["dpkg", "-x", str(deb), str(root)], f"unpack {deb.name}")
+        stamp.touch()
     return root
 
 

@@ -2,13 +2,13 @@
 depmod-generated copy of its module tree, used as kmod's oracle."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from packer.cachelock import locked
 from packer.config import DEFAULT_CACHE
 from packer.kernel import KernelTree
 from qemu.testkernel import fetch_kernel
@@ -27,13 +27,14 @@ def depmod_root(kernel: KernelTree) -> Path:
     Returns the base directory (`depmod -b BASE`), holding lib/modules/KVER."""
     base = DEFAULT_CACHE / "depmod" / kernel.version
     moddir = base / "lib" / "modules" / kernel.version
-    if not (moddir / "modules.dep").exists():
-        if moddir.exists():
-            shutil.rmtree(moddir)
-        moddir.parent.mkdir(parents=True, exist_ok=True)
-        # Hard links: same files, no second copy of ~400 MiB.
-        subprocess.run(["cp", "-al", str(kernel.moddir), str(moddir)], check=True)
-        subprocess.run(["depmod", "-b", str(base), kernel.version], check=True)
+    with locked(base):   # test workers run in parallel
+        if not (moddir / "modules.dep").exists():
+            if moddir.exists():
+                shutil.rmtree(moddir)
+            moddir.parent.mkdir(parents=True, exist_ok=True)
+            # Hard links: same files, no second copy of ~400 MiB.
+            subprocess.run(["cp", "-al", str(kernel.moddir), str(moddir)], check=True)
+            subprocess.run(["depmod", "-b", str(base), kernel.version], check=True)
     return base
 
 
