@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packer.busybox import BUSYBOX, applets
+from packer.cachelock import locked
 from packer.config import DEFAULT_CACHE
 from packer.errors import CommandError
 from packer.kernel import KernelTree
@@ -133,7 +134,8 @@ def base_initramfs(kernel: KernelTree, cache: Path = GUEST_CACHE) -> Path:
     """The base initramfs, built once per kernel and this module's recipe."""
     key = hashlib.sha256(f"{kernel.version} {TOOLS} {MODULES} {INIT} {LVM_CONF}".encode()).hexdigest()[:16]
     path = cache / f"initrd-{key}.cpio"
-    return path if path.exists() else build_initramfs(kernel, path)
+    with locked(path):   # test workers run in parallel
+        return path if path.exists() else build_initramfs(kernel, path)
 
 
 def _job_archive(script: str, ndisks: int) -> bytes:
@@ -226,17 +228,19 @@ def prepare(name: str, script: str, sizes: dict[str, int], inputs: tuple[Path, .
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     d = cache / "images" / f"{name}-{key}"
     out = {n: d / f"{n}.img" for n in sizes}
-    if (d / ".done").exists() and all(p.exists() for p in out.values()):
-        return out
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    for n, mib in sizes.items():
-        with out[n].open("wb") as f:
-            f.truncate(mib << 20)
-    res = run(script, tuple(out.values()), inputs, kernel)
-    if res.rc != 0:
-        raise CommandError(f"preparing {name} in the guest failed (rc {res.rc}):\n"
-                           + res.console[-3000:], hint="run qemu.guestrun.run by hand with the same script")
-    (d / "recipe.txt").write_text(recipe)
-    (d / ".done").write_text(f"{res.seconds:.1f} s\n")
+    with locked(d):   # two test workers may ask for the same images
+        if (d / ".done").exists() and all(p.exists() for p in out.values()):
+            return out
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        for n, mib in sizes.items():
+            with out[n].open("wb") as f:
+                f.truncate(mib << 20)
+        res = run(script, tuple(out.values()), inputs, kernel)
+        if res.rc != 0:
+            raise CommandError(f"preparing {name} in the guest failed (rc {res.rc}):\n"
+                               + res.console[-3000:],
+                               hint="run qemu.guestrun.run by hand with the same script")
+        (d / "recipe.txt").write_text(recipe)
+        (d / ".done").write_text(f"{res.seconds:.1f} s\n")
     return out

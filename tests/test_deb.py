@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from packer.cachelock import locked
 from packer.config import DEFAULT_CACHE
 from packer.cpio import read_archive
 from packer.hooks import DEBIAN_IMAGE, DISABLED_SUFFIX, OTHER_GENERATORS, SIDE_IMAGE
@@ -84,10 +85,15 @@ def base_tarball(debs: list[Path]) -> Path:
     fields = "".join(run("dpkg-deb", "-f", str(d), "Package", "Depends", "Recommends") for d in debs)
     key = hashlib.sha256(fields.encode()).hexdigest()[:16]
     tar = TARBALLS / f"{SUITE}-{key}.tar"
-    if tar.exists():
-        return tar
+    with locked(tar):   # other test workers may build the same tarball
+        if not tar.exists():
+            _build_tarball(tar, debs)
+    return tar
+
+
+def _build_tarball(tar: Path, debs: list[Path]) -> None:
     TARBALLS.mkdir(parents=True, exist_ok=True)
-    work = TARBALLS / f"{SUITE}-{key}.partial"
+    work = tar.with_suffix(".partial")
     shutil.rmtree(work, ignore_errors=True)
     try:
         run("debootstrap", "--variant=minbase", SUITE, str(work), MIRROR)
@@ -102,7 +108,6 @@ def base_tarball(debs: list[Path]) -> Path:
         os.replace(f"{tar}.partial", tar)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return tar
 
 
 def image_names(path: Path) -> set[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from packer import image
+from packer.cachelock import locked
 from packer.config import DEFAULT_CACHE
 from packer.kernel import KernelTree
 from qemu import lab
@@ -32,16 +33,17 @@ BOOT_TIMEOUT_S = 600
 def debian_root(cache: Path = ROOT_CACHE) -> Path:
     """debootstrap --variant=minbase --include=systemd-sysv,udev, once; later runs reuse the tree."""
     root = cache / SUITE
-    if (root / COMPLETE).exists():
-        return root
-    partial = cache / f"{SUITE}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", SUITE,
-                    str(partial), MIRROR], check=True, stdout=subprocess.DEVNULL)
-    shutil.rmtree(root, ignore_errors=True)
-    partial.rename(root)
-    (root / COMPLETE).touch()
+    with locked(root):   # other test workers use the same tree
+        if (root / COMPLETE).exists():
+            return root
+        partial = cache / f"{SUITE}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=systemd-sysv,udev", SUITE,
+                        str(partial), MIRROR], check=True, stdout=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+        partial.rename(root)
+        (root / COMPLETE).touch()
     return root
 
 
