@@ -125,6 +125,11 @@ STORAGES: dict[str, Storage] = {s.name: s for s in (
             drivers=("ehci_pci", "usb_storage", "sd_mod")),
     Storage("nvme", "q35", "NVMe namespace", ("nvme,drive={drive},serial=liveinit0{boot}",),
             drivers=("nvme",)),
+    # sr cannot read the capacity here ("Hardware Error"): isofs's direct mount fails with
+    # EIO, liveinit mounts the CD through a read-only loop device (issue 12).
+    Storage("megasas-cd", "pc", "CD on a MegaRAID SAS gen2 HBA (megasas-gen2)",
+            ("megasas-gen2,id=mega0", "scsi-cd,drive={drive},bus=mega0.0{boot}"), media="cdrom",
+            drivers=("megaraid_sas", "sr_mod")),
     Storage("scsi-lsi", "pc", "disk on a classic LSI 53C895A SCSI HBA",
             ("lsi53c895a,id=lsi0", "scsi-hd,drive={drive},bus=lsi0.0{boot}"),
             drivers=("sym53c8xx", "sd_mod")),
