@@ -17,8 +17,11 @@ KERNEL_FILE = LIVE_DIR + "/vmlinuz"
 INITRD_FILE = LIVE_DIR + "/initrd.img"
 CHECKSUMS_FILE = LIVE_DIR + "/SHA256SUMS"        # sha256sum format, paths relative to the medium
 # Persistence on a stick (`liveinit usb` makes them, the boot menu names them):
-PERSISTENCE_LABEL = "persistence"                # ext4 label of a persistence partition
+PERSISTENCE_LABEL = "persistence"                # label of a persistence partition (ext4, or LUKS2 header)
 PERSISTENCE_IMAGE = "/persistence.img"           # an ext4 image file on the medium itself
+# The LUKS2 subsystem of an encrypted persistence partition `liveinit usb` wrote without
+# device-mapper: nothing inside yet; the runtime makes the ext4 on its first open (liveinit/freshfs.py).
+PERSISTENCE_FRESH = "liveinit-unformatted"
 # In the live image's root (`liveinit image --writable-from`): the paths union=bind makes
 # writable instead of its fixed set, one absolute path a line ('#' comments).
 WRITABLE_LIST = "/etc/liveinit/writable"

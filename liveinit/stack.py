@@ -308,7 +308,14 @@ def _unlock(m: Machine, cfg: BootConfig, dev: str, info: dict[str, str], spec: s
     if mapper is None:
         raise BootFailure(layers.refused or f"cannot open the LUKS volume {dev}")
     ms = layers.opened[-1]["ms"] if layers.opened else 0
-    return mapper, _probe(m.path(mapper)), f"{spec} (LUKS {dev} opened in {ms} ms)"
+    inside = _probe(m.path(mapper))
+    from liveinit import freshfs
+    if not inside.get("TYPE") and freshfs.is_fresh(info):    # `liveinit usb` left the ext4 to us
+        why = freshfs.format_fresh(m, dev, info, mapper, log)
+        if why:
+            raise BootFailure(f"{dev}: the new encrypted persistence volume is not formatted: {why}")
+        inside = _probe(m.path(mapper))
+    return mapper, inside, f"{spec} (LUKS {dev} opened in {ms} ms)"
 
 
 def _copy_tree(src: str, dst: str) -> None:
