@@ -50,6 +50,13 @@ KITS: dict[Layer, LayerKit] = {
     Layer.MD: LayerKit(("mdadm",), ("md_mod", "linear", "raid0", "raid1", "raid10", "raid456"), "mdadm"),
 }
 
+# Libraries a kit's tools dlopen, so not in their ELF closure: glibc loads libgcc_s.so.1 when
+# a thread exits, and cryptsetup's argon2id runs one thread per CPU of the host that made the
+# keyslot (up to 4); without it, opening a LUKS2 volume formatted on a multi-core host aborts
+# ("libgcc_s.so.1 must be installed for pthread_exit to work").
+DLOPENED: dict[Layer, tuple[str, ...]] = {Layer.LUKS: ("libgcc_s.so.1",)}
+LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib")
+
 
 def parse_layers(names: tuple[str, ...] | list[str]) -> set[Layer]:
     """--with values -> layers; raises CommandError naming a wrong one."""
@@ -77,9 +84,20 @@ def tool_path(name: str) -> Path:
                        hint=f"apt-get install {pkg}")
 
 
+TOOLS_OF = {layer: ", ".join(kit.tools) for layer, kit in KITS.items()}
+
+
 def binaries(layers: set[Layer]) -> list[Path]:
-    """The tools of `layers`, as host paths."""
-    return [tool_path(t) for layer in sorted(layers) for t in KITS[layer].tools]
+    """The tools of `layers` and the libraries they dlopen (DLOPENED), as host paths."""
+    out = [tool_path(t) for layer in sorted(layers) for t in KITS[layer].tools]
+    for layer in sorted(layers):
+        for lib in DLOPENED.get(layer, ()):
+            found = next((Path(d) / lib for d in LIB_DIRS if (Path(d) / lib).is_file()), None)
+            if found is None:
+                raise CommandError(f"{lib} is not on this host: {TOOLS_OF[layer]} needs it in the image",
+                                   hint="apt-get install libgcc-s1")
+            out.append(found)
+    return out
 
 
 def modules(tree: object, layers: set[Layer]) -> set[str]:
