@@ -6,19 +6,22 @@ for the layout, packer/blockdev_host.py for the checks before a device is writte
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import stat
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from packer import blockdev_host, config, image, snapshot, usb
+from packer import blockdev_host, blocktools, config, image, snapshot, usb
 from packer.config import Kind
 from packer.errors import CommandError
 from packer.progress import human
 
 BOOT_LOADERS = 2 << 20   # syslinux and the menus on the FAT, rounded up (the UEFI loader is counted)
+PASSPHRASE_TRIES = 5     # typed twice each: a mismatch or an empty one asks again, this many times
 
 # Settings that may come from a TOML config file too (one table feeds both, as for
 # `pack`); --force and --yes never do: consent to erase a disk is given on the
@@ -32,6 +35,18 @@ SETTINGS: tuple[config.Setting, ...] = (
                    "the stick", metavar="SIZE|rest"),
     config.Setting("persistence-file", Kind.STR, None, f"an ext4 persistence image {usb.PERSISTENCE_IMAGE} "
                    "of SIZE on the FAT", metavar="SIZE"),
+    config.Setting("persistence-encrypt", Kind.BOOL, False, "encrypt the --persistence partition (LUKS2, "
+                   "an ext4 inside; the passphrase asked twice, or --passphrase-file; the boot asks for it: "
+                   "docs/PERSISTENCE.md)"),
+    config.Setting("passphrase-file", Kind.PATH, None, "read the passphrase of --persistence-encrypt from "
+                   "FILE (for scripts; one trailing newline is dropped)", metavar="FILE"),
+    config.Setting("luks-iter-time", Kind.INT, None, "argon2id time to unlock on this host, in ms "
+                   "(default: cryptsetup's, 2000)", metavar="MS"),
+    config.Setting("luks-pbkdf-memory", Kind.INT, usb.PBKDF_MEMORY_KIB, "argon2id memory in KiB; every PC "
+                   f"that opens the stick needs it free (default {usb.PBKDF_MEMORY_KIB})", metavar="KIB"),
+    config.Setting("keymap", Kind.LIST, (), "console keymap(s) for typing the passphrase (kbd or XKB names, "
+                   "e.g. de-latin1): packed into the image (ROOT source), the first named on the boot "
+                   "menu as vconsole.keymap=", metavar="NAME"),
     config.Setting("fat-size", Kind.STR, None, "size of the FAT partition (default: the whole stick, or "
                    f"what persistence leaves; with --persistence rest, the live files + "
                    f"{usb.FAT_FREE // usb.MIB} MiB)", metavar="SIZE"),
@@ -121,6 +136,36 @@ def check_target(target: Path, size: int | None, force: bool, yes: bool,
         raise CommandError(f"{target} does not exist", hint="pass --size SIZE to create an image file")
 
 
+def read_passphrase(path: Path | None, ask: Callable[[str], str] = getpass.getpass,
+                    say: Callable[[str], None] = print) -> bytearray:
+    """The persistence passphrase: FILE's bytes (one trailing newline dropped), or typed twice
+    on the terminal without echo (a mismatch or an empty one asks again). Only in memory: the
+    caller wipes the bytearray; it reaches cryptsetup on a pipe."""
+    if path is not None:
+        try:
+            data = bytearray(path.read_bytes())
+        except OSError as e:
+            raise CommandError(f"--passphrase-file {path}: {e.strerror}") from None
+        if data.endswith(b"\n"):
+            del data[-1:]
+        if not data:
+            raise CommandError(f"--passphrase-file {path} is empty", hint="put the passphrase in it")
+        return data
+    if ask is getpass.getpass and not sys.stdin.isatty():
+        raise CommandError("--persistence-encrypt asks for the passphrase and stdin is not a terminal",
+                           hint="pass --passphrase-file FILE in scripts")
+    for _ in range(PASSPHRASE_TRIES):
+        first = ask("Passphrase for the encrypted persistence partition: ")
+        if not first:
+            say("an empty passphrase is refused: type one")
+            continue
+        if ask("The same passphrase again: ") != first:
+            say("the two passphrases differ: again")
+            continue
+        return bytearray(first.encode())
+    raise CommandError(f"no passphrase agreed after {PASSPHRASE_TRIES} tries: nothing was written")
+
+
 def run(args: argparse.Namespace) -> int:
     v = config.values(args, SETTINGS)
     say: Callable[[str], None] = (lambda s: None) if args.quiet else print
@@ -134,6 +179,15 @@ def run(args: argparse.Namespace) -> int:
     if v["persistence"]:
         persist = "rest" if v["persistence"] == "rest" else usb.parse_size(v["persistence"], "--persistence")
     pfile = usb.parse_size(v["persistence_file"], "--persistence-file") if v["persistence_file"] else None
+    encrypt: bool = v["persistence_encrypt"]
+    keymaps: tuple[str, ...] = tuple(v["keymap"])
+    if encrypt and persist is None:
+        raise CommandError("--persistence-encrypt encrypts a persistence partition and none is asked for",
+                           hint="add --persistence SIZE or --persistence rest (an encrypted "
+                                "--persistence-file is not supported)")
+    if v["passphrase_file"] is not None and not encrypt:
+        raise CommandError("--passphrase-file without --persistence-encrypt",
+                           hint="add --persistence-encrypt, or drop --passphrase-file")
     fat_size = usb.parse_size(v["fat_size"], "--fat-size") if v["fat_size"] else None
     size = usb.parse_size(v["size"], "--size") if v["size"] else None
     entries = image.MENU + tuple(image.menu_entry(spec, i) for i, spec in enumerate(v["menu_entry"], 1))
@@ -141,7 +195,26 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{source} does not exist", hint="give a root directory or an ISO file")
     check_target(target, size, args.force, args.yes, say)
     epoch = config.source_date_epoch()
+    passphrase = read_passphrase(v["passphrase_file"], say=say) if encrypt else bytearray()
+    try:
+        return _write(args, v, source, target, size, persist, pfile, fat_size, entries, keymaps, passphrase,
+                      epoch, t0, say)
+    finally:
+        passphrase[:] = bytes(len(passphrase))     # this copy at least; see docs/PERSISTENCE.md
 
+
+def _write(args: argparse.Namespace, v: dict[str, Any], source: Path, target: Path, size: int | None,
+           persist: int | str | None, pfile: int | None, fat_size: int | None,
+           entries: tuple[image.MenuEntry, ...], keymaps: tuple[str, ...], passphrase: bytearray, epoch: int,
+           t0: float, say: Callable[[str], None]) -> int:
+    encryption = None
+    if passphrase:
+        encryption = usb.Encryption(passphrase, usb.host_device_mapper(), v["luks_iter_time"],
+                                    v["luks_pbkdf_memory"])
+    # What the runtime then needs in the image: cryptsetup (and mke2fs when it makes the
+    # ext4 on the first open), the keymaps.
+    programs = () if encryption is None else ("cryptsetup",) + (() if encryption.format_inside
+                                                                 else ("mke2fs",))
     with usb.scratch_dir(v["workdir"]) as tmp:
         work = Path(tmp)
         # the live files, exactly as `liveinit image` puts them on its ISO
@@ -156,12 +229,22 @@ def run(args: argparse.Namespace) -> int:
                                        cmdline=v["cmdline"],
                                        console=v["console"], all_root=v["all_root"], workdir=work,
                                        secure_boot=v["secure_boot"], excludes=snap.excludes,
-                                       pseudo_file=snap.pseudo_file)
+                                       pseudo_file=snap.pseudo_file,
+                                       layers=("luks",) if encryption else (), keymap=keymaps,
+                                       binaries=tuple(str(blocktools.tool_path(p)) for p in programs
+                                                      if p != "cryptsetup"))
             live = usb.live_files_from_iso(result.iso, work)
             base = live.cmdline
         else:
             live = usb.live_files_from_iso(source, work)
             base = " ".join(filter(None, (live.cmdline, v["cmdline"])))
+        lacks = usb.initrd_lacks(live.live / Path(image.INITRD_PATH).name, programs, keymaps)
+        if lacks:
+            raise CommandError(f"the initramfs {'of ' + str(source) if v['initrd'] is None else v['initrd']} "
+                               f"lacks {', '.join(lacks)}, which the stick's boot needs",
+                               hint="give the root directory as SOURCE (usb packs them), or pack an "
+                                    "initramfs with `liveinit pack --with luks --binaries "
+                                    "/usr/sbin/mke2fs --keymap NAME` and make the ISO with --initrd")
         label = usb.check_label(v["label"] or live.label)
         efi_work = work / "efi"
         efi_work.mkdir()
@@ -175,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
         sizes = ([f.stat().st_size for f in live.files] + [src.stat().st_size for _, src in loader.files]
                  + [BOOT_LOADERS] + ([pfile] if pfile else []))
         layout = usb.plan(disk_size, usb.fat_needed(sizes), fat_size, persist)
-        cmdline = " ".join(filter(None, (base, usb.persistence_arg(layout, pfile))))
+        cmdline = " ".join(filter(None, (base, usb.persistence_arg(layout, pfile, encryption is not None),
+                                         f"vconsole.keymap={keymaps[0]}" if keymaps else "")))
         config.check_cmdline(cmdline)
         if size is not None and not target.exists():
             with target.open("xb") as f:
@@ -185,12 +269,20 @@ def run(args: argparse.Namespace) -> int:
         fat = usb.build_fat(work, layout.fat, live, label, cmdline, entries, loader.files, pfile,
                             epoch=epoch)
         mbr = usb.mbr_sector(layout, usb.disk_id_for(live.identity), work)
-        regions = usb.write_stick(target, layout, fat, mbr, say=say)
+        header = None
+        if encryption is not None and layout.persistence is not None:
+            say("making the LUKS2 header (argon2id: takes a few seconds)...")
+            header = usb.luks_header(work, layout.persistence.size, encryption)
+        regions = usb.write_stick(target, layout, fat, mbr, say=say, luks=header, encryption=encryption)
     say(f"{target}: written and verified ({human(sum(r.length for r in regions))} read back, sha256 equal) "
         f"in {time.monotonic() - t0:.1f} s; label={label} identity={live.identity}")
     say(f"  partition 1: FAT32 {human(layout.fat.size)}: live files, syslinux (BIOS), "
         + (f"UEFI with Secure Boot: {loader.message}" if loader.signed else "unsigned GRUB (UEFI)"))
-    if layout.persistence is not None:
+    if layout.persistence is not None and encryption is not None:
+        say(f"  partition 2: LUKS2 '{usb.PERSISTENCE_LABEL}' {human(layout.persistence.size)} (encrypted "
+            "persistence; its ext4 " + ("made here)" if encryption.format_inside else
+                                        "is made on the first boot: no device-mapper on this host)"))
+    elif layout.persistence is not None:
         say(f"  partition 2: ext4 '{usb.PERSISTENCE_LABEL}' {human(layout.persistence.size)} (persistence)")
     elif pfile:
         say(f"  persistence: {usb.PERSISTENCE_IMAGE} ({human(pfile)}) on the FAT")

@@ -64,8 +64,8 @@ def _tail(stderr: bytes | str | None, stdout: bytes | str | None) -> list[str]:
     return lines[-STDERR_TAIL_LINES:]
 
 
-def run(argv: list[str], what: str, *, input: bytes | str | None = None, cwd: Path | str | None = None,
-        capture: bool = True, env: dict[str, str] | None = None,
+def run(argv: list[str], what: str, *, input: bytes | bytearray | str | None = None,
+        cwd: Path | str | None = None, capture: bool = True, env: dict[str, str] | None = None,
         text: bool = False) -> subprocess.CompletedProcess:
     """Run `argv` (`what`: what it does, as a verb phrase: "build the squashfs
     of ROOT") and return the finished process; raise CommandError when the

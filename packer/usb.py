@@ -11,7 +11,9 @@ Layout (MBR, see `Layout`):
                                            or the unsigned GRUB (image.efi_loader); both read the
                                            ISO's GRUB menu (/boot/grub/grub.cfg)
                    /persistence.img        --persistence-file: an ext4 image
-    after it     partition 2 (--persistence): ext4 labelled `persistence`
+    after it     partition 2 (--persistence): ext4 labelled `persistence`; with
+                 --persistence-encrypt a LUKS2 volume labelled `persistence` holding
+                 the ext4 (see `luks_header`; docs/PERSISTENCE.md)
 
 MBR rather than GPT: legacy BIOSes boot an MBR with an active partition
 (some refuse a GPT protective MBR, which has none), UEFI reads MBR partitions
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from liveinit import fatfile
-from liveinit.contract import ID_FILE, LIVE_DIR, PERSISTENCE_IMAGE, PERSISTENCE_LABEL
+from liveinit.contract import ID_FILE, LIVE_DIR, PERSISTENCE_FRESH, PERSISTENCE_IMAGE, PERSISTENCE_LABEL
 from packer import image, tools
 from packer.errors import CommandError
 from packer.progress import human
@@ -59,6 +61,10 @@ CHUNK = 4 * MIB
 FAT_LABEL_RE = re.compile(r"^[A-Z0-9_-]{1,11}$")
 SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
+LUKS_HEADER = 16 * MIB           # LUKS2 header and keyslots (luksFormat --offset): the data starts here
+# argon2id's memory: cryptsetup's default is 1 GiB (capped at half the RAM of the host that
+# formats), but the stick is opened on other machines, whose initramfs needs the rest of theirs.
+PBKDF_MEMORY_KIB = 512 * 1024
 
 
 def parse_size(text: str, what: str) -> int:
@@ -216,6 +222,18 @@ def live_files_from_iso(iso: Path, work: Path) -> LiveFiles:
                      keys.get("LABEL", image.DEFAULT_LABEL))
 
 
+def initrd_lacks(initrd: Path, programs: tuple[str, ...], keymaps: tuple[str, ...]) -> list[str]:
+    """What of `programs` (looked for where the runtime looks: liveinit.command.TOOL_DIRS)
+    and `keymaps` (compiled, KEYMAP_DIR) the initramfs `initrd` does not carry."""
+    from liveinit.command import TOOL_DIRS
+    from liveinit.contract import KEYMAP_DIR, KEYMAP_SUFFIX
+    from packer.cpio import flatten, normalize, read_archive
+    names = {normalize(n) for n in flatten(read_archive(initrd.read_bytes()))}
+    out = [p for p in programs if not any(f"{d}/{p}".lstrip("/") in names for d in TOOL_DIRS)]
+    out += [f"the keymap {k}" for k in keymaps if f"{KEYMAP_DIR}/{k}{KEYMAP_SUFFIX}".lstrip("/") not in names]
+    return out
+
+
 # -- the FAT partition ---------------------------------------------------------------------------
 
 def _mtools(argv: list[str], what: str) -> None:
@@ -316,6 +334,81 @@ def mbr_sector(layout: Layout, disk_id: int, work: Path) -> bytes:
     return code + sector[len(code):]
 
 
+# -- encrypted persistence ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Encryption:
+    """How the persistence partition is encrypted. `passphrase` goes to cryptsetup on
+    stdin only (the caller wipes it after the write). `format_inside`: this host opens
+    the new volume (device-mapper, root) and makes the ext4 in it; else the header is
+    marked PERSISTENCE_FRESH and the runtime makes it on the first open (liveinit/freshfs.py)."""
+
+    passphrase: bytearray
+    format_inside: bool
+    iter_time_ms: int | None = None           # None: cryptsetup's default (2 s on this host)
+    pbkdf_memory_kib: int = PBKDF_MEMORY_KIB
+
+
+def host_device_mapper(proc: Path = Path("/proc")) -> bool:
+    """Whether this host can open a LUKS volume: root, and device-mapper in its kernel
+    (/proc/misc names it once dm_mod is loaded; a /dev/mapper/control node alone proves
+    nothing: this project's lab host has one and no device-mapper)."""
+    def registered() -> bool:
+        try:
+            return any(line.split()[-1:] == ["device-mapper"]
+                       for line in (proc / "misc").read_text().splitlines())
+        except OSError:
+            return False
+    if os.geteuid() != 0:
+        return False
+    if not registered():
+        with contextlib.suppress(CommandError):
+            tools.run(["modprobe", "-q", "dm_mod"], "load device-mapper")
+    return registered()
+
+
+def luks_header(work: Path, size: int, enc: Encryption) -> Path:
+    """The LUKS2 header of a persistence partition of `size` bytes, made by cryptsetup
+    luksFormat on a sparse scratch file (it writes only the first LUKS_HEADER bytes, which
+    write_stick copies to the partition): label `persistence` (the runtime's default
+    search), aes-xts-plain64 and argon2id; marked PERSISTENCE_FRESH unless this host
+    formats the inside itself. The passphrase reaches cryptsetup on a pipe."""
+    scratch = work / "luks-header.img"
+    scratch.unlink(missing_ok=True)
+    with scratch.open("xb") as f:
+        f.truncate(size)
+    argv = ["cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--label", PERSISTENCE_LABEL,
+            *([] if enc.format_inside else ["--subsystem", PERSISTENCE_FRESH]),
+            "--offset", str(LUKS_HEADER // SECTOR), "--pbkdf", "argon2id",
+            "--pbkdf-memory", str(enc.pbkdf_memory_kib),
+            *(["--iter-time", str(enc.iter_time_ms)] if enc.iter_time_ms else []),
+            "--key-file=-", str(scratch)]
+    tools.run(argv, "make the LUKS2 header of the encrypted persistence partition", input=enc.passphrase)
+    return scratch
+
+
+def format_inside(target: Path, part: Partition, enc: Encryption, say: Callable[[str], None]) -> None:
+    """Open the new LUKS volume in partition `part` of `target` (a loop device over its byte
+    range, so the partition table need not be read), make the ext4 inside and check it."""
+    loop = tools.run(["losetup", "--find", "--show", "--offset", str(part.start), "--sizelimit",
+                      str(part.size), str(target)], "attach the persistence partition to a loop device",
+                     text=True).stdout.strip()
+    name = f"liveinit-usb-{os.getpid()}"
+    try:
+        tools.run(["cryptsetup", "open", "--type", "luks2", "--key-file=-", loop, name],
+                  "open the new encrypted persistence partition", input=enc.passphrase)
+        try:
+            inside = f"/dev/mapper/{name}"
+            say(f"persistence: ext4 '{PERSISTENCE_LABEL}' inside the LUKS2 volume")
+            tools.run(["mkfs.ext4", "-q", "-L", PERSISTENCE_LABEL, inside],
+                      "make the ext4 inside the LUKS2 volume")
+            tools.run(["e2fsck", "-f", "-n", inside], "check the ext4 inside the LUKS2 volume")
+        finally:
+            tools.run(["cryptsetup", "close", name], "close the encrypted persistence partition")
+    finally:
+        tools.run(["losetup", "--detach", loop], "detach the persistence partition's loop device")
+
+
 # -- the writer ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -407,16 +500,25 @@ def target_size(target: Path) -> int:
 
 
 def write_stick(target: Path, layout: Layout, fat: Path, mbr: bytes,
-                say: Callable[[str], None] = print) -> tuple[Region, ...]:
+                say: Callable[[str], None] = print, luks: Path | None = None,
+                encryption: Encryption | None = None) -> tuple[Region, ...]:
     """Write the stick: wipe both ends, persistence, FAT, then the partition table last,
     each region read back and compared. On any failure the first MiB is zeroed again,
-    so a half-written stick holds no partition table and looks like nothing."""
+    so a half-written stick holds no partition table and looks like nothing.
+    `luks`: the persistence partition's LUKS2 header (luks_header) instead of an ext4;
+    `encryption` with format_inside: the ext4 is made inside it here (format_inside)."""
     device = stat.S_ISBLK(os.stat(target).st_mode)
     fd = _open(target, device)
     regions: list[Region] = []
     try:
         _wipe(fd, layout.disk_size)
-        if layout.persistence is not None:
+        if layout.persistence is not None and luks is not None:
+            p = layout.persistence
+            say(f"persistence: LUKS2 '{PERSISTENCE_LABEL}', {human(p.size)} at {p.start // MIB} MiB")
+            region = Region("LUKS2 header", p.start, LUKS_HEADER, _write_from(fd, luks, p.start, LUKS_HEADER))
+            _verify(fd, region)
+            regions.append(region)
+        elif layout.persistence is not None:
             os.close(fd)       # mkfs.ext4 opens the device exclusively itself
             fd = -1
             p = layout.persistence
@@ -430,10 +532,15 @@ def write_stick(target: Path, layout: Layout, fat: Path, mbr: bytes,
                         _write_from(fd, fat, layout.fat.start, used))
         _verify(fd, region)
         regions.append(region)
-        if layout.persistence is not None:
+        if layout.persistence is not None and luks is None:
             # mkfs.ext4 wrote it: a full read-only check of the file system on the target proves it.
             tools.run(["e2fsck", "-f", "-n", f"{target}?offset={layout.persistence.start}"],
                       "check the persistence partition just written")
+        elif layout.persistence is not None and encryption is not None and encryption.format_inside:
+            os.close(fd)       # the loop device and cryptsetup open it themselves
+            fd = -1
+            format_inside(target, layout.persistence, encryption, say)
+            fd = _open(target, device)
         region = Region("partition table and boot code", 0, SECTOR, _write_from(fd, mbr, 0, SECTOR))
         _verify(fd, region)
         regions.append(region)
@@ -467,10 +574,13 @@ def disk_id_for(identity: str) -> int:
     return int(hashlib.sha256(b"mbr\0" + identity.encode()).hexdigest()[:8], 16) or 1
 
 
-def persistence_arg(layout: Layout, persistence_file: int | None) -> str:
-    """The kernel parameter every menu entry gets for the chosen persistence ('' for none)."""
+def persistence_arg(layout: Layout, persistence_file: int | None, encrypted: bool = False) -> str:
+    """The kernel parameters every menu entry gets for the chosen persistence ('' for none).
+    Encrypted: persistence-encryption=luks too, so a plain partition someone put in its
+    place (labelled `persistence`) is refused rather than written in clear."""
     if layout.persistence is not None:
-        return f"liveinit.persistence=LABEL={PERSISTENCE_LABEL}"
+        return f"liveinit.persistence=LABEL={PERSISTENCE_LABEL}" + (" persistence-encryption=luks"
+                                                                   if encrypted else "")
     if persistence_file is not None:
         return f"liveinit.persistence={PERSISTENCE_IMAGE}"
     return ""
