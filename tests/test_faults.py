@@ -126,8 +126,9 @@ class Guest:
         out: list[str] = []
         for line in self.text.splitlines():
             line = re.sub(r"^\[\s*[\d.]+\] ", "", line.strip())
-            if re.match(r"liveinit: (FAILED|hint|check|no emergency shell|the live medium|searching|"
-                        r"command line|/dev/\S+: mounting)", line) and line not in out:
+            wanted = (r"liveinit: (FAILED|hint|check|no emergency shell|the live medium|searching|"
+                      r"command line|(warning: )?(/dev/\S+: mounting|union: using))")
+            if re.match(wanted, line) and line not in out:
                 out.append(line)
         return out
 
@@ -173,6 +174,7 @@ def failed(g: Guest) -> str:
     g.wait(r"liveinit: emergency shell|no emergency shell", 30)
     lines = g.diagnosis()
     print("\n" + "\n".join(lines))
+    assert "live medium: /live/filesystem.squashfs on sr0 (identity match via /dev/loop0)" in g.text
     assert not PANIC.search(g.text)
     return "\n".join(lines)
 
@@ -334,5 +336,7 @@ def test_megasas_gen2_cd(media, guests):
     g = boot(media, "megasas", DELAY, profile="megasas-cd")
     guests.append(g)
     g.wait(re.escape(DEMO_OK))
-    print("\n" + "\n".join(g.diagnosis()))
+    lines = [x for x in g.text.splitlines() if re.search(r"sr0|isofs|loop\d|live medium", x)]
+    print("\n" + "\n".join(lines))
+    assert "live medium: /live/filesystem.squashfs on sr0 (identity match via /dev/loop0)" in g.text
     assert not PANIC.search(g.text)
