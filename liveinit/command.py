@@ -92,14 +92,17 @@ def run(argv: list[str], stdin: bytes = b"", timeout: float = KILL_AFTER) -> Res
                 chunks.append(b)
         os.close(r_out)
         rc: int | None
+        why = ""
         try:
             _, status = os.waitpid(pid, 0)
             rc = os.waitstatus_to_exitcode(status)
             if rc < 0:
+                why = f"killed by signal {-rc}" + (" (timed out)" if time.monotonic() >= deadline else "")
                 rc = None
         except ChildProcessError:
-            rc = None
+            rc, why = None, "its exit status was lost"
     finally:
         if old is not None:
             _sigchld(old)
-    return Result(rc, b"".join(chunks).decode("utf-8", "replace").strip(), time.monotonic() - begun)
+    out = b"".join(chunks).decode("utf-8", "replace").strip()
+    return Result(rc, "; ".join(x for x in (out, why) if x), time.monotonic() - begun)

@@ -292,8 +292,10 @@ class Layers:
                 self.opened.append({"kind": "luks", "device": node, "uuid": info.get("UUID", ""),
                                     "name": name, "ms": round(ms, 1), "tries": attempt, "key": "passphrase"})
                 return "/dev/mapper/" + name
-            if r.rc not in (WRONG_PASSPHRASE, None):
-                last = f"cryptsetup failed (exit {r.rc}): {r.out}"
+            if r.rc != WRONG_PASSPHRASE:
+                # A crash (a missing library, a signal) is not the user's typing: say so, do not ask again.
+                last = (f"cryptsetup failed (exit {r.rc}): {r.out}" if r.rc is not None
+                        else f"cryptsetup did not finish: {r.out or 'no output'}")
                 self.log.error(f"luks: {node}: {last}")
                 break
             wrong += 1

@@ -244,6 +244,25 @@ def test_cryptsetup_error_is_not_asked_again(tmp_path: Path) -> None:
     assert ly.refused and "exit 4" in ly.refused
 
 
+def test_cryptsetup_killed_is_reported_as_a_crash_not_a_wrong_passphrase(tmp_path: Path) -> None:
+    """A cryptsetup that dies (argon2's threads abort without libgcc_s, say) is not the user's typing."""
+    m = _machine(tmp_path)
+    run = Runner({"cryptsetup open": command.Result(None, "libgcc_s.so.1 must be installed; killed by signal 6",
+                                                    0.1)})
+    prompt = Prompt([b"a", b"b", b"c"])
+    ly = layers.Layers(m, parse("root=UUID=" + ROOT_UUID), NullLoader(), quiet_log(),  # type: ignore[arg-type]
+                       prompt, run=run)
+    ly.offer("/dev/vda", LUKS_INFO)
+    assert len(prompt.asked) == 1
+    assert ly.refused and "did not finish" in ly.refused and "signal 6" in ly.refused
+    assert "wrong passphrase" not in ly.refused
+
+
+def test_command_run_names_the_signal(tmp_path: Path) -> None:
+    r = command.run(["/bin/sh", "-c", "echo before; kill -9 $$"])
+    assert r.rc is None and "before" in r.out and "killed by signal 9" in r.out
+
+
 @pytest.mark.parametrize("cmdline,opens,why", [
     ("root=UUID=x rd.luks=0", False, "skipped (rd.luks=0)"),
     ("root=UUID=x rd.luks.uuid=luks-00000000-0000-0000-0000-000000000000", False, "rd.luks.uuid= names"),
