@@ -16,6 +16,7 @@ import _socket
 import os
 import time
 
+from liveinit.digest import sha256 as new_sha256
 from liveinit.emergency import BootFailure
 from liveinit.netcfg import Url, is_ipv4, join_url, parse_url
 from liveinit.plain import Plain
@@ -23,7 +24,6 @@ from liveinit.plain import Plain
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # mypy only: typing costs an import at boot
     from collections.abc import Callable
-    from hashlib import _Hash
 
     from liveinit.log import Log
     from liveinit.machine import Machine
@@ -40,18 +40,6 @@ FETCH_LIMIT = 1 << 20       # `fetch` reads at most this much
 USER_AGENT = "liveinit"
 REDIRECTS = (301, 302, 303, 307, 308)
 HINT = "check the URL (root=live:... or fetch=) and that the HTTP server is running and reachable"
-
-
-def _new_sha256() -> _Hash:
-    # The interpreter's own SHA-256, not hashlib: hashlib pulls OpenSSL's
-    # libcrypto (4.7 MB) into every image. Measured under QEMU TCG: 8.8 MiB/s
-    # against OpenSSL's 21.8 MiB/s (and 218 ms to load it); natively 280 MB/s,
-    # above gigabit Ethernet's line rate.
-    try:
-        from _sha256 import sha256  # Python 3.11
-    except ImportError:
-        from _sha2 import sha256  # Python >= 3.12
-    return sha256()
 
 
 class Downloaded(Plain):
@@ -145,7 +133,7 @@ class _Sink:
         self.mem = bytearray()
         self.limit = limit
         self.size = 0
-        self.hash = _new_sha256()
+        self.hash = new_sha256()
 
     def write(self, data: memoryview) -> None:
         n = len(data)
@@ -165,7 +153,7 @@ class _Sink:
 
     def reset(self) -> None:
         self.size = 0
-        self.hash = _new_sha256()
+        self.hash = new_sha256()
         self.mem = bytearray()
         if self.fd >= 0:
             os.ftruncate(self.fd, 0)
