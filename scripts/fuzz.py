@@ -405,6 +405,7 @@ _FS_SEEDS = {   # prober -> the images that are its seeds
     "squashfs3": ("squashfs",),
     "btrfs": ("btrfs",),
     "exfat": ("exfat", "exfat-nolabel"),
+    "ntfs": ("ntfs",),
     "f2fs": ("f2fs", "f2fs-csum"),
     "erofs": ("erofs",),
 }

@@ -16,7 +16,11 @@ pkgs=(
   isolinux syslinux-common syslinux-utils grub-pc-bin grub-efi-amd64-bin
   busybox-static cpio libarchive-tools kmod debootstrap
   e2fsprogs exfatprogs btrfs-progs xfsprogs f2fs-tools udftools util-linux fdisk
-  gzip xz-utils zstd lz4 bc file
+  gzip xz-utils zstd lz4 bc file openssl
+  # liveinit usb (syslinux's installer), netboot (pxelinux, iPXE's ROMs), Secure Boot's oracle
+  syslinux pxelinux ipxe sbsigntool
+  # block layers, keymaps and the filesystems findiso reads (the tests pack and prepare them)
+  cryptsetup-bin lvm2 mdadm kbd console-data ntfs-3g exfat-fuse
 )
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done

@@ -32,6 +32,7 @@ IMAGES: dict[str, tuple[str | None, list[str]]] = {
     "vfat32-relabel": ("40M", ["mkfs.vfat -F 32 -n OLDLAB {f}", "mlabel -i {f} ::NEWLAB"]),
     "exfat": ("8M", ["mkfs.exfat -L exlab {f}"]),
     "exfat-nolabel": ("8M", ["mkfs.exfat {f}"]),
+    "ntfs": ("8M", ["mkfs.ntfs -q -F -f -L ntlab {f}"]),
     "squashfs": (None, ["mksquashfs {d} {f} -noappend -quiet"]),
     "erofs": (None, [f"mkfs.erofs -U {FIXED_UUID} {{f}} {{d}}"]),
     "btrfs": ("128M", ["mkfs.btrfs -q -L btlab {f}"]),
@@ -75,7 +76,6 @@ _LUKS = "cryptsetup luksFormat -q --type {t} --pbkdf pbkdf2 --pbkdf-force-iterat
 FOREIGN: dict[str, tuple[str, str | None, list[str]]] = {
     "luks1": ("cryptsetup", "8M", ["printf pass | " + _LUKS.format(t="luks1")]),
     "luks2": ("cryptsetup", "20M", ["printf pass | " + _LUKS.format(t="luks2")]),
-    "ntfs": ("mkfs.ntfs", "8M", ["mkfs.ntfs -q -F -f -L ntlab {f}"]),
 }
 
 
