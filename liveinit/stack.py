@@ -397,20 +397,6 @@ def _union(m: Machine, method: str, lower: str, base: str, loader: Loader | None
         raise OSError(errno.EINVAL, f"unknown union method {method}")
 
 
-def bind_paths(text: str | None) -> tuple[str, ...]:
-    """The paths the bind method makes writable (relative to the root): the image's
-    WRITABLE_LIST (`text`: one absolute path a line, '#' comments), a path below one
-    already listed dropped; BIND_DIRS when the image has no list."""
-    if text is None:
-        return BIND_DIRS
-    out: list[str] = []
-    for line in sorted(x.strip().rstrip("/") for x in text.splitlines()):
-        if line.startswith("/") and "/../" not in line + "/" \
-                and not any(line.startswith("/" + p + "/") for p in out):
-            out.append(line[1:])
-    return tuple(out)
-
-
 UNIONFS_FUSE = ("/usr/bin/unionfs-fuse", "/usr/bin/unionfs", "/bin/unionfs-fuse", "/sbin/unionfs-fuse")
 
 
@@ -443,6 +429,20 @@ def _unionfs_fuse(m: Machine, lower: str, upper: str, loader: Loader | None) -> 
             continue
     if status != 0 or not _mounted(m, SYSROOT):
         raise OSError(errno.EIO, f"{binary} failed (exit status {status >> 8})")
+
+
+def bind_paths(text: str | None) -> tuple[str, ...]:
+    """The paths the bind method makes writable (relative to the root): the image's
+    WRITABLE_LIST (`text`: one absolute path a line, '#' comments), a path below one
+    already listed dropped; BIND_DIRS when the image has no list."""
+    if text is None:
+        return BIND_DIRS
+    out: list[str] = []
+    for line in sorted(x.strip().rstrip("/") for x in text.splitlines()):
+        if line.startswith("/") and "/../" not in line + "/" \
+                and not any(line.startswith("/" + p + "/") for p in out):
+            out.append(line[1:])
+    return tuple(out)
 
 
 def _bind_wraith(m: Machine, lower: str, base: str) -> None:

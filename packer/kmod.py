@@ -81,9 +81,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     # adapters: a network boot's drivers (root=live:http://...). Server NICs
     # whose drivers are megabytes (ice, mlx5_core, bnx2x, qede) are left to --modules.
     "net": ("virtio_net", "e1000", "e1000e", "igb", "igc", "ixgbe", "ixgbevf", "i40e", "r8169", "realtek",
-            "tg3", "bnx2", "bnxt_en", "atlantic", "be2net", "vmxnet3", "hv_netvsc", "xen_netfront", "ena", "gve",
-            "sky2", "atl1c", "alx", "forcedeth", "8139cp", "8139too", "pcnet32", "r8152", "cdc_ether", "cdc_ncm",
-            "asix", "ax88179_178a", "virtio_pci"),
+            "tg3", "bnx2", "bnxt_en", "atlantic", "be2net", "vmxnet3", "hv_netvsc", "xen_netfront", "ena",
+            "gve", "sky2", "atl1c", "alx", "forcedeth", "8139cp", "8139too", "pcnet32", "r8152", "cdc_ether",
+            "cdc_ncm", "asix", "ax88179_178a", "virtio_pci"),
     "cdrom": ("sr_mod", "cdrom", "isofs", "udf"),
     "fs": ("isofs", "udf", "vfat", "fat", "msdos", "nls_cp437", "nls_iso8859_1", "nls_utf8", "nls_ascii",
            "exfat", "ntfs3", "ext4", "btrfs", "xfs", "squashfs", "erofs", "overlay", "loop", "f2fs"),

@@ -96,7 +96,8 @@ def render(groups: tuple[Group, ...]) -> str:
     """The list: a `# /top: N paths, SIZE` comment, then one path per line."""
     out = []
     for g in groups:
-        out.append(f"{COMMENT} {g.top}: {len(g.paths)} path{'s' if len(g.paths) != 1 else ''}, {human(g.size)}")
+        paths = f"{len(g.paths)} path{'s' if len(g.paths) != 1 else ''}"
+        out.append(f"{COMMENT} {g.top}: {paths}, {human(g.size)}")
         out += [w.path for w in g.paths if "\n" not in w.path]
     return "\n".join(out) + ("\n" if out else "")
 
