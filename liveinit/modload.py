@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import time
 
 from liveinit.costs import DECOMPRESS
 
@@ -28,6 +29,14 @@ CPU_MODALIAS = "/sys/devices/system/cpu/modalias"
 # refuses a module: EPERM under lockdown (Secure Boot), EKEYREJECTED with
 # module.sig_enforce=1, ENOKEY and EBADMSG for an unknown key or a bad signature.
 SIGNATURE_ERRNOS = (1, 129, 126, 74)
+# Failures that may pass (EINTR, EAGAIN, ENOMEM, EBUSY, ETIMEDOUT): the module is tried again
+# when asked again, after RETRY_BACKOFF s doubling, at most MAX_TRIES times in all. Anything
+# else (ENOENT, ENOEXEC, EINVAL, signature refusals) would fail the same way again.
+TRANSIENT_ERRNOS = (4, 11, 12, 16, 110)
+MAX_TRIES = 3
+RETRY_BACKOFF = 0.5
+EPERM = 1
+KERNEL_BLACKLIST = "module_blacklist"   # the kernel's own: load_module refuses these with EPERM
 SIGNATURE_REFUSED = ("refused by the kernel's module signature check: unsigned, or signed by a key the "
                      "kernel does not trust (Secure Boot lockdown or module.sig_enforce=1 enforce "
                      "signatures; see docs/SECUREBOOT.md)")
@@ -62,6 +71,12 @@ class ModuleLoader:
         # updated by single operations, and a module being inserted by one thread
         # is waited for, not inserted again, by the others (`_inflight`).
         self._inflight: dict[str, _thread.LockType] = {}  # module -> lock held while inserting it
+        # Retries (TRANSIENT_ERRNOS): tries so far, when the next may start, and for a module that
+        # failed because a dependency did, that dependency (its loading later allows a retry).
+        self.tries: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._waits_for: dict[str, str] = {}
+        self.now = time.monotonic
 
     # -- public -------------------------------------------------------------
 
@@ -143,7 +158,7 @@ class ModuleLoader:
     def _load_with_deps(self, mod: str, reason: str) -> bool:
         if self.is_present(mod):
             return True
-        if mod in self.failed:
+        if mod in self.failed and not self._may_retry(mod):
             return False
         # kmod's order: each dependency (with its softdeps), pre-softdeps, the module, post-softdeps.
         order = [normalize(n) for n in self.index.load_order(mod)] or [mod]
@@ -164,6 +179,7 @@ class ModuleLoader:
                 why = f"dep of {mod}" if name in hard and not after else f"softdep of {mod}"
                 if not self._load_one(name, why) and name in hard:
                     # Its symbols are missing: inserting it would only fail less clearly.
+                    self._waits_for[mod] = name
                     return self._fail(mod, f"needs {name}, which failed to load")
         return ok
 
@@ -180,7 +196,7 @@ class ModuleLoader:
     def _load_one(self, mod: str, reason: str) -> bool:
         if self.is_present(mod):
             return True
-        if mod in self.failed:
+        if mod in self.failed and not self._may_retry(mod):
             return False
         mine = _thread.allocate_lock()
         with mine:
@@ -230,17 +246,58 @@ class ModuleLoader:
             if e.errno == EEXIST:
                 self.present.add(mod)
                 return True
+            if e.errno == EPERM and mod in self._kernel_blacklist():
+                return self._fail(mod, f"blacklisted on the kernel command line ({KERNEL_BLACKLIST}="
+                                       f"{','.join(sorted(self._kernel_blacklist()))}; {path})")
+            if e.errno in TRANSIENT_ERRNOS:
+                return self._fail(mod, f"{e.strerror or e} ({path})", transient=True)
             if e.errno in SIGNATURE_ERRNOS:
                 return self._fail(mod, f"{SIGNATURE_REFUSED} ({e.strerror or e}; {path})")
             return self._fail(mod, f"{e.strerror or e} ({path})")
         self.loaded[mod] = reason
+        self.failed.pop(mod, None)   # an earlier try's
         self.log.info(f"loaded {mod}{' ' + params if params else ''}: {reason}")
         return True
 
-    def _fail(self, mod: str, error: str) -> bool:
+    def _fail(self, mod: str, error: str, transient: bool = False) -> bool:
+        if transient:
+            tries = self.tries[mod] = self.tries.get(mod, 0) + 1
+            if tries < MAX_TRIES:
+                self._retry_at[mod] = self.now() + RETRY_BACKOFF * 2 ** (tries - 1)
+                error += f"; try {tries} of {MAX_TRIES}, tried again when asked again"
+            else:
+                error += f"; gave up after {tries} tries"
         self.failed[mod] = error
         self.log.warn(f"module {mod} not loaded: {error}")
         return False
+
+    def _may_retry(self, mod: str) -> bool:
+        """True (once per retry: the failure is forgotten) when `mod` failed transiently and its
+        back-off is over, or failed because a dependency did that is now in the kernel."""
+        dep = self._waits_for.get(mod)
+        if dep is not None and self.is_present(dep):
+            if self._waits_for.pop(mod, None) is None:
+                return False          # another thread took this retry
+        else:
+            at = self._retry_at.get(mod)
+            if dep is not None and at is None:
+                at = self._retry_at.get(dep)   # ready when its dependency may be tried again
+            if at is None or self.now() < at:
+                return False
+            if self._retry_at.pop(mod, None) is None and self._waits_for.pop(mod, None) is None:
+                return False
+        self.failed.pop(mod, None)
+        return True
+
+    def _kernel_blacklist(self) -> set[str]:
+        """The modules module_blacklist= names on /proc/cmdline (the kernel refuses them)."""
+        from liveinit.cmdline import split
+        names: set[str] = set()
+        for word in split(self.m.read("/proc/cmdline") or ""):
+            key, _, value = word.partition("=")
+            if key == KERNEL_BLACKLIST:
+                names.update(normalize(n) for n in value.split(",") if n)
+        return names
 
 
 def _decompressed(path: str) -> bytes:

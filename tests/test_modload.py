@@ -237,3 +237,102 @@ def test_other_insert_errors_are_not_called_signature_refusals(tmp_path):
     loader, _, _ = setup(tmp_path, fail={"finit_module:loop": errno.ENOEXEC})
     assert not loader.load("loop", "loop device")
     assert "signature" not in loader.failed["loop"] and "Exec format error" in loader.failed["loop"]
+
+
+# -- retries (issue 12) -----------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def retry_setup(tmp_path: Path, fail: dict, cmdline: str = ""):
+    loader, sysc, log = setup(tmp_path, cmdline, fail=fail)
+    loader.now = clock = Clock()
+    return loader, sysc, log, clock
+
+
+@pytest.mark.parametrize("err", [errno.EBUSY, errno.EAGAIN, errno.ENOMEM, errno.ETIMEDOUT, errno.EINTR])
+def test_a_transient_failure_is_retried_after_its_back_off(tmp_path, err):
+    loader, sysc, log, clock = retry_setup(tmp_path, {"finit_module:loop": [err, 0]})
+    assert not loader.load("loop", "loop device")
+    assert "try 1 of 3, tried again when asked again" in loader.failed["loop"]
+    assert os.strerror(err) in loader.failed["loop"]
+    assert not loader.load("loop", "loop device")          # asked again before the back-off ends
+    assert inserted(sysc) == ["loop"]
+    clock.t += 0.5
+    assert loader.load("loop", "loop device")               # asked again after it: inserted
+    assert inserted(sysc) == ["loop", "loop"]
+    assert loader.loaded == {"loop": "loop device"} and loader.failed == {}
+
+
+def test_retries_are_bounded_and_back_off_doubles(tmp_path):
+    loader, sysc, log, clock = retry_setup(tmp_path, {"finit_module:loop": errno.EBUSY})
+    assert not loader.load("loop", "x")
+    clock.t += 0.5
+    assert not loader.load("loop", "x")                     # second try
+    clock.t += 0.9
+    assert not loader.load("loop", "x")                     # 1 s back-off now: not yet
+    assert inserted(sysc) == ["loop", "loop"]
+    clock.t += 0.1
+    assert not loader.load("loop", "x")                     # third and last try
+    assert loader.failed["loop"].endswith("; gave up after 3 tries")
+    clock.t += 3600
+    assert not loader.load("loop", "x")
+    assert inserted(sysc) == ["loop", "loop", "loop"]
+    assert log_text(log).count("module loop not loaded") == 3
+
+
+@pytest.mark.parametrize("err", [errno.ENOENT, errno.ENOEXEC, errno.EINVAL, errno.EPERM, errno.EKEYREJECTED,
+                                 errno.ENOKEY, errno.EBADMSG])
+def test_a_permanent_failure_is_not_retried(tmp_path, err):
+    loader, sysc, _, clock = retry_setup(tmp_path, {"finit_module:loop": [err, 0]})
+    assert not loader.load("loop", "x")
+    clock.t += 3600
+    assert not loader.load("loop", "x")
+    assert not loader.load_alias("loop", "x")
+    assert inserted(sysc) == ["loop"]
+    assert "try 1 of" not in loader.failed["loop"]
+
+
+def test_a_module_whose_dependency_failed_transiently_is_retried_with_it(tmp_path):
+    loader, sysc, _, clock = retry_setup(tmp_path, {"finit_module:jbd2": [errno.EAGAIN, 0]})
+    assert loader.load_alias("fs-ext4", "fs-ext4 for vda") == []
+    assert loader.failed["ext4"] == "needs jbd2, which failed to load"
+    assert "ext4" not in inserted(sysc)
+    assert loader.load_alias("fs-ext4", "fs-ext4 for vda") == []   # jbd2's back-off is not over
+    clock.t += 0.5
+    assert loader.load_alias("fs-ext4", "fs-ext4 for vda") == ["ext4"]
+    assert inserted(sysc).count("jbd2") == 2 and inserted(sysc)[-1] == "ext4"
+    assert loader.failed == {}
+
+
+def test_a_module_whose_dependency_loaded_later_is_retried(tmp_path):
+    loader, sysc, _, clock = retry_setup(tmp_path, {"finit_module:jbd2": errno.ENOEXEC})
+    assert not loader.load("ext4", "fs")
+    assert "jbd2" in loader.failed and "ext4" in loader.failed
+    (tmp_path / "sys" / "module" / "jbd2").mkdir(parents=True)   # loaded by someone else since
+    assert loader.load("ext4", "fs")
+    assert inserted(sysc)[-1] == "ext4" and "ext4" not in loader.failed
+
+
+# -- module_blacklist= on the kernel command line -----------------------------------------
+def test_a_module_the_kernel_refuses_as_blacklisted_is_not_called_unsigned(tmp_path):
+    loader, _, log, _ = retry_setup(tmp_path, {"finit_module:loop": errno.EPERM})
+    (tmp_path / "proc").mkdir(exist_ok=True)
+    (tmp_path / "proc" / "cmdline").write_text("console=ttyS0 module_blacklist=overlay,loop quiet\n")
+    assert not loader.load("loop", "loop device")          # named: tried, and the kernel refuses it
+    why = loader.failed["loop"]
+    assert why.startswith("blacklisted on the kernel command line (module_blacklist=loop,overlay; ")
+    assert "signature" not in why
+    assert f"module loop not loaded: {why}" in log_text(log)
+
+
+def test_eperm_for_a_module_not_in_module_blacklist_is_still_a_signature_refusal(tmp_path):
+    loader, _, _, _ = retry_setup(tmp_path, {"finit_module:loop": errno.EPERM})
+    (tmp_path / "proc").mkdir(exist_ok=True)
+    (tmp_path / "proc" / "cmdline").write_text("module_blacklist=overlay modprobe.blacklist=loop\n")
+    assert not loader.load("loop", "loop device")
+    assert loader.failed["loop"].startswith("refused by the kernel's module signature check")
