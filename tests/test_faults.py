@@ -340,3 +340,92 @@ def test_megasas_gen2_cd(media, guests):
     print("\n" + "\n".join(lines))
     assert "live medium: /live/filesystem.squashfs on sr0 (identity match via /dev/loop0)" in g.text
     assert not PANIC.search(g.text)
+
+
+# -- the pivot_root hand-over, for real -------------------------------------------------------
+# Debian's kernel has virtio_blk and ext4 as modules, so it cannot mount root=/dev/vda by itself.
+# STAGE1 does the kernel's part of an initrd boot, nothing more: load those drivers, mount
+# root= and exec init= on it as PID 1 (busybox switch_root), with /proc, /sys and /dev unmounted
+# again, as the kernel leaves them. liveinit then starts from a real block device as /.
+STAGE1 = """#!/bin/busybox sh
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+for m in $($bb cat /modules.order); do $bb insmod /modules/$m.ko || echo "stage1: insmod $m failed"; done
+for w in $($bb cat /proc/cmdline); do
+  case $w in root=*) root=${w#root=} ;; init=*) init=${w#init=} ;; esac
+done
+$bb mount -t devtmpfs devtmpfs /dev
+n=0
+while [ ! -b "$root" ] && [ $n -lt 100 ]; do $bb sleep 0.1; n=$((n + 1)); done
+$bb mount -t ext4 -o rw "$root" /root || { echo "stage1: cannot mount $root"; exec $bb sh; }
+echo "stage1: $root mounted as /, exec $init"
+$bb umount /dev /proc
+exec $bb switch_root /root "$init"
+"""
+STAGE1_DRIVERS = ("virtio_pci", "virtio_blk", "ext4")
+# root= and init= are the kernel's (STAGE1's); liveinit.root= and liveinit.init=, later words, are
+# liveinit's own: the live medium to search for and the demo root's init.
+PIVOT_CMDLINE = f"root=/dev/vda init=/init liveinit.root=live:auto liveinit.init=/sbin/init {DELAY}"
+INITRD_DISK = ("-drive", "if=none,id=initrd,format=raw,file={disk}", "-device", "virtio-blk-pci,drive=initrd")
+
+
+def stage1(kernel: KernelTree, depmod_root: Path, dest: Path) -> Path:
+    """A cpio with busybox, STAGE1 as /init and the drivers to mount an ext4 virtio disk."""
+    from packer.busybox import BUSYBOX
+    from packer.cpio import ArchiveBuilder, image_bytes
+    from packer.modindex import from_moddir
+    moddir = depmod_root / "lib" / "modules" / kernel.version
+    index = from_moddir(str(moddir))
+    order = list(dict.fromkeys(n.replace("-", "_") for d in STAGE1_DRIVERS for n in index.load_order(d)))
+    b = ArchiveBuilder()
+    for d in ("bin", "dev", "proc", "root", "modules"):
+        b.add_dir(d)
+    b.add_device("dev/console", "c", 5, 1)
+    b.add_file("bin/busybox", src=BUSYBOX, mode=0o755)
+    b.add_file("init", data=STAGE1.encode(), mode=0o755)
+    for name in order:
+        rel = index.path(name)
+        assert rel is not None and rel.endswith(".ko"), (name, rel)
+        b.add_file(f"modules/{name}.ko", src=moddir / rel, mode=0o644)
+    b.add_file("modules.order", data="\n".join(order).encode() + b"\n", mode=0o644)
+    dest.write_bytes(image_bytes(b, "none"))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def initrd_disk(media: dict[str, Path], kernel: KernelTree, depmod_root: Path) -> dict[str, Path]:
+    """The demo image's initramfs unpacked (`liveinit extract`) onto an ext4 disk, and STAGE1."""
+    from packer.cmd_archive import extract, read_image
+    work = media["work"] / "pivot"
+    tree = work / "tree"
+    tree.mkdir(parents=True)
+    done = extract(read_image(media["initrd"]), tree, make_nodes=True)
+    assert not done.skipped, done.skipped
+    used = sum(p.lstat().st_size for p in tree.rglob("*"))
+    disk = work / "initrd.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "liveinitrd", "-E", "root_owner=0:0", "-d", str(tree),
+                    str(disk), f"{used * 2 // (1 << 20) + 32}M"], check=True)
+    return {"disk": disk, "stage1": stage1(kernel, depmod_root, work / "stage1.cpio")}
+
+
+def test_pivot_root_from_an_initrd_disk(media, initrd_disk, guests):
+    """/init on an ext4 root=/dev/vda (the kernel's way for an old-style initrd): liveinit
+    finds the live CD, pivots into the stacked root, unmounts the initrd and starts the demo."""
+    extra = tuple(a.format(disk=initrd_disk["disk"]) for a in INITRD_DISK)
+    g = Guest(media["work"] / "pivot" / "boot", "ide-cd", media["iso"], media["vmlinuz"],
+              initrd_disk["stage1"], PIVOT_CMDLINE, extra)
+    guests.append(g)
+    g.wait(r"stage1: /dev/vda mounted as /, exec /init")
+    ok = g.wait(re.escape(DEMO_OK) + r"[^\n]*")
+    assert " init=1" in ok[0] and "writable=yes" in ok[0]
+    g.wait(r"liveinit demo: shell on the console")
+    g.type("printf 'REC%s\\n' ORD-BEGIN; cat /run/liveinit/boot.json; printf 'REC%s\\n' ORD-END;"
+           " printf 'MOUNTS%s\\n' -BEGIN; cat /proc/mounts; printf 'MOUNTS%s\\n' -END\n")
+    rec = g.wait(r"(?s)\nRECORD-BEGIN\n(.*?)\nRECORD-END\n", 60)
+    mounts = g.wait(r"(?s)\nMOUNTS-BEGIN\n(.*?)\nMOUNTS-END\n", 60)
+    record = json.loads(rec[1])
+    print("\n" + ok[0] + "\ninit: " + json.dumps(record["init"]) + "\n" + mounts[1])
+    assert record["init"] == {"path": "/sbin/init", "argv": ["/sbin/init"], "method": "pivot_root"}
+    assert "/dev/vda" not in mounts[1]            # the initrd was unmounted after the pivot
+    assert "/run/liveinit/initrd" not in mounts[1]
+    assert not PANIC.search(g.text)
