@@ -1,6 +1,7 @@
 """Stage `handover` on a fake root: finding init inside the new root
 (symlinks resolved there, never on the host), the switch_root / pivot_root
-decision and call sequences, and deleting the initramfs without crossing
+decision, the switch_root call sequence (pivot_root's is booted for real in
+test_faults.py), and deleting the initramfs without crossing
 mount points."""
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from qemu.fakes import FakeSyscalls, Mount
 from liveinit import handover
 from liveinit.cmdline import parse
 from liveinit.emergency import BootFailure
 from liveinit.log import Log
 from liveinit.machine import Machine
 from liveinit.syscalls import MNT_DETACH, MS_MOVE
+from qemu.fakes import FakeSyscalls, Mount
 
 
 def exe(path: Path, text: str = "#!/bin/sh\n") -> None:
@@ -141,7 +142,7 @@ def initramfs(tmp: Path, proc_mounts: str) -> tuple[Machine, FakeSyscalls]:
     (tmp / "run" / "liveinit" / "ro" / "kept").write_text("image")
     exe(tmp / "sysroot" / "sbin" / "init")
     m, fake = machine(tmp, devs={"/dev": 5, "/proc": 4, "/sys": 3, "/run": 2, "/sysroot": 1})
-    for n, d in enumerate(("/dev", "/proc", "/sys", "/run", "/sysroot")):
+    for d in ("/dev", "/proc", "/sys", "/run", "/sysroot"):
         fake.mounts[d] = Mount(d, "x", 0, None)
     return m, fake
 
@@ -176,22 +177,13 @@ def test_switch_root_sequence_and_initramfs_deleted(tmp_path: Path) -> None:
     assert "/" in fake.mounts and "/sysroot" not in fake.mounts
 
 
-def test_pivot_root_sequence_from_an_initrd(tmp_path: Path) -> None:
+def test_an_initrd_is_left_by_pivot_root_and_nothing_is_deleted(tmp_path: Path) -> None:
+    # The call sequence itself is proven by a real boot, not by this fake's record:
+    # test_faults.py::test_pivot_root_from_an_initrd_disk (root=/dev/vda init=/init in QEMU).
     m, fake = initramfs(tmp_path, "rootfs / rootfs rw 0 0\n/dev/ram0 / ext2 rw 0 0\n")
     plan = handover.prepare(m, parse(""))
     assert plan.method == "pivot_root"
-    out = io.StringIO()
-    handover.enter(m, plan, Log(out=out), set())
-    handover.exec_init(m, plan)
-    assert fake.calls[4:] == [
-        ("chdir", "/sysroot"),
-        ("pivot_root", "/sysroot", "/sysroot/run/liveinit/initrd"),
-        ("chroot", "."),
-        ("chdir", "/"),
-        ("umount2", "/run/liveinit/initrd", MNT_DETACH),
-        ("console", "/dev/console"),
-        ("execv", "/sbin/init", ["/sbin/init"]),
-    ]
+    handover.enter(m, plan, Log(out=io.StringIO()), set())
     assert (tmp_path / "init").exists()    # nothing deleted: the initrd is unmounted instead
     assert (tmp_path / "sysroot" / "run" / "liveinit" / "initrd").is_dir()
 
