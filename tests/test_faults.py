@@ -174,7 +174,6 @@ def failed(g: Guest) -> str:
     g.wait(r"liveinit: emergency shell|no emergency shell", 30)
     lines = g.diagnosis()
     print("\n" + "\n".join(lines))
-    assert "live medium: /live/filesystem.squashfs on sr0 (identity match via /dev/loop0)" in g.text
     assert not PANIC.search(g.text)
     return "\n".join(lines)
 

@@ -63,7 +63,11 @@ def test_init_has_one_shebang_argument_and_the_settings() -> None:
     baked = {"cmdline": "quiet rootdelay=5", "identity": "liveinit-x", "kver": "6.1.0-1-amd64",
              "moddir": "/lib/modules/6.1.0-1-amd64", "index": "/lib/modules/6.1.0-1-amd64/liveinit.index"}
     # Only the baked fields reach /init; the boot-time ones are set by /init itself.
-    text = initramfs.render_init(PY, Settings(**baked, max_attempts=3)).decode()
+    settings = Settings(**baked, max_attempts=3)
+    text = initramfs.render_init(PY, settings).decode()
+    # Every baked field (those not given take their defaults), none of the boot-time ones.
+    baked = {k: getattr(settings, k) for k in Settings.BAKED}
+    assert not {"t0", "argv", "max_attempts"} & set(baked)
     first = text.splitlines()[0]
     assert first == f"#!{PY} -IS"           # the kernel passes "-IS" as ONE argument
     tree = ast.parse(text)
