@@ -92,7 +92,7 @@ def resolve_kernel(cfg: PackConfig) -> tuple[str, Path]:
     return tree.version, tree.moddir
 
 
-class _Image:
+class _Contents:
     """The archive being assembled, with host-path placement and size accounting."""
 
     def __init__(self) -> None:
@@ -222,7 +222,7 @@ def _split_modules(specs: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return names, globs
 
 
-def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
+def _add_modules(contents: _Contents, cfg: PackConfig, kver: str, moddir: Path,
                  rep: Reporter) -> tuple[tuple[str, ...], int, set[blocktools.Layer]]:
     """The modules (and their firmware); returns (modules, firmware files, block layers packed for)."""
     from liveinit.modfile import uncompressed_name
@@ -273,23 +273,23 @@ def _add_modules(img: _Image, cfg: PackConfig, kver: str, moddir: Path,
             rel = uncompressed_name(str(ko.relative_to(moddir)))
             if name in packed:
                 paths[name] = rel + store.suffix
-                img.file(f"{dest}/{paths[name]}", "compressed modules", data=packed[name], mode=0o644)
+                contents.file(f"{dest}/{paths[name]}", "compressed modules", data=packed[name], mode=0o644)
             else:
                 paths[name] = rel
-                img.file(f"{dest}/{rel}", "modules", data=elf.get(ko), src=None if ko in elf else ko,
+                contents.file(f"{dest}/{rel}", "modules", data=elf.get(ko), src=None if ko in elf else ko,
                          mode=ko.stat().st_mode)
         out = Path(tmp) / "index"
         tree.write_index(out, mods, config_dirs=[conf], paths=paths)
         for p in sorted(out.rglob("*")):
             if p.is_file():
-                img.file(f"{dest}/{p.relative_to(out)}", "modindex", data=p.read_bytes(), mode=0o644)
+                contents.file(f"{dest}/{p.relative_to(out)}", "modindex", data=p.read_bytes(), mode=0o644)
     fw = tree.firmware(mods) if cfg.firmware else []
     for p in fw:
-        img.host_path(Path(p), "firmware")
+        contents.host_path(Path(p), "firmware")
     return tuple(mods), len(fw), layers
 
 
-def _add_skeleton(img: _Image, skel: Path) -> None:
+def _add_skeleton(contents: _Contents, skel: Path) -> None:
     if not skel.is_dir():
         raise CommandError(f"skeleton directory {skel} does not exist", hint="pass --skeleton DIR")
     for dirpath, dirnames, filenames in os.walk(skel):
@@ -299,18 +299,18 @@ def _add_skeleton(img: _Image, skel: Path) -> None:
             p = base / d
             rel = str(p.relative_to(skel))
             if p.is_symlink():
-                img.ar.add_symlink(img.canon(rel), os.readlink(p))
+                contents.ar.add_symlink(contents.canon(rel), os.readlink(p))
             else:
-                img.ar.add_dir(img.canon(rel), stat.S_IMODE(p.stat().st_mode))
+                contents.ar.add_dir(contents.canon(rel), stat.S_IMODE(p.stat().st_mode))
         for f in sorted(filenames):
             p = base / f
             rel = str(p.relative_to(skel))
             if rel in SKELETON_SKIP or f == ".keep":
                 continue
             if p.is_symlink():
-                img.ar.add_symlink(img.canon(rel), os.readlink(p))
+                contents.ar.add_symlink(contents.canon(rel), os.readlink(p))
             else:
-                img.file(rel, "skeleton", src=p)
+                contents.file(rel, "skeleton", src=p)
 
 
 def env_program(path: Path = ENV_PROGRAM) -> Path | None:
@@ -357,25 +357,25 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
     rep = rep or Reporter(quiet=True)
     codecs = segments.codecs(cfg.compress, cfg.compress_level)   # bad flags fail before any work
     check_cmdline(cfg.cmdline)
-    img = _Image()
+    contents = _Contents()
     for name, mode in BASE_DIRS:
-        img.ar.add_dir(name, mode)
+        contents.ar.add_dir(name, mode)
     for name, kind, major, minor, mode in DEV_NODES:
-        img.ar.add_device(name, kind, major, minor, mode)
-    _add_skeleton(img, cfg.skeleton)
+        contents.ar.add_device(name, kind, major, minor, mode)
+    _add_skeleton(contents, cfg.skeleton)
     crypt = crypttab.for_pack(cfg.crypttab, cfg.host_only)
     for note in crypt.notes:
         rep.info(f"crypttab: {note}")
     if crypt.entries:
         rep.debug("crypttab: baked " + ", ".join(e.render() for e in crypt.entries))
-        img.dir(KEY_DIR.lstrip("/"), "files", 0o700)
+        contents.dir(KEY_DIR.lstrip("/"), "files", 0o700)
         cfg = replace(cfg, layers=(*cfg.layers, blocktools.Layer.LUKS.value))   # cryptsetup to open them
     for name, data, mode in crypt.files:
-        img.file(name, "files", data=data, mode=mode, replace=True)
+        contents.file(name, "files", data=data, mode=mode, replace=True)
 
     with rep.phase("modules"):
         kver, moddir = resolve_kernel(cfg)
-        mods, nfw, layers = _add_modules(img, cfg, kver, moddir, rep)
+        mods, nfw, layers = _add_modules(contents, cfg, kver, moddir, rep)
         rep.debug(f"modules: {len(mods)} from {moddir} ({nfw} firmware files)")
 
     with rep.phase("python"):
@@ -385,12 +385,12 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
                   f"{len(rt.modules)} modules traced, "
                   f"packages: {', '.join(rt.packages) or 'none'}")
         for f in rt.files:
-            img.file(f.name, "runtime" if f.kind == "runtime" else "python", src=f.src, data=f.data,
+            contents.file(f.name, "runtime" if f.kind == "runtime" else "python", src=f.src, data=f.data,
                      mode=f.mode)
         for d in rt.dirs:
-            img.dir(d, "runtime" if d == pyruntime.IMAGE_LIBDIR else "python")
+            contents.dir(d, "runtime" if d == pyruntime.IMAGE_LIBDIR else "python")
         for name, target in rt.symlinks:
-            img.symlink(name, target, "python")
+            contents.symlink(name, target, "python")
 
     with rep.phase("elf"):
         busybox = BUSYBOX if cfg.busybox and BUSYBOX.exists() else None
@@ -406,40 +406,40 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
                 raise CommandError(f"--binaries {b}: no such file", hint="give the path of an executable")
         extra += blocktools.binaries(layers)
         for name, data in keymap.keymap_files(cfg.keymap):
-            img.file(name, "files", data=data, mode=0o644)
+            contents.file(name, "files", data=data, mode=0o644)
         closure = resolve([*rt.elf, *extra, *([busybox] if busybox else []), *([env] if env else [])])
         for p in [*closure.files, *rt.libraries]:
-            img.host_path(p, "libs")
+            contents.host_path(p, "libs")
         for b in extra:
-            img.host_path(b, "binaries")
+            contents.host_path(b, "binaries")
         if env is not None:
-            img.host_path(env, "env")           # before busybox: its env applet has no -S
-        env_name = "/" + img.canon(str(env).lstrip("/")) if env else None
+            contents.host_path(env, "env")           # before busybox: its env applet has no -S
+        env_name = "/" + contents.canon(str(env).lstrip("/")) if env else None
         if busybox is not None:
-            img.host_path(busybox, "busybox")
-            real = "/" + img.canon(str(busybox).lstrip("/"))
+            contents.host_path(busybox, "busybox")
+            real = "/" + contents.canon(str(busybox).lstrip("/"))
             for applet in applets(busybox):
                 if applet in BUSYBOX_SKIP:
                     continue
-                img.symlink(applet, real, "busybox")
+                contents.symlink(applet, real, "busybox")
         if rt.packages:
             libs = [str(p) for p in (*closure.libraries, *rt.libraries)]
-            img.file(pyruntime.IMAGE_LDCONFIG, "runtime",
+            contents.file(pyruntime.IMAGE_LDCONFIG, "runtime",
                      data=pyruntime.ldconfig_script(rt.interpreter, libs, env_name), mode=0o755)
         for src, dest in cfg.extra_files():
             if not src.is_file():
                 raise CommandError(f"--files {src}: no such file", hint="use SRC[:DEST] with an existing SRC")
-            img.file(dest, "files", src=src, replace=True)     # the user's file wins over the skeleton
+            contents.file(dest, "files", src=src, replace=True)     # the user's file wins over the skeleton
 
     with rep.phase("archive"):
         identity = cfg.identity or derive_identity(kver, mods, rt, cfg)
         baked = keymap.with_default(cfg.cmdline, cfg.keymap)   # the first keymap is the default
         settings = Settings(cmdline=baked, identity=identity, kver=kver, moddir=moddir_for(kver),
                             index=index_for(kver), shell_password_hash=shell_password_hash(cfg))
-        img.file("init", "init", data=render_init("/" + str(rt.interpreter.path).lstrip("/"), settings,
+        contents.file("init", "init", data=render_init("/" + str(rt.interpreter.path).lstrip("/"), settings,
                                                   env_name), mode=0o755, replace=True)
         parts: list[tuple[str, bytes, int, segments.Codec]] = []
-        for name, builder in img.ar.split(lambda n: img.where.get(n, segments.RUNTIME),
+        for name, builder in contents.ar.split(lambda n: contents.where.get(n, segments.RUNTIME),
                                           segments.ORDER).items():
             buf = io.BytesIO()
             builder.write(buf, mtime=cfg.epoch)
@@ -479,7 +479,7 @@ def build(cfg: PackConfig, rep: Reporter | None = None) -> PackResult:
             rep.info(f"{out}: holds the key file{'s' if len(crypt.keys) > 1 else ''} of "
                      f"{', '.join(crypt.keys)}: written mode 0600")
 
-    return PackResult(output=out, kver=kver, identity=identity, entries=len(img.ar), modules=mods,
+    return PackResult(output=out, kver=kver, identity=identity, entries=len(contents.ar), modules=mods,
                       firmware=nfw, uncompressed=sum(len(p[1]) for p in parts), compressed=len(blob),
-                      times=dict(rep.times), sizes=dict(img.sizes),
+                      times=dict(rep.times), sizes=dict(contents.sizes),
                       segments=tuple(info for _b, info in done), microcode=len(early), key_files=crypt.keys)
