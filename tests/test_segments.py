@@ -51,7 +51,8 @@ def test_default_profile_cold_equals_warm(tmp_path: Path, kernel: KernelTree) ->
     assert not any(s.cached for s in cold.segments)
     assert cold.output.read_bytes() == warm.output.read_bytes()
     assert [s.codec for s in cold.segments] == ["none", "zstd -19", "zstd -19", "zstd -19"]
-    assert cold.compressed <= 9.5 * 2**20            # a third of initramfs-tools MODULES=most
+    # The size target (a third of initramfs-tools MODULES=most) is the benchmark's to
+    # print against the peers measured in the same run, not a constant here.
 
 
 def test_a_changed_input_is_recompressed(tmp_path: Path, kernel: KernelTree) -> None:
