@@ -146,11 +146,15 @@ class Guest:
 
     def __init__(self, kernel: KernelTree, initrd: Path, cmdline: str, disks: tuple[Path, ...], work: Path,
                  lab_cmdline: str = lab.LAB_CMDLINE) -> None:
-        self.serial = work / "serial.sock"
-        self.monitor = work / "monitor.sock"
         cmd = lab.command(lab.get_profile("virtio-blk"), None, work, work / "unused.log", kernel=kernel,
                           initrd=initrd, cmdline=f"{lab_cmdline} {lab.DEMO_POWEROFF} {cmdline}",
                           disks=disks, accel_args=lab.accel())
+        self.launch(cmd, work)
+
+    def launch(self, cmd: list[str], work: Path) -> None:
+        """Start QEMU's `cmd` with its serial console and monitor on sockets in `work`; connect."""
+        self.serial = work / "serial.sock"
+        self.monitor = work / "monitor.sock"
         cmd[cmd.index("-serial") + 1] = f"unix:{self.serial},server=on,wait=on"
         cmd[cmd.index("-monitor") + 1] = f"unix:{self.monitor},server=on,wait=off"
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -10,7 +10,6 @@ One stick is made for the module (about 25 s); the wrong-passphrase boot takes a
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -44,22 +43,9 @@ class StickGuest(Guest):
 
     def __init__(self, stick: Path, firmware: Firmware, work: Path) -> None:
         work.mkdir(parents=True, exist_ok=True)
-        self.serial = work / "serial.sock"
-        self.monitor = work / "monitor.sock"
         cmd = lab.command(Profile(f"stick+{firmware}", STICK, firmware), stick, work, None,
                           accel_args=lab.accel())
-        cmd[cmd.index("-serial") + 1] = f"unix:{self.serial},server=on,wait=on"
-        cmd[cmd.index("-monitor") + 1] = f"unix:{self.monitor},server=on,wait=off"
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not self.serial.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(str(self.serial))
-        self.sock.settimeout(0.2)
-        self.buf = b""
-        self.mark = 0
+        self.launch(cmd, work)
 
     def demo(self) -> dict[str, str]:
         """The demo init's report line as a dict (root=, writable=, persisted=, init=)."""
