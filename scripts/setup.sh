@@ -16,7 +16,7 @@ pkgs=(
   isolinux syslinux-common syslinux-utils grub-pc-bin grub-efi-amd64-bin
   busybox-static cpio libarchive-tools kmod debootstrap
   e2fsprogs exfatprogs btrfs-progs xfsprogs f2fs-tools udftools util-linux fdisk
-  gzip xz-utils zstd lz4 bc file openssl
+  gzip xz-utils zstd lz4 bc file openssl iproute2
   # liveinit usb (syslinux's installer), netboot (pxelinux, iPXE's ROMs), Secure Boot's oracle
   syslinux pxelinux ipxe sbsigntool
   # block layers, keymaps and the filesystems findiso reads (the tests pack and prepare them)

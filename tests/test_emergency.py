@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,7 +22,6 @@ def machine(tmp_path: Path) -> tuple[Machine, FakeSyscalls, Log, io.StringIO]:
     return Machine(str(tmp_path), sysc), sysc, Log(out=out), out
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 @pytest.mark.parametrize("password,salt", [
     ("hunter2", "saltsalt"), ("a", "x"), ("ü" * 40, "0123456789abcdefXYZ"),   # salt cut at 16
     ("a" * 200, "rounds=1000$short"), ("pw", "rounds=10$s")])                 # rounds raised to 1000

@@ -89,9 +89,6 @@ def _divert(root: Path, *args: str) -> str:
                           check=True).stdout.strip()
 
 
-needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-divert") is None, reason="dpkg-divert is Debian's")
-
-
 def _initramfs_tools(root: Path) -> None:
     """What initramfs-tools installs that --replace is about."""
     for g in hooks.OTHER_GENERATORS[:1]:
@@ -108,7 +105,6 @@ def _initramfs_tools(root: Path) -> None:
         tool.chmod(0o755)
 
 
-@needs_dpkg
 def test_replace_sets_initramfs_tools_aside_and_restore_brings_it_back(tmp_path: Path) -> None:
     root = tmp_path
     _initramfs_tools(root)
@@ -139,7 +135,6 @@ def test_replace_sets_initramfs_tools_aside_and_restore_brings_it_back(tmp_path:
     assert hooks.restore(root) == []
 
 
-@needs_dpkg
 def test_replace_refuses_a_foreign_diversion(tmp_path: Path) -> None:
     hooks.install(tmp_path)
     (tmp_path / "var/lib/dpkg").mkdir(parents=True)
@@ -149,7 +144,6 @@ def test_replace_refuses_a_foreign_diversion(tmp_path: Path) -> None:
         hooks.replace(tmp_path)
 
 
-@needs_dpkg
 def test_replace_sets_initrd_generator_where_kernel_install_is_the_entry_point(tmp_path: Path) -> None:
     _p(tmp_path, hooks.KERNEL_INSTALL_DIR).mkdir(parents=True)
     conf = _p(tmp_path, hooks.INSTALL_CONF)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -227,8 +226,6 @@ print(json.dumps({"addr": json.loads(out("addr", "show", "lo")), "route": json.l
 """
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None,
-                    reason="needs unshare(1) and ip(8) for a private network namespace")
 def test_rtnetlink_against_the_real_kernel() -> None:
     """In a new user+network namespace (unprivileged): set lo up, add an address and an
     on-link default route, read them back with iproute2, and see ENODEV named."""
