@@ -39,8 +39,13 @@ SHARED_CACHES = ("segments", "pyruntime", "kmod")
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8",
        "HOME": "/root"}
 
-if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-    pytest.skip("needs root and debootstrap (apt-get install debootstrap)", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def _root_and_debootstrap() -> None:
+    """./run-tests runs as root and its setup installs debootstrap: without them this fails, not skips."""
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        pytest.fail("needs root and debootstrap (apt-get install debootstrap)")
 
 
 def run(*argv: str, root: Path | None = None) -> str:
